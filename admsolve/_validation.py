@@ -1,0 +1,65 @@
+"""Input checks shared by the public functions: each error names the argument, what was
+expected and what arrived."""
+
+import numpy as np
+
+
+def describe(value):
+    """Short description of what arrived, for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}" if np.isscalar(value) else type(value).__name__
+
+
+def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
+    """Return a new float array from `value`, checking dimensionality and finiteness."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name}: expected a real-valued array, got {describe(value)}")
+    array = np.asarray(value)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name}: expected a real-valued array, got {describe(array)}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"{name}: expected a real-valued array, got {describe(array)}")
+    ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if array.ndim not in ndims:
+        wanted = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name}: expected a {wanted}-D array, got {describe(array)}")
+    if array.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got {describe(array)}")
+    array = np.array(array, dtype=dtype, copy=True)
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
+    if not allow_negative and np.any(array < 0):
+        raise ValueError(f"{name}: expected non-negative values, got minimum {array.min():g}")
+    return array
+
+
+def as_label_map(value, name, shape, n_labels, *, unlabeled=None):
+    """Return a new int32 label map of `shape` with values in [0, n_labels) (or `unlabeled`)."""
+    array = np.asarray(value)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name}: expected an integer array, got {describe(array)}")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {describe(array)}")
+    valid = (array >= 0) & (array < n_labels)
+    if unlabeled is not None:
+        valid |= array == unlabeled
+    if not np.all(valid):
+        bad = np.unique(array[~valid])[:5].tolist()
+        allowed = f"[0, {n_labels})" + ("" if unlabeled is None else f" or {unlabeled} (unlabeled)")
+        raise ValueError(f"{name}: expected values in {allowed}, got {bad}")
+    return array.astype(np.int32)
+
+
+def as_scalar(value, name, *, minimum=None, integer=False):
+    """Check a finite real (or integer) scalar, optionally bounded below."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a real number"
+        raise TypeError(f"{name}: expected {kind}, got {describe(value)}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected a value >= {minimum}, got {value!r}")
+    return int(value) if integer else float(value)

@@ -1,0 +1,72 @@
+"""Backend ``numba-icm``: iterated conditional modes (Besag 1986), JIT-compiled, GIL released.
+
+Each sweep visits the free pixels in raster order and gives each the label that minimises its unary
+plus its Potts cost against the current neighbours, changing it only on a decrease larger than
+rounding (1e-12 relative): the energy never rises, the sweeps terminate, and the result is a local
+minimum for single-pixel changes.
+"""
+
+import numpy as np
+from numba import njit
+
+from ..gridcrf import OFFSETS
+
+_OFFSETS = np.array(OFFSETS, dtype=np.int64)
+
+
+@njit(nogil=True, cache=True)
+def _icm_sweep(unary, weights, lam, free, labels):
+    """One raster sweep; returns the number of pixels that changed label."""
+    height, width, n_labels = unary.shape
+    n_directions = weights.shape[0]
+    cost = np.empty(n_labels)
+    changed = 0
+    for y in range(height):
+        for x in range(width):
+            if not free[y, x]:
+                continue
+            for k in range(n_labels):
+                cost[k] = unary[y, x, k]
+            for d in range(n_directions):
+                dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
+                # forward neighbour: the edge weights[d, y, x]
+                qy, qx = y + dy, x + dx
+                if 0 <= qy < height and 0 <= qx < width:
+                    w = lam * weights[d, y, x]
+                    for k in range(n_labels):
+                        cost[k] += w
+                    cost[labels[qy, qx]] -= w
+                # backward neighbour: the edge weights[d, y - dy, x - dx]
+                qy, qx = y - dy, x - dx
+                if 0 <= qy < height and 0 <= qx < width:
+                    w = lam * weights[d, qy, qx]
+                    for k in range(n_labels):
+                        cost[k] += w
+                    cost[labels[qy, qx]] -= w
+            current = labels[y, x]
+            best = current
+            for k in range(n_labels):
+                if cost[k] < cost[best] - 1e-12 * (abs(cost[best]) + 1.0):
+                    best = k
+            if best != current:
+                labels[y, x] = best
+                changed += 1
+    return changed
+
+
+def minimize(problem, init, *, max_sweeps=None):
+    """ICM sweeps until a sweep changes no pixel or `max_sweeps`.
+
+    Parameters
+    ----------
+    max_sweeps : int, optional
+        Upper bound on the number of sweeps (default: until convergence).
+    """
+    labels = init.copy()
+    free = ~problem.seeded
+    history = [problem.energy(labels)]
+    converged = False
+    while not converged and (max_sweeps is None or len(history) <= max_sweeps):
+        converged = _icm_sweep(problem.unary, problem.weights, problem.lam, free, labels) == 0
+        history.append(problem.energy(labels))
+    return {"labels": labels, "history": history, "converged": converged}

@@ -1,0 +1,225 @@
+"""The grid CRF: unaries plus a contrast-weighted nearest-neighbour Potts term, with scribbles as
+hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and the relaxation of eq. 9.
+"""
+
+import numpy as np
+
+from ._validation import as_label_map, as_real_array, as_scalar, describe
+
+#: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
+#: (y + dy, x + dx); 4-connectivity uses the first two directions, 8-connectivity all four.
+OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
+N_DIRECTIONS = {4: 2, 8: 4}
+
+
+def edge_slices(direction, height, width):
+    """Slices ``(p, q)`` selecting, in an (H, W) array, the pixels p whose neighbour
+    q = p + OFFSETS[direction] lies inside the image, and those neighbours."""
+    dy, dx = OFFSETS[direction]
+    rows_p, rows_q = slice(0, height - dy), slice(dy, height)
+    if dx >= 0:
+        cols_p, cols_q = slice(0, width - dx), slice(dx, width)
+    else:
+        cols_p, cols_q = slice(-dx, width), slice(0, width + dx)
+    return (rows_p, cols_p), (rows_q, cols_q)
+
+
+def inside_mask(n_directions, height, width):
+    """(D, H, W) bool array, True where the edge of ``weights[d, y, x]`` lies inside the image."""
+    mask = np.zeros((n_directions, height, width), dtype=bool)
+    for d in range(n_directions):
+        p, _ = edge_slices(d, height, width)
+        mask[(d, *p)] = True
+    return mask
+
+
+class GridCRF:
+    """Grid CRF energy with Potts pairwise terms and hard constraints.
+
+    ``E(X) = sum_p unary[p, X_p] + lam * sum_{d, p} weights[d, p] * [X_p != X_{p + OFFSETS[d]}]``,
+    minimised over labelings X that agree with ``seeds`` wherever a seed is given.
+
+    Parameters
+    ----------
+    unary : (H, W, K) array_like of float
+        Cost of each label at each pixel. Must be finite.
+    weights : (D, H, W) array_like of float
+        Non-negative edge weights, D = 2 (4-connectivity) or 4 (8-connectivity), directions as in
+        :data:`OFFSETS`. Entries for edges leaving the image are ignored (stored as zero).
+    lam : float, optional
+        Non-negative weight of the Potts term (lambda of the paper).
+    seeds : (H, W) array_like of int, optional
+        Hard constraints: a value in [0, K) fixes that pixel's label, ``unlabeled`` leaves it free.
+    unlabeled : int, optional
+        The value of ``seeds`` that marks a free pixel (255, as in scribble PNGs).
+
+    Notes
+    -----
+    The arrays are copied, so the caller's arrays are never modified or aliased, and stored
+    read-only. The problem holds plain NumPy data and pickles cheaply.
+    """
+
+    def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=255):
+        unary = as_real_array(unary, "unary", 3)
+        height, width, n_labels = unary.shape
+        weights = as_real_array(weights, "weights", 3, allow_negative=False)
+        if weights.shape[0] not in (2, 4) or weights.shape[1:] != (height, width):
+            raise ValueError(
+                f"weights: expected shape (2, {height}, {width}) or (4, {height}, {width}) to match "
+                f"unary of shape {unary.shape}, got {describe(weights)}"
+            )
+        weights[~inside_mask(weights.shape[0], height, width)] = 0.0
+        self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
+        if 0 <= self.unlabeled < n_labels:
+            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
+        if seeds is None:
+            seeds = np.full((height, width), self.unlabeled, dtype=np.int32)
+        else:
+            seeds = as_label_map(seeds, "seeds", (height, width), n_labels, unlabeled=self.unlabeled)
+        self.lam = as_scalar(lam, "lam", minimum=0.0)
+        self.unary, self.weights, self.seeds = unary, weights, seeds
+        for array in (unary, weights, seeds):
+            array.flags.writeable = False
+
+    @property
+    def shape(self):
+        """(H, W) of the image."""
+        return self.unary.shape[:2]
+
+    @property
+    def n_labels(self):
+        return self.unary.shape[2]
+
+    @property
+    def connectivity(self):
+        return 4 if self.weights.shape[0] == 2 else 8
+
+    @property
+    def seeded(self):
+        """(H, W) bool array, True where a seed fixes the label."""
+        return self.seeds != self.unlabeled
+
+    def __repr__(self):
+        h, w = self.shape
+        return (f"GridCRF({h}x{w}, K={self.n_labels}, connectivity={self.connectivity}, "
+                f"lam={self.lam:g}, seeded={int(self.seeded.sum())})")
+
+    def check_labels(self, labels, name="labels"):
+        """Return `labels` as a new int32 (H, W) array, checking shape and range."""
+        return as_label_map(labels, name, self.shape, self.n_labels)
+
+    def apply_seeds(self, labels):
+        """Return a copy of `labels` with every seeded pixel set to its seed."""
+        labels = self.check_labels(labels)
+        return np.where(self.seeded, self.seeds, labels).astype(np.int32)
+
+    def initial_labels(self):
+        """The labeling solvers start from by default: per-pixel argmin of the unaries, seeds applied."""
+        return self.apply_seeds(np.argmin(self.unary, axis=2))
+
+    def energy(self, labels):
+        """Reference energy of a discrete labeling (the one figure every backend reports).
+
+        Parameters
+        ----------
+        labels : (H, W) array_like of int
+            Values in [0, K). Seeds are not checked here: see :meth:`violates_seeds`.
+
+        Returns
+        -------
+        float
+        """
+        labels = self.check_labels(labels)
+        data = np.take_along_axis(self.unary, labels[..., None], axis=2).sum()
+        return float(data + self.lam * self.cut_weight(labels))
+
+    def cut_weight(self, labels):
+        """Sum of the weights of the edges whose two pixels have different labels (no lambda)."""
+        height, width = self.shape
+        total = 0.0
+        for d in range(self.weights.shape[0]):
+            p, q = edge_slices(d, height, width)
+            total += self.weights[(d, *p)][labels[p] != labels[q]].sum()
+        return float(total)
+
+    def violates_seeds(self, labels):
+        """True if `labels` differs from a seed anywhere."""
+        labels = self.check_labels(labels)
+        return bool(np.any(self.seeded & (labels != self.seeds)))
+
+    def relaxed_energy(self, probs):
+        """Relaxed energy of soft labels and its gradient.
+
+        ``R(S) = sum_p <unary_p, S_p> + lam * sum_{pq} w_pq * (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)``,
+        which is eq. 9 of the paper halved, so that at one-hot S it equals :meth:`energy` (eq. 9 counts
+        every cut edge twice).
+
+        Parameters
+        ----------
+        probs : (H, W, K) array_like of float
+            Soft labeling S, normally on the probability simplex (not required).
+
+        Returns
+        -------
+        value : float
+        grad : (H, W, K) ndarray, dR/dS.
+        """
+        probs = as_real_array(probs, "probs", 3)
+        if probs.shape != self.unary.shape:
+            raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
+        height, width = self.shape
+        mass = probs.sum(axis=2)
+        value = float(np.sum(self.unary * probs))
+        grad = self.unary.copy()
+        for d in range(self.weights.shape[0]):
+            p, q = edge_slices(d, height, width)
+            w = self.lam * self.weights[(d, *p)]
+            overlap = np.sum(probs[p] * probs[q], axis=2)
+            value += float(np.sum(w * (0.5 * mass[p] + 0.5 * mass[q] - overlap)))
+            grad[p] += w[..., None] * (0.5 - probs[q])
+            grad[q] += w[..., None] * (0.5 - probs[p])
+        return value, grad
+
+
+def contrast_weights(image, *, connectivity=8, sigma2=None):
+    """Contrast-sensitive edge weights of a grid CRF (eq. 2 of the paper, without lambda).
+
+    ``w_pq = exp(-||I_p - I_q||^2 / (2 sigma^2)) / dist(p, q)``: diagonal edges are divided by sqrt(2).
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array_like
+        Grayscale or colour image, integer (e.g. uint8) or float.
+    connectivity : {4, 8}, optional
+    sigma2 : float, optional
+        sigma^2 of eq. 2. By default the Boykov-Jolly rule: the mean of ||I_p - I_q||^2 over all
+        neighbouring pairs of the chosen connectivity. If that mean is 0 (a constant image) every
+        weight is 1.
+
+    Returns
+    -------
+    weights : (D, H, W) ndarray of float64
+        D = 2 or 4; entries for edges leaving the image are 0.
+    """
+    if connectivity not in N_DIRECTIONS:
+        raise ValueError(f"connectivity: expected 4 or 8, got {describe(connectivity)}")
+    image = as_real_array(image, "image", (2, 3))
+    if image.ndim == 2:
+        image = image[..., None]
+    height, width = image.shape[:2]
+    n_directions = N_DIRECTIONS[connectivity]
+    sq_diff = np.zeros((n_directions, height, width))
+    for d in range(n_directions):
+        p, q = edge_slices(d, height, width)
+        sq_diff[(d, *p)] = np.sum((image[p] - image[q]) ** 2, axis=2)
+    inside = inside_mask(n_directions, height, width)
+    if sigma2 is None:
+        sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
+    else:
+        sigma2 = as_scalar(sigma2, "sigma2")
+        if sigma2 <= 0:
+            raise ValueError(f"sigma2: expected a positive number, got {sigma2!r}")
+    weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+    weights[2:] /= np.sqrt(2.0)
+    weights[~inside] = 0.0
+    return weights
