@@ -1,33 +1,43 @@
 """Backend ``maxflow``: alpha-expansion with every move solved as a min-cut by PyMaxflow.
 
-PyMaxflow's own ``fastmin`` takes no per-edge weights, so each move's graph is built here with one
-vectorised ``add_grid_edges`` call per direction. Two labels are solved exactly by one min-cut.
+PyMaxflow's own ``fastmin`` takes no per-edge weights, so each move's graph is built here from
+edge lists with one vectorised ``add_edges`` call. Two labels are solved exactly by one min-cut.
 """
 
 import maxflow as pymaxflow
 import numpy as np
 
-from ..gridcrf import OFFSETS
-from .moves import binary_capacities, expansion_capacities, improves, pair_weights
+from ..gridcrf import edge_slices
+from .moves import binary_capacities, expansion_capacities, improves, label_major_unary
 
 
-def _structure(direction):
-    dy, dx = OFFSETS[direction]
-    structure = np.zeros((3, 3))
-    structure[1 + dy, 1 + dx] = 1.0
-    return structure
+class _GridEdges:
+    """Tail and head node ids of every edge inside an (H, W) grid with D directions, in the order of
+    ``caps[inside]`` for a (D, H, W) capacity array."""
 
+    def __init__(self, n_directions, height, width):
+        node = np.arange(height * width).reshape(height, width)
+        self.inside = np.zeros((n_directions, height, width), dtype=bool)
+        tails, heads = [], []
+        for d in range(n_directions):
+            p, q = edge_slices(d, height, width)
+            self.inside[(d, *p)] = True
+            tails.append(node[p].ravel())
+            heads.append(node[q].ravel())
+        self.tails, self.heads = np.concatenate(tails), np.concatenate(heads)
+        self.no_capacity = np.zeros(self.tails.size)
+        self.nodes = node.ravel()
 
-def _min_cut(source_cap, sink_cap, edge_cap, symmetric):
-    """Max-flow value and the (H, W) bool map of sink-side nodes."""
-    n_nodes = source_cap.size
-    graph = pymaxflow.Graph[float](n_nodes, n_nodes * edge_cap.shape[0])
-    nodes = graph.add_grid_nodes(source_cap.shape)
-    for d in range(edge_cap.shape[0]):
-        graph.add_grid_edges(nodes, weights=edge_cap[d], structure=_structure(d), symmetric=symmetric)
-    graph.add_grid_tedges(nodes, source_cap, sink_cap)
-    flow = graph.maxflow()
-    return flow, graph.get_grid_segments(nodes)
+    def min_cut(self, source_cap, sink_cap, edge_cap, symmetric):
+        """Max-flow value and the (H, W) bool map of sink-side nodes."""
+        caps = edge_cap[self.inside]
+        graph = pymaxflow.Graph[float](source_cap.size, caps.size)
+        graph.add_nodes(source_cap.size)
+        graph.add_edges(self.tails, self.heads, caps, caps if symmetric else self.no_capacity)
+        graph.add_grid_tedges(self.nodes, source_cap.ravel(), sink_cap.ravel())
+        flow = graph.maxflow()
+        sink_side = graph.get_grid_segments(self.nodes)
+        return flow, sink_side.reshape(source_cap.shape)
 
 
 def minimize(problem, init, *, max_sweeps=None):
@@ -38,21 +48,25 @@ def minimize(problem, init, *, max_sweeps=None):
     max_sweeps : int, optional
         Upper bound on the number of sweeps over all labels (default: until convergence).
     """
-    weights = pair_weights(problem)
+    edges = _GridEdges(*problem.weights.shape)
     labels = init.copy()
     history = [problem.energy(labels)]
     if problem.n_labels == 2:
-        source_cap, sink_cap, edge_cap = binary_capacities(problem, weights)
-        _, sink_side = _min_cut(source_cap, sink_cap, edge_cap, symmetric=True)
+        flow, sink_side = edges.min_cut(*binary_capacities(problem), symmetric=True)
         labels = sink_side.astype(np.int32)
         history.append(problem.energy(labels))
         return {"labels": labels, "history": history, "converged": True}
+    unary = label_major_unary(problem)
+    weights = problem.lam * problem.weights
+    pinned = problem.seeded
+    source_cap, sink_cap = np.empty(problem.shape), np.empty(problem.shape)
+    edge_cap = np.empty_like(weights)
     converged = problem.n_labels == 1
     while not converged and (max_sweeps is None or len(history) <= max_sweeps):
         converged = True
         for alpha in range(problem.n_labels):
-            source_cap, sink_cap, edge_cap, current = expansion_capacities(problem, weights, labels, alpha)
-            flow, sink_side = _min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
+            current = expansion_capacities(unary, weights, labels, pinned, alpha, source_cap, sink_cap, edge_cap)
+            flow, sink_side = edges.min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
             if improves(flow, current, history[-1]):
                 labels[sink_side] = alpha
                 converged = False

@@ -3,50 +3,72 @@ move (Boykov, Veksler & Zabih 2001) and of the exact two-label problem, as termi
 capacities on the grid. Convention: a node on the sink side of the cut takes y = 1."""
 
 import numpy as np
+from numba import njit
 
-from ..gridcrf import edge_slices
+from ..gridcrf import OFFSETS
 
-
-def pair_weights(problem):
-    """(D, H, W) array of lam * weights (zero for edges leaving the image)."""
-    return problem.lam * problem.weights
+_OFFSETS = np.array(OFFSETS, dtype=np.int64)
 
 
-def expansion_capacities(problem, scaled_weights, labels, alpha):
+def label_major_unary(problem):
+    """The unaries as a contiguous (K, H, W) array, so each label's costs are one block."""
+    return np.ascontiguousarray(np.moveaxis(problem.unary, 2, 0))
+
+
+@njit(nogil=True, cache=True)
+def expansion_capacities(unary, weights, labels, pinned, alpha, source_cap, sink_cap, edge_cap):
     """Capacities of the alpha-expansion move from `labels`: y_p = 1 moves p to `alpha`.
 
-    Returns ``(source_cap, sink_cap, edge_cap, current_cost)``: (H, W) terminal capacities, the
-    (D, H, W) capacities of the directed edges p -> p + OFFSETS[d] (the reverse edges have none), and
-    the cost of y = 0 everywhere, so that the move's energy change is ``maxflow - current_cost``.
-    Seeded pixels not labelled `alpha` are pinned to y = 0.
+    unary : (K, H, W); weights : (D, H, W), already multiplied by lambda; pinned : (H, W) bool, the
+    seeded pixels (pinned to y = 0 unless already `alpha`). Writes the (H, W) terminal capacities
+    and the (D, H, W) capacities of the directed edges p -> p + OFFSETS[d] (the reverse edges have
+    none), and returns the cost of y = 0 everywhere: the move's energy change is maxflow - that.
+    Edge p -> q decomposes E(y_p, y_q) with E(0,0) = w[l_p != l_q], E(0,1) = w[l_p != alpha],
+    E(1,0) = w[l_q != alpha], E(1,1) = 0 (Kolmogorov & Zabih 2004).
     """
-    height, width = problem.shape
-    unary = problem.unary
-    delta = unary[..., alpha] - np.take_along_axis(unary, labels[..., None], axis=2)[..., 0]
-    edge_cap = np.zeros_like(scaled_weights)
-    not_alpha = labels != alpha
-    for d in range(scaled_weights.shape[0]):
-        p, q = edge_slices(d, height, width)
-        w = scaled_weights[(d, *p)]
-        cut_now = w * (labels[p] != labels[q])  # E(0, 0)
-        p_moves_alone = w * not_alpha[q]  # E(1, 0): p is alpha, q keeps its label
-        q_moves_alone = w * not_alpha[p]  # E(0, 1)
-        delta[p] += p_moves_alone - cut_now
-        delta[q] -= p_moves_alone
-        edge_cap[(d, *p)] = q_moves_alone + p_moves_alone - cut_now
-    source_cap = np.maximum(delta, 0.0)
-    sink_cap = np.maximum(-delta, 0.0)
-    pinned = problem.seeded & not_alpha
-    if pinned.any():
-        source_cap[pinned] += np.abs(delta).sum() + edge_cap.sum() + 1.0
-    return source_cap, sink_cap, edge_cap, float(sink_cap.sum())
+    n_directions, height, width = weights.shape
+    delta = source_cap  # cost(y = 1) - cost(y = 0), accumulated in place
+    for y in range(height):
+        for x in range(width):
+            delta[y, x] = unary[alpha, y, x] - unary[labels[y, x], y, x]
+    for d in range(n_directions):
+        dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
+        for y in range(height - dy):
+            for x in range(max(0, -dx), min(width, width - dx)):
+                w = weights[d, y, x]
+                lp, lq = labels[y, x], labels[y + dy, x + dx]
+                cut_now = w if lp != lq else 0.0
+                p_moves_alone = w if lq != alpha else 0.0
+                q_moves_alone = w if lp != alpha else 0.0
+                delta[y, x] += p_moves_alone - cut_now
+                delta[y + dy, x + dx] -= p_moves_alone
+                edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
+    total = 1.0
+    current_cost = 0.0
+    for y in range(height):
+        for x in range(width):
+            value = delta[y, x]
+            total += abs(value)
+            sink_cap[y, x] = max(-value, 0.0)
+            source_cap[y, x] = max(value, 0.0)
+            current_cost += sink_cap[y, x]
+    for d in range(n_directions):
+        for y in range(height):
+            for x in range(width):
+                total += edge_cap[d, y, x]
+    for y in range(height):
+        for x in range(width):
+            if pinned[y, x] and labels[y, x] != alpha:
+                source_cap[y, x] += total
+    return current_cost
 
 
-def binary_capacities(problem, scaled_weights):
+def binary_capacities(problem):
     """Capacities of the exact two-label problem, y_p = label of p.
 
     Returns ``(source_cap, sink_cap, edge_cap)``; every edge has capacity ``edge_cap`` both ways.
     """
+    scaled_weights = problem.lam * problem.weights
     delta = problem.unary[..., 1] - problem.unary[..., 0]
     source_cap = np.maximum(delta, 0.0)
     sink_cap = np.maximum(-delta, 0.0)
@@ -59,4 +81,3 @@ def binary_capacities(problem, scaled_weights):
 def improves(flow, current_cost, energy_scale):
     """True if a move whose cut costs `flow` strictly lowers the energy (beyond rounding)."""
     return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
-
