@@ -29,6 +29,8 @@ BACKENDS = {
     for backend in (
         Backend("maxflow", "admsolve.backends.maxflow", ("maxflow",), "maxflow", False,
                 "alpha-expansion, each move a min-cut by PyMaxflow (GPL)"),
+        Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
+                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)"),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
                 "iterated conditional modes, Numba JIT"),
     )
@@ -66,7 +68,7 @@ def available_backends():
 
 
 #: Backends tried in this order when none is named.
-DEFAULT_PREFERENCE = ("maxflow", "numba-icm")
+DEFAULT_PREFERENCE = ("numba-expansion", "maxflow", "numba-icm")
 
 
 def default_backend():

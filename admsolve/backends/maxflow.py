@@ -8,7 +8,7 @@ import maxflow as pymaxflow
 import numpy as np
 
 from ..gridcrf import edge_slices
-from .moves import binary_capacities, expansion_capacities, improves, label_major_unary
+from .moves import alpha_expansion
 
 
 class _GridEdges:
@@ -48,27 +48,4 @@ def minimize(problem, init, *, max_sweeps=None):
     max_sweeps : int, optional
         Upper bound on the number of sweeps over all labels (default: until convergence).
     """
-    edges = _GridEdges(*problem.weights.shape)
-    labels = init.copy()
-    history = [problem.energy(labels)]
-    if problem.n_labels == 2:
-        flow, sink_side = edges.min_cut(*binary_capacities(problem), symmetric=True)
-        labels = sink_side.astype(np.int32)
-        history.append(problem.energy(labels))
-        return {"labels": labels, "history": history, "converged": True}
-    unary = label_major_unary(problem)
-    weights = problem.lam * problem.weights
-    pinned = problem.seeded
-    source_cap, sink_cap = np.empty(problem.shape), np.empty(problem.shape)
-    edge_cap = np.empty_like(weights)
-    converged = problem.n_labels == 1
-    while not converged and (max_sweeps is None or len(history) <= max_sweeps):
-        converged = True
-        for alpha in range(problem.n_labels):
-            current = expansion_capacities(unary, weights, labels, pinned, alpha, source_cap, sink_cap, edge_cap)
-            flow, sink_side = edges.min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
-            if improves(flow, current, history[-1]):
-                labels[sink_side] = alpha
-                converged = False
-        history.append(problem.energy(labels))
-    return {"labels": labels, "history": history, "converged": converged}
+    return alpha_expansion(problem, init, max_sweeps, _GridEdges(*problem.weights.shape).min_cut)
