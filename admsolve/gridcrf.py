@@ -130,7 +130,7 @@ class GridCRF:
         float
         """
         labels = self.check_labels(labels)
-        data = np.take_along_axis(self.unary, labels[..., None], axis=2).sum()
+        data = np.take(self.unary, np.arange(labels.size) * self.n_labels + labels.ravel()).sum()
         return float(data + self.lam * self.cut_weight(labels))
 
     def cut_weight(self, labels):
@@ -139,7 +139,7 @@ class GridCRF:
         total = 0.0
         for d in range(self.weights.shape[0]):
             p, q = edge_slices(d, height, width)
-            total += self.weights[(d, *p)][labels[p] != labels[q]].sum()
+            total += np.sum(self.weights[(d, *p)] * (labels[p] != labels[q]))
         return float(total)
 
     def violates_seeds(self, labels):

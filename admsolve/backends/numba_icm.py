@@ -25,24 +25,24 @@ def _icm_sweep(unary, weights, lam, free, labels):
         for x in range(width):
             if not free[y, x]:
                 continue
+            # cost[k] = unary + (weight of all edges at p) - (weight of the edges to neighbours labelled k)
             for k in range(n_labels):
                 cost[k] = unary[y, x, k]
+            incident = 0.0
             for d in range(n_directions):
                 dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
-                # forward neighbour: the edge weights[d, y, x]
-                qy, qx = y + dy, x + dx
+                qy, qx = y + dy, x + dx  # forward neighbour: the edge weights[d, y, x]
                 if 0 <= qy < height and 0 <= qx < width:
                     w = lam * weights[d, y, x]
-                    for k in range(n_labels):
-                        cost[k] += w
+                    incident += w
                     cost[labels[qy, qx]] -= w
-                # backward neighbour: the edge weights[d, y - dy, x - dx]
-                qy, qx = y - dy, x - dx
+                qy, qx = y - dy, x - dx  # backward neighbour: the edge weights[d, y - dy, x - dx]
                 if 0 <= qy < height and 0 <= qx < width:
                     w = lam * weights[d, qy, qx]
-                    for k in range(n_labels):
-                        cost[k] += w
+                    incident += w
                     cost[labels[qy, qx]] -= w
+            for k in range(n_labels):
+                cost[k] += incident
             current = labels[y, x]
             best = current
             for k in range(n_labels):
