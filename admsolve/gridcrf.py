@@ -72,6 +72,8 @@ class GridCRF:
         self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
         if 0 <= self.unlabeled < n_labels:
             raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
+        if not -2**31 <= self.unlabeled < 2**31:
+            raise ValueError(f"unlabeled: expected a 32-bit integer, got {unlabeled}")
         if seeds is None:
             seeds = np.full((height, width), self.unlabeled, dtype=np.int32)
         else:
