@@ -15,51 +15,53 @@ def label_major_unary(problem):
     return np.ascontiguousarray(np.moveaxis(problem.unary, 2, 0))
 
 
+def pin_capacity(problem):
+    """A terminal capacity no expansion move can afford to cut: more than the unary ranges plus
+    three times the edge weights, which bound the sum of every other capacity of a move."""
+    unary_range = problem.unary.max(axis=2) - problem.unary.min(axis=2)
+    return 1.0 + float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+
+
 @njit(nogil=True, cache=True)
-def expansion_capacities(unary, weights, labels, pinned, alpha, source_cap, sink_cap, edge_cap):
+def expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, edge_cap,
+                         pending):
     """Capacities of the alpha-expansion move from `labels`: y_p = 1 moves p to `alpha`.
 
     unary : (K, H, W); weights : (D, H, W), already multiplied by lambda; pinned : (H, W) bool, the
-    seeded pixels (pinned to y = 0 unless already `alpha`). Writes the (H, W) terminal capacities
-    and the (D, H, W) capacities of the directed edges p -> p + OFFSETS[d] (the reverse edges have
-    none), and returns the cost of y = 0 everywhere: the move's energy change is maxflow - that.
-    Edge p -> q decomposes E(y_p, y_q) with E(0,0) = w[l_p != l_q], E(0,1) = w[l_p != alpha],
-    E(1,0) = w[l_q != alpha], E(1,1) = 0 (Kolmogorov & Zabih 2004).
+    seeded pixels, pinned to y = 0 (unless already `alpha`) by the extra source capacity `pin_cap`.
+    Writes the (H, W) terminal capacities and the (D, H, W) capacities of the directed edges
+    p -> p + OFFSETS[d] (the reverse edges have none), and returns the cost of y = 0 everywhere: the
+    move's energy change is maxflow - that. Edge p -> q decomposes E(y_p, y_q) with
+    E(0,0) = w[l_p != l_q], E(0,1) = w[l_p != alpha], E(1,0) = w[l_q != alpha], E(1,1) = 0
+    (Kolmogorov & Zabih 2004). Every forward neighbour comes later in raster order, so one pass
+    suffices: `pending` (H, W), all zero on entry and on return, carries what earlier pixels add to
+    later ones.
     """
     n_directions, height, width = weights.shape
-    delta = source_cap  # cost(y = 1) - cost(y = 0), accumulated in place
-    for y in range(height):
-        for x in range(width):
-            delta[y, x] = unary[alpha, y, x] - unary[labels[y, x], y, x]
-    for d in range(n_directions):
-        dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
-        for y in range(height - dy):
-            for x in range(max(0, -dx), min(width, width - dx)):
-                w = weights[d, y, x]
-                lp, lq = labels[y, x], labels[y + dy, x + dx]
-                cut_now = w if lp != lq else 0.0
-                p_moves_alone = w if lq != alpha else 0.0
-                q_moves_alone = w if lp != alpha else 0.0
-                delta[y, x] += p_moves_alone - cut_now
-                delta[y + dy, x + dx] -= p_moves_alone
-                edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
-    total = 1.0
     current_cost = 0.0
     for y in range(height):
         for x in range(width):
-            value = delta[y, x]
-            total += abs(value)
-            sink_cap[y, x] = max(-value, 0.0)
-            source_cap[y, x] = max(value, 0.0)
+            lp = labels[y, x]
+            delta = unary[alpha, y, x] - unary[lp, y, x] + pending[y, x]  # cost(y=1) - cost(y=0)
+            pending[y, x] = 0.0
+            for d in range(n_directions):
+                dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
+                qy, qx = y + dy, x + dx
+                if qy >= height or qx < 0 or qx >= width:
+                    continue
+                w = weights[d, y, x]
+                lq = labels[qy, qx]
+                cut_now = w if lp != lq else 0.0
+                p_moves_alone = w if lq != alpha else 0.0
+                q_moves_alone = w if lp != alpha else 0.0
+                delta += p_moves_alone - cut_now
+                pending[qy, qx] -= p_moves_alone
+                edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
+            sink_cap[y, x] = max(-delta, 0.0)
+            source_cap[y, x] = max(delta, 0.0)
+            if pinned[y, x] and lp != alpha:
+                source_cap[y, x] += pin_cap
             current_cost += sink_cap[y, x]
-    for d in range(n_directions):
-        for y in range(height):
-            for x in range(width):
-                total += edge_cap[d, y, x]
-    for y in range(height):
-        for x in range(width):
-            if pinned[y, x] and labels[y, x] != alpha:
-                source_cap[y, x] += total
     return current_cost
 
 
@@ -83,34 +85,57 @@ def improves(flow, current_cost, energy_scale):
     return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
 
 
-def alpha_expansion(problem, init, max_sweeps, min_cut):
-    """Alpha-expansion over all labels in order 0..K-1, sweeping until no move lowers the energy or
-    `max_sweeps`; two labels are solved exactly by one min-cut instead.
+def move_labels(problem, labels):
+    """The labels a move-making backend may move to: all of them, or the checked subset `labels`."""
+    if labels is None:
+        return list(range(problem.n_labels))
+    subset = np.asarray(labels)
+    if subset.ndim != 1 or subset.size == 0 or not np.issubdtype(subset.dtype, np.integer):
+        raise ValueError(f"labels: expected a non-empty sequence of label indices, got {labels!r}")
+    if subset.min() < 0 or subset.max() >= problem.n_labels or np.unique(subset).size != subset.size:
+        raise ValueError(f"labels: expected distinct values in [0, {problem.n_labels}), got {subset.tolist()}")
+    return sorted(subset.tolist())
+
+
+def alpha_expansion(problem, init, max_sweeps, min_cut, labels=None):
+    """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
+    until no move lowers the energy or `max_sweeps`; with two labels and no subset, one exact
+    min-cut instead. A move is skipped when the labeling has not changed since that same move last
+    found nothing to improve (it would find nothing again).
 
     `min_cut(source_cap, sink_cap, edge_cap, symmetric)` returns the max-flow value and the (H, W)
     bool map of sink-side nodes; `edge_cap` is (D, H, W), and with ``symmetric=False`` the reverse
     edges have no capacity. Returns the backend result dict.
     """
+    alphas = move_labels(problem, labels)
     labels = init.copy()
     history = [problem.energy(labels)]
-    if problem.n_labels == 2:
+    if problem.n_labels == 2 and len(alphas) == 2:
         _, sink_side = min_cut(*binary_capacities(problem), symmetric=True)
         labels = sink_side.astype(np.int32)
         history.append(problem.energy(labels))
         return {"labels": labels, "history": history, "converged": True}
     unary = label_major_unary(problem)
     weights = problem.lam * problem.weights
-    pinned = problem.seeded
-    source_cap, sink_cap = np.empty(problem.shape), np.empty(problem.shape)
+    pinned, pin_cap = problem.seeded, pin_capacity(problem)
+    source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     edge_cap = np.empty_like(weights)
+    accepted = 0  # moves accepted so far
+    useless_since = {}  # alpha -> value of `accepted` when its move last changed nothing
     converged = problem.n_labels == 1
     while not converged and (max_sweeps is None or len(history) <= max_sweeps):
         converged = True
-        for alpha in range(problem.n_labels):
-            current = expansion_capacities(unary, weights, labels, pinned, alpha, source_cap, sink_cap, edge_cap)
+        for alpha in alphas:
+            if useless_since.get(alpha) == accepted:
+                continue
+            current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                                           edge_cap, pending)
             flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
             if improves(flow, current, history[-1]):
                 labels[sink_side] = alpha
+                accepted += 1
                 converged = False
+            else:
+                useless_since[alpha] = accepted
         history.append(problem.energy(labels))
     return {"labels": labels, "history": history, "converged": converged}

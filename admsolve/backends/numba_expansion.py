@@ -8,13 +8,16 @@ from ._gridflow import GridMaxflow
 from .moves import alpha_expansion
 
 
-def minimize(problem, init, *, max_sweeps=None):
+def minimize(problem, init, *, max_sweeps=None, labels=None):
     """Alpha-expansion: sweeps over the labels until no move lowers the energy or `max_sweeps`.
 
     Parameters
     ----------
     max_sweeps : int, optional
         Upper bound on the number of sweeps over all labels (default: until convergence).
+    labels : sequence of int, optional
+        Expand only on these labels (e.g. in ADM, the labels of the image's scribbles and those the
+        network predicts); pixels may still keep other labels from `init`.
     """
     flow_solver = GridMaxflow(*problem.shape, problem.weights.shape[0])
     no_capacity = np.zeros_like(problem.weights)
@@ -23,4 +26,4 @@ def minimize(problem, init, *, max_sweeps=None):
         flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap if symmetric else no_capacity)
         return flow, flow_solver.sink_side
 
-    return alpha_expansion(problem, init, max_sweeps, min_cut)
+    return alpha_expansion(problem, init, max_sweeps, min_cut, labels)
