@@ -31,6 +31,8 @@ BACKENDS = {
                 "alpha-expansion, each move a min-cut by PyMaxflow (GPL)"),
         Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
                 "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)"),
+        Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
+                "alpha-beta swap on admsolve's own Numba max-flow"),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
                 "iterated conditional modes, Numba JIT"),
     )

@@ -1,0 +1,123 @@
+"""The move-making backends against each other: numba-expansion is the same algorithm as maxflow
+on another max-flow, label-subset expansion (labels=) and alpha-beta swap."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import admsolve as adm
+from strategies import brute_force, grid_problems, labelings, scale
+
+needs_maxflow = pytest.mark.skipif(adm.available_backends()["maxflow"] is not True,
+                                   reason=str(adm.available_backends()["maxflow"]))
+
+
+@st.composite
+def continuous_problems(draw, max_side=10, max_labels=6):
+    """Problems with continuous random costs, so minimum cuts are unique (no ties) almost surely."""
+    height, width = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    n_labels = draw(st.integers(2, max_labels))
+    n_directions = draw(st.sampled_from([2, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    seeds = np.where(rng.random((height, width)) < draw(st.sampled_from([0.0, 0.1, 0.3])),
+                     rng.integers(0, n_labels, (height, width)), 255)
+    return adm.GridCRF(rng.normal(0, 2, (height, width, n_labels)), rng.random((n_directions, height, width)),
+                       lam=draw(st.floats(0.1, 3.0)), seeds=seeds)
+
+
+@needs_maxflow
+@given(problem=continuous_problems(), data=st.data())
+@settings(max_examples=60)
+def test_numba_expansion_equals_maxflow(problem, data):
+    init = data.draw(st.one_of(st.none(), labelings(problem)), label="init")
+    ours = adm.solve(problem, "numba-expansion", init=init)
+    theirs = adm.solve(problem, "maxflow", init=init)
+    assert np.array_equal(ours.labels, theirs.labels)
+    assert len(ours.history) == len(theirs.history)
+    for a, b in zip(ours.history, theirs.history):
+        assert abs(a - b) <= 1e-9 * scale(a, b)
+
+
+@needs_maxflow
+def test_numba_expansion_equals_maxflow_on_a_large_seeded_problem():
+    rng = np.random.default_rng(3)
+    height, width, n_labels = 60, 70, 7
+    seeds = np.full((height, width), 255)
+    seeds[10:12, 5:60] = 2
+    seeds[40:50, 30] = 5
+    problem = adm.GridCRF(rng.normal(0, 2, (height, width, n_labels)),
+                          adm.contrast_weights(rng.random((height, width, 3)), connectivity=8), lam=3.0,
+                          seeds=seeds)
+    ours, theirs = adm.solve(problem, "numba-expansion"), adm.solve(problem, "maxflow")
+    assert np.array_equal(ours.labels, theirs.labels)
+    np.testing.assert_allclose(ours.history, theirs.history, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap"])
+@given(data=st.data())
+@settings(max_examples=40)
+def test_label_subset_moves_only_to_those_labels(backend, data):
+    problem = data.draw(grid_problems(min_labels=2, max_labels=5, max_side=8))
+    init = data.draw(labelings(problem), label="init")
+    subset = data.draw(st.lists(st.integers(0, problem.n_labels - 1), min_size=1, unique=True), label="labels")
+    start = problem.apply_seeds(init)
+    res = adm.solve(problem, backend, init=init, labels=subset)
+    changed = res.labels != start
+    assert np.isin(res.labels[changed], subset).all()
+    if backend == "numba-swap":  # a swap also takes pixels only from labels in the subset
+        assert np.isin(start[changed], subset).all()
+    assert not problem.violates_seeds(res.labels)
+    assert res.energy <= problem.energy(start) + 1e-9 * scale(res.energy)
+
+
+@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap"])
+@given(problem=continuous_problems(max_side=6))
+@settings(max_examples=30)
+def test_label_subset_of_all_labels_is_the_full_run(backend, problem):
+    full = adm.solve(problem, backend)
+    subset = adm.solve(problem, backend, labels=list(range(problem.n_labels))[::-1])
+    assert np.array_equal(full.labels, subset.labels)
+    assert full.history == subset.history
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([], r"labels: expected a non-empty sequence"),
+    ([0, 3], r"labels: expected distinct values in \[0, 3\), got \[0, 3\]"),
+    ([1, 1], r"labels: expected distinct values in \[0, 3\), got \[1, 1\]"),
+    ([0.5], r"labels: expected a non-empty sequence of label indices"),
+])
+@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap"])
+def test_bad_label_subset(backend, labels, message):
+    problem = adm.GridCRF(np.zeros((2, 2, 3)), np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match=message):
+        adm.solve(problem, backend, labels=labels)
+
+
+@given(data=st.data())
+@settings(max_examples=60)
+def test_swap_with_two_labels_is_exact(data):
+    problem = data.draw(grid_problems(min_labels=2, max_labels=2, max_pixels=12))
+    init = data.draw(st.one_of(st.none(), labelings(problem)), label="init")
+    res = adm.solve(problem, "numba-swap", init=init)
+    optimum = brute_force(problem)
+    assert abs(res.energy - optimum) <= 1e-9 * scale(optimum)
+
+
+@given(problem=continuous_problems(max_side=12))
+@settings(max_examples=30)
+def test_swap_from_an_expansion_optimum_stays_below_it(problem):
+    """Swap accepts only improving moves, so started at expansion's result it never ends higher."""
+    start = adm.solve(problem, "numba-expansion")
+    res = adm.solve(problem, "numba-swap", init=start.labels)
+    assert res.energy <= start.energy + 1e-9 * scale(start.energy)
+    assert res.converged
+
+
+def test_threads_are_used_for_numba_backends_and_agree_with_serial():
+    rng = np.random.default_rng(5)
+    problems = [adm.GridCRF(rng.normal(size=(40, 40, 4)), rng.random((2, 40, 40)), lam=1.0) for _ in range(4)]
+    serial = adm.solve_batch(problems, "numba-expansion", workers=1)
+    threaded = adm.solve_batch(problems, "numba-expansion", workers=2)
+    for a, b in zip(serial, threaded):
+        assert np.array_equal(a.labels, b.labels) and a.history == b.history
