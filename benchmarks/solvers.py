@@ -4,8 +4,11 @@ Every solver minimises the same GridCRF per instance: unaries -log S of a spatia
 softmax S (seeded per image and K), the image's scribbles (labels 0 and 1) as seeds, contrast weights
 and lambda = 2. Every energy printed is ``problem.energy(labels)``, admsolve's reference function.
 
-    python benchmarks/solvers.py [--images 3] [--size 321] [--labels 2 5 21] [--connectivity 4 8]
-                                 [--sweeps 5] [--repeats 3] [--backends maxflow numba-icm]
+    python benchmarks/solvers.py [--images 3] [--sizes 321] [--labels 2 5 21] [--connectivity 4 8]
+                                 [--sweeps 5] [--repeats 3] [--backends maxflow numba-icm] [--no-extras]
+
+After the main table come the extras (skipped with --no-extras): batch throughput of solve_batch,
+expansion restricted to a label subset, and the Numba JIT compile and cached start-up times.
 """
 
 import argparse
@@ -13,7 +16,9 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import zlib
 
@@ -129,16 +134,184 @@ def sweep_gap(history, reference):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3, help="number of GrabCut images (sorted ids)")
-    parser.add_argument("--size", type=int, default=321, help="images are resized to size x size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[321], help="images are resized to size x size")
     parser.add_argument("--labels", type=int, nargs="+", default=[2, 5, 21], help="values of K (>= 2)")
     parser.add_argument("--connectivity", type=int, nargs="+", default=[4, 8], choices=[4, 8])
     parser.add_argument("--sweeps", type=int, default=5, help="max_sweeps of every solver")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median reported)")
     parser.add_argument("--backends", nargs="+", help="admsolve backends (default: all available)")
+    parser.add_argument("--no-extras", action="store_true", help="only the main table")
     args = parser.parse_args()
     if min(args.labels) < 2:
         parser.error("--labels: every K must be >= 2 (the scribbles use labels 0 and 1)")
     return args
+
+
+def warm_up(backends, image_id, args):
+    """Compile every backend's code paths on a small crop; nothing from this is reported."""
+    image, scribbles = load_image(image_id, 48)
+    for name in backends:
+        for n_labels in args.labels:
+            for connectivity in args.connectivity:
+                try:
+                    adm.solve(make_problem(image, scribbles, image_id, n_labels, connectivity), name,
+                              max_sweeps=args.sweeps)
+                except Exception:
+                    pass  # reported when the backend fails on a timed instance
+
+
+def measure_instance(problem, key, backends, args):
+    """Rows for gco and every backend on one problem; times are medians of --repeats runs."""
+    labels, _, gco_history = gco_solve(problem, args.sweeps, per_sweep=True)
+    times = [gco_solve(problem, args.sweeps)[1] for _ in range(args.repeats)]
+    gco_row = dict(key, backend="gco", sweeps=len(gco_history) - 1, time=statistics.median(times),
+                   energy=problem.energy(labels), seeds_ok=not problem.violates_seeds(labels))
+    rows = [gco_row]
+    for name in backends:
+        try:
+            results = [adm.solve(problem, name, max_sweeps=args.sweeps) for _ in range(args.repeats)]
+        except Exception as exc:  # a broken backend is reported, not fatal to the benchmark
+            rows.append(dict(key, backend=name, error=f"{type(exc).__name__}: {exc}"))
+            print(f"  {name} failed on {key}: {rows[-1]['error']}", file=sys.stderr)
+            continue
+        result = results[-1]
+        rows.append(dict(key, backend=name, sweeps=result.sweeps, time=statistics.median(r.time for r in results),
+                         energy=result.energy, history=result.history,
+                         seeds_ok=not problem.violates_seeds(result.labels)))
+    for row in rows:
+        if "error" not in row:
+            row["ratio"] = row["time"] / gco_row["time"]
+            row["gap"] = (row["energy"] - gco_row["energy"]) / abs(gco_row["energy"])
+            if row["backend"] in ("maxflow", "numba-expansion"):
+                row["sweep_gap"] = sweep_gap(row["history"], gco_history)
+    return rows
+
+
+def print_table(rows, backends):
+    wide = max(len(name) for name in ["backend", *backends])
+    header = (f"{'size':>4} {'image':>7} {'K':>3} {'conn':>4} {'backend':<{wide}} {'sweeps':>6} {'time (s)':>9} "
+              f"{'x gco':>7} {'energy':>14} {'gap %':>9} {'sweep gap %':>12}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for row in rows:
+        ident = f"{row['size']:>4} {row['image']:>7} {row['K']:>3} {row['conn']:>4} {row['backend']:<{wide}}"
+        if "error" in row:
+            print(f"{ident} FAILED: {row['error']}")
+            continue
+        sweep = f"{100 * row['sweep_gap']:+.1e}" if "sweep_gap" in row else ""
+        flag = "" if row["seeds_ok"] else "  SEEDS VIOLATED"
+        print(f"{ident} {row['sweeps']:>6} {row['time']:>9.3f} {row['ratio']:>7.2f} {row['energy']:>14.3f} "
+              f"{100 * row['gap']:>9.4f} {sweep:>12}{flag}")
+
+
+def print_summary(rows, backends, args, n_images):
+    """Median ratios per (size, K, connectivity) and the targets of the issues, PASS or FAIL."""
+    print("\nsummary: median over images of time / gco time (and of the energy gap); sweep gap = worst over "
+          "sweeps of (E - E_gco) / |E_gco|")
+    for size in args.sizes:
+        for n_labels in args.labels:
+            for connectivity in args.connectivity:
+                group = [r for r in rows if (r["size"], r["K"], r["conn"]) == (size, n_labels, connectivity)]
+                by = {name: {r["image"]: r for r in group if r["backend"] == name and "error" not in r}
+                      for name in backends}
+                parts = [f"{name} {statistics.median(r['ratio'] for r in by[name].values()):.2f}x "
+                         f"({100 * statistics.median(r['gap'] for r in by[name].values()):+.4f}%)"
+                         if by[name] else f"{name} failed" for name in backends]
+                print(f"  {size}x{size} K={n_labels:<3} {connectivity}-conn: " + ", ".join(parts))
+                for ok, text in targets(by, n_images, connectivity):
+                    print(f"    {'PASS' if ok else 'FAIL'}  {text}")
+
+
+def targets(by, n_images, connectivity):
+    """(passed, description) of each target that the backends measured here can be checked against."""
+    checks = []
+    for name, time_limit in (("maxflow", 1.5 if connectivity == 4 else 1.0), ("numba-expansion", 0.5)):
+        if name not in by:
+            continue
+        if len(by[name]) < n_images:
+            checks.append((False, f"{name} failed on {n_images - len(by[name])} of {n_images} images"))
+            continue
+        worst = max(r["sweep_gap"] for r in by[name].values())
+        checks.append((worst <= 1e-4, f"{name} energy within 0.01% of gco at every sweep (worst {100 * worst:+.1e}%)"))
+        ratio = statistics.median(r["ratio"] for r in by[name].values())
+        checks.append((ratio <= time_limit, f"{name} time <= {time_limit}x gco (median {ratio:.2f}x)"))
+    both = [i for i in by.get("maxflow", {}) if i in by.get("numba-icm", {})]
+    if both:
+        speedup = statistics.median(by["maxflow"][i]["time"] / by["numba-icm"][i]["time"] for i in both)
+        gap = statistics.median(by["numba-icm"][i]["gap"] for i in both)
+        checks.append((speedup >= 10, f"numba-icm >= 10x faster than maxflow (median {speedup:.1f}x; "
+                                      f"its energy gap to gco {100 * gap:+.3f}%)"))
+    return checks
+
+
+def batch_section(ids, args):
+    """Throughput of solve_batch on 8 problems (321x321, K=21, 4-connected): workers=1 vs 2."""
+    size, n_labels = 321, 21
+    image, scribbles = load_image(ids[0], size)
+    problems = [make_problem(image, scribbles, f"{ids[0]}-{i}", n_labels, 4) for i in range(8)]
+    print(f"\nsolve_batch: 8 problems {size}x{size}, K={n_labels}, 4-conn, max {args.sweeps} sweeps, "
+          f"{os.cpu_count()} CPUs")
+    for name in ("numba-expansion", "maxflow", "numba-icm"):
+        if adm.available_backends().get(name) is not True:
+            continue
+        seconds = {}
+        for workers in (1, 2):
+            began = time.perf_counter()
+            adm.solve_batch(problems, name, workers=workers, max_sweeps=args.sweeps)
+            seconds[workers] = time.perf_counter() - began
+        speedup = seconds[1] / seconds[2]
+        verdict = f"   target >= 1.8x: {'PASS' if speedup >= 1.8 else 'FAIL'}" if name == "numba-expansion" else ""
+        print(f"  {name:16s} 1 worker {seconds[1]:6.2f} s, 2 workers {seconds[2]:6.2f} s: "
+              f"throughput x{speedup:.2f}{verdict}")
+
+
+def subset_section(ids, args):
+    """Expansion over 3 of 21 labels (those present, as ADM would choose) vs over all 21."""
+    size, n_labels = 321, 21
+    print(f"\nlabels= subset: {size}x{size}, K={n_labels}, the network favours labels 0, 1, 2 (the others "
+          f"have logits lowered by 6); expansion on labels [0, 1, 2] vs on all")
+    for image_id in ids:
+        image, scribbles = load_image(image_id, size)
+        for connectivity in args.connectivity:
+            base = make_problem(image, scribbles, image_id, n_labels, connectivity)
+            unary = np.array(base.unary)
+            unary[..., 3:] += 6.0  # -log S: lowering a logit by 6 raises the unary by about 6
+            problem = adm.GridCRF(unary, base.weights, lam=base.lam, seeds=base.seeds)
+            for name in ("numba-expansion", "maxflow"):
+                if adm.available_backends().get(name) is not True:
+                    continue
+                full = [adm.solve(problem, name, max_sweeps=args.sweeps) for _ in range(args.repeats)]
+                part = [adm.solve(problem, name, max_sweeps=args.sweeps, labels=[0, 1, 2])
+                        for _ in range(args.repeats)]
+                t_full = statistics.median(r.time for r in full)
+                t_part = statistics.median(r.time for r in part)
+                gap = (part[-1].energy - full[-1].energy) / abs(full[-1].energy)
+                verdict = f"   target >= 5x: {'PASS' if t_full / t_part >= 5 else 'FAIL'}" \
+                    if name == "numba-expansion" else ""
+                print(f"  {image_id} {connectivity}-conn {name:16s} all {t_full:6.3f} s, subset {t_part:6.3f} s: "
+                      f"x{t_full / t_part:5.1f} faster, energy {100 * gap:+.4f}% vs all{verdict}")
+
+
+STARTUP = """
+import time
+began = time.perf_counter()
+import numpy as np, admsolve as adm
+rng = np.random.default_rng(0)
+problem = adm.GridCRF(rng.random((16, 16, 3)), rng.random((4, 16, 16)), lam=1.0)
+for name in ("numba-expansion", "numba-swap", "numba-icm"):
+    adm.solve(problem, name)
+print(time.perf_counter() - began)
+"""
+
+
+def startup_section():
+    """Import + first solve with every Numba backend, in a fresh process: with an empty JIT cache
+    (compilation) and again with the cache that run wrote."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        seconds = [float(subprocess.run([sys.executable, "-c", STARTUP], env=env, check=True, capture_output=True,
+                                        text=True).stdout) for _ in range(2)]
+    print(f"\nNumba start-up (import + first solve with numba-expansion, numba-swap, numba-icm, new process): "
+          f"empty cache {seconds[0]:.2f} s (JIT compile), cached {seconds[1]:.2f} s")
 
 
 def main():
@@ -159,105 +332,33 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, numpy {np.__version__}, numba {version('numba')}, "
           f"PyMaxflow {version('PyMaxflow')}, gco-wrapper {version('gco-wrapper')}, admsolve {adm.__version__}")
-    print(f"{len(ids)} GrabCut images at {args.size}x{args.size}, lambda={LAM:g}, gamma={GAMMA:g}, "
-          f"max {args.sweeps} sweeps, median of {args.repeats} runs")
+    print(f"{len(ids)} GrabCut images at {', '.join(f'{s}x{s}' for s in args.sizes)}, lambda={LAM:g}, "
+          f"gamma={GAMMA:g}, max {args.sweeps} sweeps, median of {args.repeats} runs")
     print("time: admsolve = SolveResult.time (the backend's whole minimize call, graph construction and "
           "per-sweep energies included); gco = array conversion + create graph + set costs + neighbours "
-          "+ expansion (label initialisation excluded). gap = (E - E_gco) / |E_gco|; sweep gap (gco rows) = "
-          "max over sweeps of (E_maxflow - E_gco) / |E_gco|.")
+          "+ expansion (label initialisation excluded). gap = (E - E_gco) / |E_gco|.")
 
-    small_image, small_scribbles = load_image(ids[0], args.size)
-    for name in backends:  # warm-up (JIT compilation), on a small crop, for every code path; not reported
-        for n_labels in args.labels:
-            for connectivity in args.connectivity:
-                try:
-                    adm.solve(make_problem(small_image[:48, :48], small_scribbles[:48, :48], ids[0], n_labels,
-                                           connectivity), name, max_sweeps=args.sweeps)
-                except Exception:
-                    pass  # reported when the backend fails on a timed instance
-
-    rows, total = [], len(ids) * len(args.labels) * len(args.connectivity)
-    for image_id in ids:
-        image, scribbles = load_image(image_id, args.size)
-        for n_labels in args.labels:
-            for connectivity in args.connectivity:
-                began = time.perf_counter()
-                problem = make_problem(image, scribbles, image_id, n_labels, connectivity)
-                labels, _, gco_history = gco_solve(problem, args.sweeps, per_sweep=True)
-                times = [gco_solve(problem, args.sweeps)[1] for _ in range(args.repeats)]
-                gco_row = dict(image=image_id, K=n_labels, conn=connectivity, backend="gco",
-                               sweeps=len(gco_history) - 1, time=statistics.median(times),
-                               energy=problem.energy(labels), seeds_ok=not problem.violates_seeds(labels))
-                instance = [gco_row]
-                for name in backends:
-                    try:
-                        results = [adm.solve(problem, name, max_sweeps=args.sweeps) for _ in range(args.repeats)]
-                    except Exception as exc:  # a broken backend is reported, not fatal to the benchmark
-                        error = f"{type(exc).__name__}: {exc}"
-                        print(f"  {name} failed on image {image_id} K={n_labels} {connectivity}-conn: {error}",
-                              file=sys.stderr)
-                        instance.append(dict(image=image_id, K=n_labels, conn=connectivity, backend=name,
-                                             error=error))
-                        continue
-                    result = results[-1]
-                    instance.append(dict(image=image_id, K=n_labels, conn=connectivity, backend=name,
-                                         sweeps=result.sweeps, time=statistics.median(r.time for r in results),
-                                         energy=result.energy, history=result.history,
-                                         seeds_ok=not problem.violates_seeds(result.labels)))
-                for row in instance:
-                    if "error" in row:
-                        continue
-                    row["ratio"] = row["time"] / gco_row["time"]
-                    row["gap"] = (row["energy"] - gco_row["energy"]) / abs(gco_row["energy"])
-                    if row["backend"] == "maxflow":
-                        gco_row["sweep_gap"] = row["sweep_gap"] = sweep_gap(row["history"], gco_history)
-                rows += instance
-                print(f"[{len(rows) // len(instance)}/{total}] image {image_id} K={n_labels} "
-                      f"{connectivity}-conn: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
-
-    wide = max(len(name) for name in ["backend", *backends])
-    header = (f"{'image':>7} {'K':>3} {'conn':>4} {'backend':<{wide}} {'sweeps':>6} {'time (s)':>9} "
-              f"{'x gco':>7} {'energy':>14} {'gap %':>9} {'sweep gap %':>12}")
-    print("\n" + header + "\n" + "-" * len(header))
-    for row in rows:
-        ident = f"{row['image']:>7} {row['K']:>3} {row['conn']:>4} {row['backend']:<{wide}}"
-        if "error" in row:
-            print(f"{ident} FAILED: {row['error']}")
-            continue
-        sweep = f"{100 * row['sweep_gap']:+.1e}" if row["backend"] == "gco" and "sweep_gap" in row else ""
-        flag = "" if row["seeds_ok"] else "  SEEDS VIOLATED"
-        print(f"{ident} {row['sweeps']:>6} {row['time']:>9.3f} {row['ratio']:>7.2f} {row['energy']:>14.3f} "
-              f"{100 * row['gap']:>9.4f} {sweep:>12}{flag}")
-
-    print("\nsummary: median over images of time / gco time (and of the energy gap)")
-    for n_labels in args.labels:
-        for connectivity in args.connectivity:
-            group = [r for r in rows if r["K"] == n_labels and r["conn"] == connectivity]
-            by = {name: {r["image"]: r for r in group if r["backend"] == name and "error" not in r}
-                  for name in backends}
-            failed = {name: len(ids) - len(by[name]) for name in backends}
-            parts = [f"{name} {statistics.median(r['ratio'] for r in by[name].values()):.2f}x "
-                     f"({100 * statistics.median(r['gap'] for r in by[name].values()):+.4f}%)"
-                     if by[name] else f"{name} failed" for name in backends]
-            print(f"  K={n_labels:<3} {connectivity}-conn: " + ", ".join(parts))
-            checks = []
-            if "maxflow" in by and failed["maxflow"]:
-                checks.append((False, f"maxflow failed on {failed['maxflow']} of {len(ids)} images"))
-            elif "maxflow" in by:
-                worst = max(r["sweep_gap"] for r in by["maxflow"].values())
-                checks.append((worst <= 1e-4, f"maxflow energy within 0.01% of gco at every sweep "
-                                              f"(worst {100 * worst:+.1e}%)"))
-                limit = 1.5 if connectivity == 4 else 1.0
-                ratio = statistics.median(r["ratio"] for r in by["maxflow"].values())
-                checks.append((ratio <= limit, f"maxflow time <= {limit}x gco (median {ratio:.2f}x)"))
-            both = [i for i in ids if i in by.get("maxflow", {}) and i in by.get("numba-icm", {})]
-            if both:
-                speedup = statistics.median(by["maxflow"][i]["time"] / by["numba-icm"][i]["time"] for i in both)
-                gap = statistics.median(by["numba-icm"][i]["gap"] for i in both)
-                checks.append((speedup >= 10, f"numba-icm >= 10x faster than maxflow (median {speedup:.1f}x; "
-                                              f"its energy gap to gco {100 * gap:+.3f}%)"))
-            for ok, text in checks:
-                print(f"    {'PASS' if ok else 'FAIL'}  {text}")
+    warm_up(backends, ids[0], args)
+    rows, done = [], 0
+    total = len(args.sizes) * len(ids) * len(args.labels) * len(args.connectivity)
+    for size in args.sizes:
+        for image_id in ids:
+            image, scribbles = load_image(image_id, size)
+            for n_labels in args.labels:
+                for connectivity in args.connectivity:
+                    began = time.perf_counter()
+                    problem = make_problem(image, scribbles, image_id, n_labels, connectivity)
+                    key = dict(size=size, image=image_id, K=n_labels, conn=connectivity)
+                    rows += measure_instance(problem, key, backends, args)
+                    done += 1
+                    print(f"[{done}/{total}] {size}x{size} image {image_id} K={n_labels} {connectivity}-conn: "
+                          f"{time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+    print_table(rows, backends)
+    print_summary(rows, backends, args, len(ids))
+    if not args.no_extras:
+        batch_section(ids, args)
+        subset_section(ids, args)
+        startup_section()
     return 0
 
 
