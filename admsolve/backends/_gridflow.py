@@ -190,9 +190,13 @@ def _adopt(n_orphans, time, cap, offset, reverse, nbr_mask, tree, parent, stamp,
     an exact distance, so later checks can stop there. Returns the active queue's (tail, count).
     """
     n_dir = offset.shape[0]
+    # A node can be orphaned again after adoption, so more than N orphans may pass through in one
+    # phase; but one is queued at most once at a time (its parent is ORPHAN while queued), so the
+    # queue is a ring buffer of N entries: `head` and `n_orphans` count up, positions wrap around.
+    size = orphan_queue.shape[0]
     head = 0
     while head < n_orphans:
-        p = orphan_queue[head]
+        p = orphan_queue[head % size]
         head += 1
         side = tree[p]
         mask = nbr_mask[p]
@@ -261,7 +265,7 @@ def _adopt(n_orphans, time, cap, offset, reverse, nbr_mask, tree, parent, stamp,
                 a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
             if parent[q] == reverse[k]:
                 parent[q] = ORPHAN
-                orphan_queue[n_orphans] = q
+                orphan_queue[n_orphans % size] = q
                 n_orphans += 1
         tree[p] = FREE
         parent[p] = NO_PARENT
