@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 import admsolve as adm
 
@@ -26,6 +25,13 @@ BRUTE_FORCE_LIMIT = 200_000
 def quarters(low, high):
     """Multiples of 0.25 in [low, high], shrinking towards 0 (or towards `low` if low > 0)."""
     return st.integers(int(round(4 * low)), int(round(4 * high))).map(lambda n: n / 4.0)
+
+
+def rngs():
+    """numpy Generators seeded by hypothesis. The bulk of every array comes from one of these, so
+    that a failing example shrinks quickly in its shape, K, lambda and seeding (hypothesis draws a
+    handful of numbers per example rather than one per array entry)."""
+    return st.integers(0, 2**32 - 1).map(np.random.default_rng)
 
 
 @st.composite
@@ -49,6 +55,12 @@ def grid_problems(draw, min_labels=1, max_labels=6, max_side=12, max_pixels=None
         Largest K ** (H * W) (to keep brute force affordable).
     lam : float, optional
         Fixed lambda; drawn from [0, 3] by default (0 included).
+
+    Unaries and weights are multiples of 0.25; the unaries take values in [-s, s] (or [0, s]) for a
+    drawn spread s from 0.25 to 5 (small spreads give many exact ties); a drawn fraction (0 to 1)
+    of the weights is exactly 0, including entries of edges leaving the image (which the problem
+    must ignore). Seeds: none (``seeds=None``), an all-free array, or a drawn fraction of the pixels
+    fixed to random labels; the ``unlabeled`` marker is 255 or another value outside [0, K).
     """
     n_labels = draw(st.integers(min_labels, max_labels), label="K")
     pixel_cap = max_side * max_side if max_pixels is None else max_pixels
@@ -60,30 +72,27 @@ def grid_problems(draw, min_labels=1, max_labels=6, max_side=12, max_pixels=None
     if connectivity is None:
         connectivity = draw(st.sampled_from([4, 8]), label="connectivity")
     n_directions = N_DIRECTIONS[connectivity]
-
-    low = 0.0 if nonnegative else -5.0
-    unary_dtype = draw(st.sampled_from([np.float64, np.float32]), label="unary dtype")
-    unary = draw(hnp.arrays(np.float64, (height, width, n_labels), elements=quarters(low, 5.0),
-                            fill=st.nothing()), label="unary").astype(unary_dtype)
-    # Integers in [-6, 8] clipped at 0: about half the weights are exactly 0. Entries for edges
-    # leaving the image are drawn too (the problem must ignore them).
-    raw = draw(hnp.arrays(np.int64, (n_directions, height, width), elements=st.integers(-6, 8),
-                          fill=st.nothing()), label="weights")
-    weights = np.maximum(raw, 0) / 4.0
     if lam is None:
         lam = draw(quarters(0.0, 3.0), label="lam")
+    rng = draw(rngs(), label="rng")
+
+    spread = draw(st.sampled_from([20, 1, 4, 8]), label="unary spread (quarters)")
+    low = 0 if nonnegative else -spread
+    unary_dtype = draw(st.sampled_from([np.float64, np.float32]), label="unary dtype")
+    unary = (rng.integers(low, spread + 1, (height, width, n_labels)) / 4.0).astype(unary_dtype)
+    zero_fraction = draw(st.sampled_from([0.5, 0.0, 0.9, 1.0, 0.2]), label="zero weights")
+    weights = rng.integers(1, 9, (n_directions, height, width)) / 4.0
+    weights[rng.random(weights.shape) < zero_fraction] = 0.0
 
     unlabeled = draw(st.sampled_from([255, -1, n_labels, 1000]), label="unlabeled")
     seed_mode = draw(st.sampled_from(["none", "all free", "some"]), label="seeds")
     if seed_mode == "none":
         seeds = None
     else:
-        # v < 3K: free; v >= 3K: seeded with label v - 3K. Shrinks towards no seeds.
-        codes = draw(hnp.arrays(np.int64, (height, width), elements=st.integers(0, 4 * n_labels - 1),
-                                fill=st.nothing()), label="seed codes")
-        if seed_mode == "all free":
-            codes[...] = 0
-        seeds = np.where(codes >= 3 * n_labels, codes - 3 * n_labels, unlabeled)
+        fraction = 0.0 if seed_mode == "all free" else draw(st.sampled_from([0.2, 0.05, 0.5, 1.0]),
+                                                             label="seeded fraction")
+        seeded = rng.random((height, width)) < fraction
+        seeds = np.where(seeded, rng.integers(0, n_labels, (height, width)), unlabeled)
         seed_dtype = draw(st.sampled_from([np.int64, np.int32, np.int16]), label="seed dtype")
         seeds = seeds.astype(seed_dtype)
     if unlabeled == 255 and draw(st.booleans(), label="default unlabeled"):
@@ -91,14 +100,18 @@ def grid_problems(draw, min_labels=1, max_labels=6, max_side=12, max_pixels=None
     return adm.GridCRF(unary, weights, lam=lam, seeds=seeds, unlabeled=unlabeled)
 
 
-def labelings(problem, respect_seeds=False):
-    """Strategy for (H, W) int labelings of `problem` (optionally agreeing with its seeds)."""
+@st.composite
+def labelings(draw, problem, respect_seeds=False):
+    """(H, W) int64 labelings of `problem` using a drawn number of distinct labels (1 gives a
+    constant labeling), optionally agreeing with its seeds."""
     height, width = problem.shape
-    strategy = hnp.arrays(np.int64, (height, width), elements=st.integers(0, problem.n_labels - 1),
-                          fill=st.nothing())
+    used = draw(st.integers(1, problem.n_labels), label="labels used")
+    rng = draw(rngs(), label="rng")
+    choice = rng.permutation(problem.n_labels)[:used]
+    labels = choice[rng.integers(0, used, (height, width))].astype(np.int64)
     if respect_seeds:
-        strategy = strategy.map(lambda x: np.where(problem.seeded, problem.seeds, x))
-    return strategy
+        labels = np.where(problem.seeded, problem.seeds, labels)
+    return labels
 
 
 def inside(y, x, d, height, width):

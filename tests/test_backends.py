@@ -26,6 +26,9 @@ every_backend = pytest.mark.parametrize("backend", [backend_param(n) for n in BA
 #: The alpha-expansion backends (exact for K = 2, within the Potts factor 2 for K > 2).
 EXPANSION_NAMES = [name for name in ("maxflow", "numba-expansion") if name in registry.BACKENDS]
 every_expansion_backend = pytest.mark.parametrize("backend", [backend_param(n) for n in EXPANSION_NAMES])
+#: Backends whose moves are min-cuts: with K = 2 one move is the whole binary problem, so exact.
+GRAPH_CUT_NAMES = EXPANSION_NAMES + [name for name in ("numba-swap",) if name in registry.BACKENDS]
+every_graph_cut_backend = pytest.mark.parametrize("backend", [backend_param(n) for n in GRAPH_CUT_NAMES])
 
 
 def assert_non_increasing(history):
@@ -184,7 +187,7 @@ def test_solve_is_deterministic(backend):
 
 # --------------------------------------------------------------------------- optimality (expansion)
 
-@every_expansion_backend
+@every_graph_cut_backend
 @given(data=st.data())
 @settings(max_examples=60)
 def test_two_labels_is_exact(backend, data):
