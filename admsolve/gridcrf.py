@@ -195,8 +195,8 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     connectivity : {4, 8}, optional
     sigma2 : float, optional
         sigma^2 of eq. 2. By default the Boykov-Jolly rule: the mean of ||I_p - I_q||^2 over all
-        neighbouring pairs of the chosen connectivity. If that mean is 0 (a constant image) every
-        weight is 1.
+        neighbouring pairs of the chosen connectivity. If that mean is 0 (a constant image) the
+        exponential is taken as 1: weights are 1 (diagonals 1/sqrt(2)).
 
     Returns
     -------

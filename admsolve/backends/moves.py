@@ -138,4 +138,7 @@ def alpha_expansion(problem, init, max_sweeps, min_cut, labels=None):
             else:
                 useless_since[alpha] = accepted
         history.append(problem.energy(labels))
+        # each accepted move lowers the energy; if rounding made the sweep's moves look better than
+        # they were, stop rather than cycle
+        converged = converged or history[-1] >= history[-2]
     return {"labels": labels, "history": history, "converged": converged}
