@@ -5,10 +5,6 @@ capacities on the grid. Convention: a node on the sink side of the cut takes y =
 import numpy as np
 from numba import njit
 
-from ..gridcrf import OFFSETS
-
-_OFFSETS = np.array(OFFSETS, dtype=np.int64)
-
 
 def label_major_unary(problem):
     """The unaries as a contiguous (K, H, W) array, so each label's costs are one block."""
@@ -20,6 +16,20 @@ def pin_capacity(problem):
     three times the edge weights, which bound the sum of every other capacity of a move."""
     unary_range = problem.unary.max(axis=2) - problem.unary.min(axis=2)
     return 1.0 + float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+
+
+@njit(inline="always")
+def _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, d, y, x, qy, qx):
+    """One edge p -> q of an expansion move: writes its capacity, moves its share of q's terminal
+    cost into `pending`, and returns its share of p's."""
+    w = weights[d, y, x]
+    lq = labels[qy, qx]
+    cut_now = w if lp != lq else 0.0  # E(0, 0)
+    p_moves_alone = w if lq != alpha else 0.0  # E(1, 0)
+    q_moves_alone = w if lp != alpha else 0.0  # E(0, 1)
+    pending[qy, qx] -= p_moves_alone
+    edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
+    return p_moves_alone - cut_now
 
 
 @njit(nogil=True, cache=True)
@@ -44,19 +54,15 @@ def expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_
             lp = labels[y, x]
             delta = unary[alpha, y, x] - unary[lp, y, x] + pending[y, x]  # cost(y=1) - cost(y=0)
             pending[y, x] = 0.0
-            for d in range(n_directions):
-                dy, dx = _OFFSETS[d, 0], _OFFSETS[d, 1]
-                qy, qx = y + dy, x + dx
-                if qy >= height or qx < 0 or qx >= width:
-                    continue
-                w = weights[d, y, x]
-                lq = labels[qy, qx]
-                cut_now = w if lp != lq else 0.0
-                p_moves_alone = w if lq != alpha else 0.0
-                q_moves_alone = w if lp != alpha else 0.0
-                delta += p_moves_alone - cut_now
-                pending[qy, qx] -= p_moves_alone
-                edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
+            # the directions of OFFSETS: (0, 1), (1, 0), then (1, 1), (1, -1) for 8-connectivity
+            if x + 1 < width:
+                delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 0, y, x, y, x + 1)
+            if y + 1 < height:
+                delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 1, y, x, y + 1, x)
+                if n_directions == 4 and x + 1 < width:
+                    delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 2, y, x, y + 1, x + 1)
+                if n_directions == 4 and x > 0:
+                    delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 3, y, x, y + 1, x - 1)
             sink_cap[y, x] = max(-delta, 0.0)
             source_cap[y, x] = max(delta, 0.0)
             if pinned[y, x] and lp != alpha:
