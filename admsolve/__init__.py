@@ -5,6 +5,7 @@ minimised by interchangeable backends behind :func:`solve`.
 """
 
 from .backends import available_backends
+from .bilateral import PermutohedralLattice, bilateral_filter
 from .gridcrf import OFFSETS, GridCRF, contrast_weights
 from .solve import SolveResult, solve, solve_batch
 from .unaries import adm_unary, scribble_unary
@@ -12,9 +13,11 @@ from .unaries import adm_unary, scribble_unary
 __all__ = [
     "OFFSETS",
     "GridCRF",
+    "PermutohedralLattice",
     "SolveResult",
     "adm_unary",
     "available_backends",
+    "bilateral_filter",
     "contrast_weights",
     "scribble_unary",
     "solve",
