@@ -92,16 +92,20 @@ def test_violates_seeds_and_apply_seeds(data):
     assert np.array_equal(init[~seeded], np.argmin(problem.unary, axis=2)[~seeded])
 
 
-def test_unlabeled_value_outside_int32_is_handled_or_rejected():
-    """`unlabeled` accepts any integer outside [0, K); seeds equal to it must then be free pixels
-    (or the value must be refused with a clear error). Seeds are stored as int32, so a value like
-    2**32 wraps to 0 and every pixel silently becomes seeded with label 0."""
+@pytest.mark.parametrize("unlabeled", [2**32, 2**40, -2**31 - 1, -2**32])
+@pytest.mark.parametrize("give_seeds", [True, False])
+def test_unlabeled_value_outside_int32_is_handled_or_rejected(unlabeled, give_seeds):
+    """`unlabeled` may be any integer outside [0, K); pixels whose seed equals it must be free (or
+    the value must be refused with a ValueError naming `unlabeled`). Seeds are stored as int32: an
+    earlier version accepted 2**32, stored it as 0 and silently seeded every pixel with label 0
+    (and raised a bare OverflowError for ``seeds=None``)."""
     unary = np.array([[[0.0, -1.0], [0.0, -1.0]]])
     weights = np.zeros((2, 1, 2))
+    seeds = np.full((1, 2), unlabeled, dtype=np.int64) if give_seeds else None
     try:
-        problem = adm.GridCRF(unary, weights, seeds=np.full((1, 2), 2**32), unlabeled=2**32)
-    except (ValueError, TypeError) as exc:
-        assert "unlabeled" in str(exc)
+        problem = adm.GridCRF(unary, weights, seeds=seeds, unlabeled=unlabeled)
+    except ValueError as exc:
+        assert "unlabeled" in str(exc) and str(unlabeled) in str(exc)
         return
     assert not problem.seeded.any(), f"free pixels became seeds: seeds stored as {problem.seeds.tolist()}"
     assert np.array_equal(problem.initial_labels(), [[1, 1]])
