@@ -40,7 +40,7 @@ def cmd_backends(args):
     for name, status in backends.available_backends().items():
         entry = backends.BACKENDS[name]
         state = "available" if status is True else f"unavailable: {status}"
-        print(f"{name:12s} {entry.description} [{state}]")
+        print(f"{name:16s} {entry.description} [{state}]")
 
 
 def cmd_demo(args):
@@ -49,19 +49,19 @@ def cmd_demo(args):
     image, scribbles, truth = synthetic_scene()
     problem = scribble_problem(image, scribbles, lam=args.lam, connectivity=args.connectivity)
     print(f"built-in example: {problem!r}")
-    print(f"{'backend':12s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
+    print(f"{'backend':16s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
     tiles = [image, overlay(image, truth, scribbles), colorize(problem.initial_labels())]
     captions = ["image", "truth + scribbles", "colour model alone"]
     for name, status in backends.available_backends().items():
         if status is not True:
-            print(f"{name:12s} skipped: {status}")
+            print(f"{name:16s} skipped: {status}")
             continue
         began = time.perf_counter()
         solve(problem, name, max_sweeps=1)  # first use compiles or imports the backend
         warmup = time.perf_counter() - began
         result = solve(problem, name)
         accuracy = float(np.mean(result.labels == truth))
-        print(f"{name:12s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} {accuracy:9.2%}"
+        print(f"{name:16s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} {accuracy:9.2%}"
               f"   (first call {warmup:.2f} s)")
         tiles.append(colorize(result.labels))
         captions.append(f"{name}: E={result.energy:.0f}")
