@@ -83,6 +83,12 @@ class GridCRF:
         for array in (unary, weights, seeds):
             array.flags.writeable = False
 
+    def __setstate__(self, state):
+        """Unpickled copies (e.g. in solve_batch's worker processes) stay read-only too."""
+        self.__dict__.update(state)
+        for array in (self.unary, self.weights, self.seeds):
+            array.flags.writeable = False
+
     @property
     def shape(self):
         """(H, W) of the image."""

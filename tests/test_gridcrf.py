@@ -378,3 +378,17 @@ def test_caller_arrays_are_copied_and_never_modified(data):
     _, grad = problem.relaxed_energy(probs)
     grad += 1.0
     assert problem.relaxed_energy(probs)[0] == relaxed
+
+
+def test_pickled_problem_is_equal_and_read_only():
+    import pickle
+
+    rng = np.random.default_rng(0)
+    problem = adm.GridCRF(rng.random((3, 4, 2)), rng.random((4, 3, 4)), lam=1.5,
+                          seeds=np.where(rng.random((3, 4)) < 0.3, 1, 255))
+    copy = pickle.loads(pickle.dumps(problem))
+    labels = rng.integers(0, 2, (3, 4))
+    assert copy.energy(labels) == problem.energy(labels)
+    assert np.array_equal(copy.seeds, problem.seeds)
+    for array in (copy.unary, copy.weights, copy.seeds):
+        assert not array.flags.writeable
