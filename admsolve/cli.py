@@ -13,6 +13,11 @@ from .solve import solve
 from .unaries import scribble_unary
 
 
+def grid_backends():
+    """Names of the backends that solve a GridCRF."""
+    return [name for name, entry in backends.BACKENDS.items() if entry.problem == "GridCRF"]
+
+
 def scribble_problem(image, scribbles, *, lam, connectivity):
     """The interactive-segmentation grid CRF: colour-model unaries from the scribbles, which are
     also its hard constraints."""
@@ -52,7 +57,8 @@ def cmd_demo(args):
     print(f"{'backend':16s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
     tiles = [image, overlay(image, truth, scribbles), colorize(problem.initial_labels())]
     captions = ["image", "truth + scribbles", "colour model alone"]
-    for name, status in backends.available_backends().items():
+    for name in grid_backends():
+        status = backends.available_backends()[name]
         if status is not True:
             print(f"{name:16s} skipped: {status}")
             continue
@@ -92,8 +98,9 @@ def build_parser():
         sub.add_argument("--lam", type=float, default=20.0,
                          help="weight of the Potts term (default 20, the best on GrabCut with colour-model unaries)")
         sub.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="grid neighbourhood")
-    segment.add_argument("--backend", default=None, choices=list(backends.BACKENDS),
-                         help="solver (default: the first usable of " + ", ".join(backends.DEFAULT_PREFERENCE) + ")")
+    segment.add_argument("--backend", default=None, choices=grid_backends(),
+                         help="solver (default: the first usable of "
+                              + ", ".join(backends.DEFAULT_PREFERENCE["GridCRF"]) + ")")
     segment.add_argument("--max-sweeps", type=int, default=None, help="cap on solver sweeps")
     return parser
 

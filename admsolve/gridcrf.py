@@ -4,7 +4,8 @@ hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and th
 
 import numpy as np
 
-from ._validation import as_label_map, as_real_array, as_scalar, describe
+from ._validation import as_real_array, as_scalar, describe
+from .problem import LabelingProblem
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
 #: (y + dy, x + dx); 4-connectivity uses the first two directions, 8-connectivity all four.
@@ -33,7 +34,7 @@ def inside_mask(n_directions, height, width):
     return mask
 
 
-class GridCRF:
+class GridCRF(LabelingProblem):
     """Grid CRF energy with Potts pairwise terms and hard constraints.
 
     ``E(X) = sum_p unary[p, X_p] + lam * sum_{d, p} weights[d, p] * [X_p != X_{p + OFFSETS[d]}]``,
@@ -48,10 +49,8 @@ class GridCRF:
         :data:`OFFSETS`. Entries for edges leaving the image are ignored (stored as zero).
     lam : float, optional
         Non-negative weight of the Potts term (lambda of the paper).
-    seeds : (H, W) array_like of int, optional
-        Hard constraints: a value in [0, K) fixes that pixel's label, ``unlabeled`` leaves it free.
-    unlabeled : int, optional
-        The value of ``seeds`` that marks a free pixel (255, as in scribble PNGs).
+    seeds, unlabeled
+        Hard constraints, as in :class:`~admsolve.problem.LabelingProblem`.
 
     Notes
     -----
@@ -60,70 +59,27 @@ class GridCRF:
     """
 
     def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=255):
-        unary = as_real_array(unary, "unary", 3)
-        height, width, n_labels = unary.shape
+        super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
+        height, width = self.shape
         weights = as_real_array(weights, "weights", 3, allow_negative=False)
         if weights.shape[0] not in (2, 4) or weights.shape[1:] != (height, width):
             raise ValueError(
                 f"weights: expected shape (2, {height}, {width}) or (4, {height}, {width}) to match "
-                f"unary of shape {unary.shape}, got {describe(weights)}"
+                f"unary of shape {self.unary.shape}, got {describe(weights)}"
             )
         weights[~inside_mask(weights.shape[0], height, width)] = 0.0
-        self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
-        if 0 <= self.unlabeled < n_labels:
-            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
-        if not -2**31 <= self.unlabeled < 2**31:
-            raise ValueError(f"unlabeled: expected a 32-bit integer, got {unlabeled}")
-        if seeds is None:
-            seeds = np.full((height, width), self.unlabeled, dtype=np.int32)
-        else:
-            seeds = as_label_map(seeds, "seeds", (height, width), n_labels, unlabeled=self.unlabeled)
+        self.weights = weights
         self.lam = as_scalar(lam, "lam", minimum=0.0)
-        self.unary, self.weights, self.seeds = unary, weights, seeds
-        for array in (unary, weights, seeds):
-            array.flags.writeable = False
-
-    def __setstate__(self, state):
-        """Unpickled copies (e.g. in solve_batch's worker processes) stay read-only too."""
-        self.__dict__.update(state)
-        for array in (self.unary, self.weights, self.seeds):
-            array.flags.writeable = False
-
-    @property
-    def shape(self):
-        """(H, W) of the image."""
-        return self.unary.shape[:2]
-
-    @property
-    def n_labels(self):
-        return self.unary.shape[2]
+        self._freeze()
 
     @property
     def connectivity(self):
         return 4 if self.weights.shape[0] == 2 else 8
 
-    @property
-    def seeded(self):
-        """(H, W) bool array, True where a seed fixes the label."""
-        return self.seeds != self.unlabeled
-
     def __repr__(self):
         h, w = self.shape
         return (f"GridCRF({h}x{w}, K={self.n_labels}, connectivity={self.connectivity}, "
                 f"lam={self.lam:g}, seeded={int(self.seeded.sum())})")
-
-    def check_labels(self, labels, name="labels"):
-        """Return `labels` as a new int32 (H, W) array, checking shape and range."""
-        return as_label_map(labels, name, self.shape, self.n_labels)
-
-    def apply_seeds(self, labels):
-        """Return a copy of `labels` with every seeded pixel set to its seed."""
-        labels = self.check_labels(labels)
-        return np.where(self.seeded, self.seeds, labels).astype(np.int32)
-
-    def initial_labels(self):
-        """The labeling solvers start from by default: per-pixel argmin of the unaries, seeds applied."""
-        return self.apply_seeds(np.argmin(self.unary, axis=2))
 
     def energy(self, labels):
         """Reference energy of a discrete labeling (the one figure every backend reports).
@@ -149,11 +105,6 @@ class GridCRF:
             p, q = edge_slices(d, height, width)
             total += np.sum(self.weights[(d, *p)] * (labels[p] != labels[q]))
         return float(total)
-
-    def violates_seeds(self, labels):
-        """True if `labels` differs from a seed anywhere."""
-        labels = self.check_labels(labels)
-        return bool(np.any(self.seeded & (labels != self.seeds)))
 
     def relaxed_energy(self, probs):
         """Relaxed energy of soft labels and its gradient.

@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from . import backends
 from ._validation import as_scalar, describe
-from .gridcrf import GridCRF
+from .problem import LabelingProblem
 
 
 class SolveResult(dict):
@@ -44,6 +44,19 @@ class SolveResult(dict):
         return f"SolveResult({fields})"
 
 
+def resolve_backend(problem, backend):
+    """The name of the backend to use for `problem`, checking that it solves that kind of problem."""
+    if not isinstance(problem, LabelingProblem):
+        raise TypeError(f"problem: expected a GridCRF or DenseCRF, got {describe(problem)}")
+    kind = type(problem).__name__
+    if backend is None:
+        return backends.default_backend(kind)
+    entry = backends.lookup(backend)
+    if entry.problem != kind:
+        raise TypeError(f"backend {entry.name!r} solves {entry.problem} problems, got a {kind}")
+    return entry.name
+
+
 def check_options(name, minimize, options):
     """Raise a TypeError naming any option the backend does not take."""
     accepted = [p.name for p in inspect.signature(minimize).parameters.values()
@@ -59,10 +72,10 @@ def solve(problem, backend=None, *, init=None, **options):
 
     Parameters
     ----------
-    problem : GridCRF
+    problem : GridCRF or DenseCRF
     backend : str, optional
-        A name from :func:`available_backends`; by default the first usable of
-        ``backends.DEFAULT_PREFERENCE``.
+        A name from :func:`available_backends` that solves this kind of problem; by default the
+        first usable of ``backends.DEFAULT_PREFERENCE`` for it.
     init : (H, W) array_like of int, optional
         Starting labeling (warm start). Seeded pixels are set to their seeds. By default
         ``problem.initial_labels()``: the per-pixel argmin of the unaries.
@@ -73,9 +86,7 @@ def solve(problem, backend=None, *, init=None, **options):
     -------
     SolveResult
     """
-    if not isinstance(problem, GridCRF):
-        raise TypeError(f"problem: expected a GridCRF, got {describe(problem)}")
-    name = backends.default_backend() if backend is None else backends.lookup(backend).name
+    name = resolve_backend(problem, backend)
     minimize = backends.load(name)
     check_options(name, minimize, options)
     if "max_sweeps" in options and options["max_sweeps"] is not None:
@@ -104,7 +115,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, **options):
 
     Parameters
     ----------
-    problems : sequence of GridCRF
+    problems : sequence of GridCRF or DenseCRF (all of one kind)
     backend : str, optional
         As in :func:`solve`.
     workers : int, optional
@@ -123,7 +134,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, **options):
     if len(inits) != len(problems):
         raise ValueError(f"inits: expected {len(problems)} entries, one per problem, got {len(inits)}")
     workers = (os.cpu_count() or 1) if workers is None else as_scalar(workers, "workers", minimum=1, integer=True)
-    name = backends.default_backend() if backend is None else backends.lookup(backend).name
+    name = resolve_backend(problems[0], backend) if problems else None
     jobs = [(problem, name, init, options) for problem, init in zip(problems, inits)]
     workers = min(workers, max(len(jobs), 1))
     if workers == 1:

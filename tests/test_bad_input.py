@@ -285,7 +285,7 @@ def test_max_sweeps_invalid(value, error):
 @pytest.mark.parametrize("bad, arrived", [({"unary": np.zeros((2, 2, 2))}, "dict"), (None, "NoneType"),
                                          (np.zeros((2, 2, 2)), r"array of shape \(2, 2, 2\)")])
 def test_solve_non_gridcrf_problem(bad, arrived):
-    with pytest.raises(TypeError, match=rf"problem: expected a GridCRF, got {arrived}"):
+    with pytest.raises(TypeError, match=rf"problem: expected a GridCRF or DenseCRF, got {arrived}"):
         adm.solve(bad)
 
 
@@ -329,5 +329,5 @@ def test_missing_backend_library_in_batch(maxflow_missing):
 
 def test_default_backend_skips_a_missing_library(maxflow_missing):
     res = adm.solve(problem())
-    expected = next(name for name in registry.DEFAULT_PREFERENCE if name != "maxflow")
+    expected = next(name for name in registry.DEFAULT_PREFERENCE["GridCRF"] if name != "maxflow")
     assert res.backend == expected

@@ -22,6 +22,8 @@ class Backend:
     extra: str  # the pip extra of admsolve that installs them ("" if none)
     releases_gil: bool  # whether solve_batch can run it in threads
     description: str
+    problem: str = "GridCRF"  # the class of problem it solves
+    monotone: bool = True  # whether the reference energy never rises above the initial labeling's
 
 
 BACKENDS = {
@@ -69,13 +71,13 @@ def available_backends():
     return {name: missing_requirement(backend) or True for name, backend in BACKENDS.items()}
 
 
-#: Backends tried in this order when none is named.
-DEFAULT_PREFERENCE = ("numba-expansion", "maxflow", "numba-icm")
+#: Per problem class, the backends tried in this order when none is named.
+DEFAULT_PREFERENCE = {"GridCRF": ("numba-expansion", "maxflow", "numba-icm")}
 
 
-def default_backend():
-    """The first backend of DEFAULT_PREFERENCE that can be used here."""
-    for name in DEFAULT_PREFERENCE:
+def default_backend(problem_class="GridCRF"):
+    """The first backend of DEFAULT_PREFERENCE[problem_class] that can be used here."""
+    for name in DEFAULT_PREFERENCE[problem_class]:
         if missing_requirement(BACKENDS[name]) is None:
             return name
-    raise ImportError("no solver backend can be used: pip install numba")
+    raise ImportError(f"no backend for {problem_class} can be used: pip install numba")

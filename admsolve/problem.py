@@ -1,0 +1,79 @@
+"""What every energy model shares: per-pixel unaries and scribbles as hard constraints."""
+
+import numpy as np
+
+from ._validation import as_label_map, as_real_array, as_scalar
+
+
+class LabelingProblem:
+    """Unaries and seeds of a labeling problem on an H x W image with K labels.
+
+    Subclasses (:class:`~admsolve.GridCRF`, :class:`~admsolve.DenseCRF`) add the pairwise model
+    and the energy. All arrays are validated copies, stored read-only (also after unpickling).
+
+    Parameters
+    ----------
+    unary : (H, W, K) array_like of float
+        Cost of each label at each pixel. Must be finite.
+    seeds : (H, W) array_like of int, optional
+        Hard constraints: a value in [0, K) fixes that pixel's label, ``unlabeled`` leaves it free.
+    unlabeled : int, optional
+        The value of ``seeds`` that marks a free pixel (255, as in scribble PNGs).
+    """
+
+    def __init__(self, unary, *, seeds=None, unlabeled=255):
+        unary = as_real_array(unary, "unary", 3)
+        height, width, n_labels = unary.shape
+        self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
+        if 0 <= self.unlabeled < n_labels:
+            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
+        if not -2**31 <= self.unlabeled < 2**31:
+            raise ValueError(f"unlabeled: expected a 32-bit integer, got {unlabeled}")
+        if seeds is None:
+            seeds = np.full((height, width), self.unlabeled, dtype=np.int32)
+        else:
+            seeds = as_label_map(seeds, "seeds", (height, width), n_labels, unlabeled=self.unlabeled)
+        self.unary, self.seeds = unary, seeds
+
+    def _freeze(self):
+        """Make every array attribute read-only."""
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+
+    def __setstate__(self, state):
+        """Unpickled copies (e.g. in solve_batch's worker processes) stay read-only too."""
+        self.__dict__.update(state)
+        self._freeze()
+
+    @property
+    def shape(self):
+        """(H, W) of the image."""
+        return self.unary.shape[:2]
+
+    @property
+    def n_labels(self):
+        return self.unary.shape[2]
+
+    @property
+    def seeded(self):
+        """(H, W) bool array, True where a seed fixes the label."""
+        return self.seeds != self.unlabeled
+
+    def check_labels(self, labels, name="labels"):
+        """Return `labels` as a new int32 (H, W) array, checking shape and range."""
+        return as_label_map(labels, name, self.shape, self.n_labels)
+
+    def apply_seeds(self, labels):
+        """Return a copy of `labels` with every seeded pixel set to its seed."""
+        labels = self.check_labels(labels)
+        return np.where(self.seeded, self.seeds, labels).astype(np.int32)
+
+    def initial_labels(self):
+        """The labeling solvers start from by default: per-pixel argmin of the unaries, seeds applied."""
+        return self.apply_seeds(np.argmin(self.unary, axis=2))
+
+    def violates_seeds(self, labels):
+        """True if `labels` differs from a seed anywhere."""
+        labels = self.check_labels(labels)
+        return bool(np.any(self.seeded & (labels != self.seeds)))
