@@ -22,3 +22,22 @@ def grabcut_dir():
     if not (path / "list.txt").is_file():
         pytest.skip(f"real data not found at {path} (the GrabCut set lives in ../shared/data)")
     return path
+
+
+def cuda_available():
+    """Why GPU tests cannot run here, or None when CuPy and a CUDA device are present."""
+    try:
+        import cupy
+
+        return None if cupy.cuda.runtime.getDeviceCount() > 0 else "no CUDA device"
+    except Exception as exc:  # ImportError, or CUDA driver errors
+        return f"CuPy or CUDA unavailable ({type(exc).__name__}: {exc})"
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if "gpu" in item.keywords:
+            reason = reason or cuda_available()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))

@@ -1,0 +1,33 @@
+"""The array module rule of the CuPy backends: the same code runs on NumPy (CPU, CI) and on CuPy
+(GPU), taking the module from its input."""
+
+import numpy as np
+
+
+def array_module(array):
+    """cupy for a CuPy array, else numpy (without importing cupy when it is not in use)."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def device_module(device):
+    """The array module for ``device``: "cpu" -> numpy, "cuda" -> cupy (ImportError naming the extra)."""
+    if device == "cpu":
+        return np
+    if device != "cuda":
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError("device='cuda' needs CuPy: pip install 'admsolve[cuda]'") from None
+    if cupy.cuda.runtime.getDeviceCount() == 0:
+        raise ValueError("device: 'cuda' was asked for, but no CUDA device is present")
+    return cupy
+
+
+def to_numpy(array):
+    """A NumPy copy (or view) of a NumPy or CuPy array."""
+    return array.get() if array_module(array) is not np else np.asarray(array)
