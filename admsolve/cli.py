@@ -65,7 +65,7 @@ def cmd_demo(args):
         began = time.perf_counter()
         solve(problem, name, max_sweeps=1)  # first use compiles or imports the backend
         warmup = time.perf_counter() - began
-        result = solve(problem, name)
+        result = solve(problem, name, max_sweeps=args.max_sweeps)
         accuracy = float(np.mean(result.labels == truth))
         print(f"{name:16s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} {accuracy:9.2%}"
               f"   (first call {warmup:.2f} s)")
@@ -92,6 +92,8 @@ def build_parser():
 
     demo = commands.add_parser("demo", help="segment the built-in example with every available backend")
     demo.add_argument("--sheet", help="write a PNG with every backend's segmentation")
+    demo.add_argument("--max-sweeps", type=int, default=200,
+                      help="cap on each solver's sweeps (default 200: relaxed GD's iterations)")
     demo.set_defaults(run=cmd_demo)
 
     for sub in (segment, demo):
