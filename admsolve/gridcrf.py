@@ -4,6 +4,7 @@ hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and th
 
 import numpy as np
 
+from ._array import array_module
 from ._validation import as_real_array, as_scalar, describe
 from .problem import LabelingProblem
 
@@ -126,18 +127,29 @@ class GridCRF(LabelingProblem):
         probs = as_real_array(probs, "probs", 3)
         if probs.shape != self.unary.shape:
             raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
-        height, width = self.shape
-        mass = probs.sum(axis=2)
-        value = float(np.sum(self.unary * probs))
-        grad = self.unary.copy()
-        for d in range(self.weights.shape[0]):
-            p, q = edge_slices(d, height, width)
-            w = self.lam * self.weights[(d, *p)]
-            overlap = np.sum(probs[p] * probs[q], axis=2)
-            value += float(np.sum(w * (0.5 * mass[p] + 0.5 * mass[q] - overlap)))
-            grad[p] += w[..., None] * (0.5 - probs[q])
-            grad[q] += w[..., None] * (0.5 - probs[p])
-        return value, grad
+        return relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
+
+
+def relaxed_energy_arrays(unary, weights, lam, probs):
+    """The arithmetic of :meth:`GridCRF.relaxed_energy`, without validation, on NumPy or CuPy arrays.
+
+    ``unary`` and ``probs`` are (H, W, K), ``weights`` (D, H, W), all of one array module (that of
+    ``probs``); ``lam`` a float. Returns ``(value, grad)``: value a Python float, grad an (H, W, K)
+    array of that module with the dtype of ``unary``.
+    """
+    xp = array_module(probs)
+    height, width = probs.shape[:2]
+    mass = probs.sum(axis=2)
+    value = float(xp.sum(unary * probs))
+    grad = unary.copy()
+    for d in range(weights.shape[0]):
+        p, q = edge_slices(d, height, width)
+        w = lam * weights[(d, *p)]
+        overlap = xp.sum(probs[p] * probs[q], axis=2)
+        value += float(xp.sum(w * (0.5 * mass[p] + 0.5 * mass[q] - overlap)))
+        grad[p] += w[..., None] * (0.5 - probs[q])
+        grad[q] += w[..., None] * (0.5 - probs[p])
+    return value, grad
 
 
 def contrast_weights(image, *, connectivity=8, sigma2=None):
