@@ -37,6 +37,11 @@ BACKENDS = {
                 "alpha-beta swap on admsolve's own Numba max-flow"),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
                 "iterated conditional modes, Numba JIT"),
+        Backend("cupy-gd", "admsolve.backends.cupy_gd", (), "", True,
+                "gradient descent on the relaxed grid-CRF energy (eq. 9), NumPy or CuPy", monotone=False),
+        Backend("cupy-densecrf", "admsolve.backends.cupy_densecrf", ("numba",), "", True,
+                "dense-CRF mean-field with permutohedral bilateral filtering, NumPy or CuPy",
+                problem="DenseCRF", monotone=False),
     )
 }
 
@@ -72,7 +77,7 @@ def available_backends():
 
 
 #: Per problem class, the backends tried in this order when none is named.
-DEFAULT_PREFERENCE = {"GridCRF": ("numba-expansion", "maxflow", "numba-icm")}
+DEFAULT_PREFERENCE = {"GridCRF": ("numba-expansion", "maxflow", "numba-icm"), "DenseCRF": ("cupy-densecrf",)}
 
 
 def default_backend(problem_class="GridCRF"):
