@@ -7,32 +7,32 @@ import time
 import numpy as np
 
 from . import backends
+from .densecrf import DenseCRF
 from .gridcrf import GridCRF, contrast_weights
 from .io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
 from .solve import solve
 from .unaries import scribble_unary
 
 
-def grid_backends():
-    """Names of the backends that solve a GridCRF."""
-    return [name for name, entry in backends.BACKENDS.items() if entry.problem == "GridCRF"]
-
-
-def scribble_problem(image, scribbles, *, lam, connectivity):
-    """The interactive-segmentation grid CRF: colour-model unaries from the scribbles, which are
-    also its hard constraints."""
+def scribble_problem(image, scribbles, *, kind="GridCRF", lam, connectivity):
+    """The interactive-segmentation problem: colour-model unaries from the scribbles, which are also
+    its hard constraints, with a grid CRF (contrast weights, `lam`, `connectivity`) or a dense CRF
+    (pydensecrf's usual kernels: bilateral sxy=80, srgb=13, compat=10; Gaussian sxy=3, compat=3)."""
     if scribbles.shape != image.shape[:2]:
         raise ValueError(f"scribbles: expected the image's size {image.shape[:2]}, got {scribbles.shape}")
     unary = scribble_unary(image, scribbles)
-    weights = contrast_weights(image, connectivity=connectivity)
-    return GridCRF(unary, weights, lam=lam, seeds=scribbles)
+    if kind == "DenseCRF":
+        return DenseCRF(unary, image, seeds=scribbles)
+    return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=scribbles)
 
 
 def cmd_segment(args):
     image = read_image(args.image)
     scribbles = read_label_map(args.scribbles, "scribbles")
-    problem = scribble_problem(image, scribbles, lam=args.lam, connectivity=args.connectivity)
-    result = solve(problem, args.backend, max_sweeps=args.max_sweeps)
+    kind = backends.BACKENDS[args.backend].problem if args.backend else "GridCRF"
+    problem = scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
+    options = {} if args.max_sweeps is None else {"max_sweeps": args.max_sweeps}
+    result = solve(problem, args.backend, **options)
     write_label_map(args.output, result.labels)
     if args.overlay:
         save_sheet(args.overlay, [overlay(image, result.labels, scribbles)],
@@ -52,23 +52,25 @@ def cmd_demo(args):
     from .examples import synthetic_scene
 
     image, scribbles, truth = synthetic_scene()
-    problem = scribble_problem(image, scribbles, lam=args.lam, connectivity=args.connectivity)
-    print(f"built-in example: {problem!r}")
-    print(f"{'backend':16s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
-    tiles = [image, overlay(image, truth, scribbles), colorize(problem.initial_labels())]
+    problems = {kind: scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
+                for kind in ("GridCRF", "DenseCRF")}
+    print(f"built-in example: {problems['GridCRF']!r}; the dense CRF has the same unaries and seeds")
+    print(f"{'backend':16s} {'model':8s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
+    tiles = [image, overlay(image, truth, scribbles), colorize(problems["GridCRF"].initial_labels())]
     captions = ["image", "truth + scribbles", "colour model alone"]
-    for name in grid_backends():
-        status = backends.available_backends()[name]
+    for name, status in backends.available_backends().items():
         if status is not True:
             print(f"{name:16s} skipped: {status}")
             continue
+        kind = backends.BACKENDS[name].problem
+        options = {"max_sweeps": args.max_sweeps} if kind == "GridCRF" else {}
         began = time.perf_counter()
-        solve(problem, name, max_sweeps=1)  # first use compiles or imports the backend
-        warmup = time.perf_counter() - began
-        result = solve(problem, name, max_sweeps=args.max_sweeps)
+        solve(problems[kind], name, **options)  # the first call also compiles or imports the backend
+        first_call = time.perf_counter() - began
+        result = solve(problems[kind], name, **options)
         accuracy = float(np.mean(result.labels == truth))
-        print(f"{name:16s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} {accuracy:9.2%}"
-              f"   (first call {warmup:.2f} s)")
+        print(f"{name:16s} {kind[:-3].lower():8s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} "
+              f"{accuracy:9.2%}   (first call {first_call:.2f} s)")
         tiles.append(colorize(result.labels))
         captions.append(f"{name}: E={result.energy:.0f}")
     if args.sheet:
@@ -98,11 +100,12 @@ def build_parser():
 
     for sub in (segment, demo):
         sub.add_argument("--lam", type=float, default=20.0,
-                         help="weight of the Potts term (default 20, the best on GrabCut with colour-model unaries)")
-        sub.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="grid neighbourhood")
-    segment.add_argument("--backend", default=None, choices=grid_backends(),
-                         help="solver (default: the first usable of "
-                              + ", ".join(backends.DEFAULT_PREFERENCE["GridCRF"]) + ")")
+                         help="grid CRF: weight of the Potts term (default 20, the best on GrabCut with "
+                              "colour-model unaries)")
+        sub.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="grid CRF: neighbourhood")
+    segment.add_argument("--backend", default=None, choices=list(backends.BACKENDS),
+                         help="solver; cupy-densecrf segments with a dense CRF, the others with the grid CRF "
+                              "(default: the first usable of " + ", ".join(backends.DEFAULT_PREFERENCE["GridCRF"]) + ")")
     segment.add_argument("--max-sweeps", type=int, default=None, help="cap on solver sweeps")
     return parser
 

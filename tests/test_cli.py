@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import admsolve as adm
-from admsolve.cli import grid_backends, main
+from admsolve.cli import main
 from admsolve.examples import synthetic_scene
 from admsolve.io import read_image, read_label_map
 
@@ -22,7 +22,7 @@ def scene_files(tmp_path):
     return tmp_path, image, scribbles, truth
 
 
-@pytest.mark.parametrize("backend", [name for name in grid_backends() if adm.available_backends()[name] is True])
+@pytest.mark.parametrize("backend", [name for name, ok in adm.available_backends().items() if ok is True])
 def test_segment_writes_labels_that_respect_scribbles(scene_files, backend, capsys):
     folder, image, scribbles, truth = scene_files
     out, picture = folder / "labels.png", folder / "overlay.png"
@@ -79,7 +79,7 @@ def test_demo_prints_a_row_per_available_backend_and_writes_a_sheet(tmp_path, ca
     sheet = tmp_path / "demo.png"
     assert main(["demo", "--sheet", str(sheet)]) == 0
     out = capsys.readouterr().out
-    for name in grid_backends():
+    for name in adm.available_backends():
         assert name in out
     assert read_image(sheet).shape[2] == 3
 
