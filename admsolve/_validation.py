@@ -63,3 +63,11 @@ def as_scalar(value, name, *, minimum=None, integer=False):
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected a value >= {minimum}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def as_positive(value, name):
+    """Check a finite real scalar > 0."""
+    value = as_scalar(value, name)
+    if not value > 0:
+        raise ValueError(f"{name}: expected a value > 0, got {value!r}")
+    return value

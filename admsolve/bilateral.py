@@ -42,7 +42,7 @@ ones, for some bandwidths (measured in tests/test_bilateral.py).
 import numpy as np
 from numba import njit
 
-from ._validation import as_real_array, as_scalar, describe
+from ._validation import as_positive, as_real_array, describe
 
 __all__ = [
     "NORMALIZATIONS",
@@ -354,13 +354,6 @@ def _check_normalization(normalization):
     return normalization
 
 
-def _positive(value, name):
-    value = as_scalar(value, name)
-    if not value > 0:
-        raise ValueError(f"{name}: expected a value > 0, got {value!r}")
-    return value
-
-
 def _as_values(values, n_points, name="values"):
     """`values` as a C-contiguous (N, C) float64 array (a 1-D array is one channel), and whether it
     was 1-D. A float64 array is used as it is, without a copy; its entries must be finite."""
@@ -548,7 +541,7 @@ def gaussian_features(shape, *, sxy):
     if (isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2
             or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ValueError(f"shape: expected two positive integers (H, W), got {describe(shape)}")
-    sxy = _positive(sxy, "sxy")
+    sxy = as_positive(sxy, "sxy")
     height, width = int(shape[0]), int(shape[1])
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     return np.stack([xs.ravel() / sxy, ys.ravel() / sxy], axis=1)
@@ -579,8 +572,8 @@ def bilateral_features(image, *, sxy, srgb):
     row (y) first, so its features give a slightly different filter.
     """
     image = _as_image(image)
-    sxy = _positive(sxy, "sxy")
-    srgb = _positive(srgb, "srgb")
+    sxy = as_positive(sxy, "sxy")
+    srgb = as_positive(srgb, "srgb")
     height, width, _ = image.shape
     return np.concatenate(
         [gaussian_features((height, width), sxy=sxy), image.reshape(height * width, 3) / srgb], axis=1

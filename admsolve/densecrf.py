@@ -37,7 +37,7 @@ the discrete energy.
 
 import numpy as np
 
-from ._validation import as_real_array, as_scalar, describe
+from ._validation import as_positive, as_real_array, as_scalar, describe
 from .bilateral import PermutohedralLattice, bilateral_features, gaussian_features
 from .problem import LabelingProblem
 
@@ -57,13 +57,6 @@ def _as_colour_image(image, shape):
         raise ValueError(f"image: expected values in [0, 255], got range "
                          f"[{image.min():g}, {image.max():g}]")
     return image
-
-
-def _positive(value, name):
-    value = as_scalar(value, name)
-    if not value > 0:
-        raise ValueError(f"{name}: expected a value > 0, got {value!r}")
-    return value
 
 
 class DenseCRF(LabelingProblem):
@@ -106,10 +99,10 @@ class DenseCRF(LabelingProblem):
                  seeds=None, unlabeled=255):
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         self.image = _as_colour_image(image, self.shape)
-        self.sxy = _positive(sxy, "sxy")
-        self.srgb = _positive(srgb, "srgb")
+        self.sxy = as_positive(sxy, "sxy")
+        self.srgb = as_positive(srgb, "srgb")
         self.compat = as_scalar(compat, "compat", minimum=0.0)
-        self.gaussian_sxy = None if gaussian_sxy is None else _positive(gaussian_sxy, "gaussian_sxy")
+        self.gaussian_sxy = None if gaussian_sxy is None else as_positive(gaussian_sxy, "gaussian_sxy")
         self.gaussian_compat = as_scalar(gaussian_compat, "gaussian_compat", minimum=0.0)
         self._freeze()
         self._build_kernels()
@@ -194,9 +187,7 @@ class DenseCRF(LabelingProblem):
         value : float
         grad : (H, W, K) ndarray, dR/dS.
         """
-        probs = as_real_array(probs, "probs", 3)
-        if probs.shape != self.unary.shape:
-            raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
+        probs = self.check_probs(probs)
         n = self.shape[0] * self.shape[1]
         flat = probs.reshape(n, self.n_labels)
         value = float(np.sum(self.unary * probs))

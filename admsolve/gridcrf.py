@@ -124,9 +124,7 @@ class GridCRF(LabelingProblem):
         value : float
         grad : (H, W, K) ndarray, dR/dS.
         """
-        probs = as_real_array(probs, "probs", 3)
-        if probs.shape != self.unary.shape:
-            raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
+        probs = self.check_probs(probs)
         return relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
 
 

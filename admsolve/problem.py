@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._validation import as_label_map, as_real_array, as_scalar
+from ._validation import as_label_map, as_real_array, as_scalar, describe
 
 
 class LabelingProblem:
@@ -72,6 +72,13 @@ class LabelingProblem:
     def initial_labels(self):
         """The labeling solvers start from by default: per-pixel argmin of the unaries, seeds applied."""
         return self.apply_seeds(np.argmin(self.unary, axis=2))
+
+    def check_probs(self, probs):
+        """Return soft labels `probs` as a new float (H, W, K) array, checking their shape."""
+        probs = as_real_array(probs, "probs", 3)
+        if probs.shape != self.unary.shape:
+            raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
+        return probs
 
     def violates_seeds(self, labels):
         """True if `labels` differs from a seed anywhere."""
