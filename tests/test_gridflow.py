@@ -57,20 +57,20 @@ def scipy_maxflow(*problem):
 
 
 def scipy_sink_side(*problem):
-    """(H, W) bool: True where the node is not reachable from the source in the residual graph of
-    scipy's maximum flow (this set is the same for every maximum flow)."""
+    """(H, W) bool: True where the node can reach the sink in the residual graph of scipy's maximum
+    flow (this set is the same for every maximum flow)."""
     graph, source, sink = scipy_graph(*problem)
     flow = maximum_flow(graph, source, sink).flow.toarray()
     residual = graph.toarray().astype(np.int64) - flow
-    reached = np.zeros(graph.shape[0], dtype=bool)
-    reached[source] = True
-    stack = [source]
+    reaches = np.zeros(graph.shape[0], dtype=bool)
+    reaches[sink] = True
+    stack = [sink]
     while stack:
-        u = stack.pop()
-        for v in np.flatnonzero((residual[u] > 0) & ~reached):
-            reached[v] = True
-            stack.append(v)
-    return ~reached[:source].reshape(problem[0].shape)
+        v = stack.pop()
+        for u in np.flatnonzero((residual[:, v] > 0) & ~reaches):
+            reaches[u] = True
+            stack.append(u)
+    return reaches[:source].reshape(problem[0].shape)
 
 
 def cut_value(source_cap, sink_cap, fwd_cap, bwd_cap, sink_side):
@@ -244,11 +244,11 @@ def test_known_small_graphs():
     fwd[0, 0, :2] = [7.0, 2.0]
     assert solver.solve([[9.0, 0, 0]], [[0, 0, 9.0]], fwd, np.zeros_like(fwd)) == 2.0
     np.testing.assert_array_equal(solver.sink_side, [[False, False, True]])
-    # all zero: no flow, every node on the sink side
+    # all zero: no flow, and no node can reach the sink: every node on the source side
     solver = GridMaxflow(3, 2, 4)
     assert solver.solve(np.zeros((3, 2)), np.zeros((3, 2)), np.zeros((4, 3, 2)),
                         np.zeros((4, 3, 2))) == 0.0
-    assert solver.sink_side.all()
+    assert not solver.sink_side.any()
 
 
 def test_bad_arguments():

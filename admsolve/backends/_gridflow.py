@@ -11,20 +11,24 @@ into one number per node, ``tr[p]``: a positive value is the residual capacity o
 negative value minus the residual capacity of p -> sink (after cancelling min(source, sink) capacity
 through the node, at most one of the two is non-zero, and augmentations keep it that way).
 
-The algorithm (Boykov & Kolmogorov 2004) grows two search trees, S from the source and T from the
-sink, whose edges all have positive residual capacity towards the sink. It repeats:
+The algorithm is Boykov & Kolmogorov's (2004) with one change: of its two search trees, S from the
+source and T from the sink (edges with positive residual capacity towards the sink), only T grows.
+S is just the nodes with source capacity left (and those adopted under them). In an alpha-expansion
+move most nodes have source capacity, so growing S would scan the whole grid for every move, while
+T covers only the region that may change. It repeats:
 
-* growth: an active node takes free neighbours into its tree, until an edge links S and T;
+* growth: an active node of T takes free neighbours into T, until it meets a node of S;
 * augmentation: pushes the bottleneck flow along the path source -> S ... -> T ... -> sink;
   nodes whose edge to their parent (or terminal) got saturated become orphans;
 * adoption: each orphan looks for a new parent in its tree (the one closest to the terminal); if
-  there is none it becomes free, its children become orphans, and neighbours that could grow into
-  it again are made active.
+  there is none it becomes free, its children become orphans, and the T neighbours that could grow
+  into it again are made active.
 
 The trees are kept between augmentations. Active nodes and orphans are processed first in, first
 out. Each node carries a timestamp and a distance to its terminal (the "closest parent" heuristic).
-When no active node is left, the nodes of S are exactly those reachable from the source in the
-residual graph: they form the source side of a minimum cut.
+When no active node is left, no residual edge enters T and no node outside T has sink capacity
+left, so no augmenting path exists: the flow is maximal, and T (the nodes that can reach the sink in
+the residual graph, the same set for every maximum flow) is the sink side of a minimum cut.
 """
 
 import numpy as np
@@ -258,11 +262,10 @@ def _adopt(n_orphans, time, cap, offset, reverse, nbr_mask, tree, parent, stamp,
             if not (mask >> k) & 1:
                 continue
             q = p + offset[k]
+            if tree[q] == SINK and cap[k, p] > 0.0:  # q may grow into p again
+                a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
             if tree[q] != side:
                 continue
-            c = cap[reverse[k], q] if side == SOURCE else cap[k, p]
-            if c > 0.0:
-                a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
             if parent[q] == reverse[k]:
                 parent[q] = ORPHAN
                 orphan_queue[n_orphans % size] = q
@@ -276,7 +279,8 @@ def _adopt(n_orphans, time, cap, offset, reverse, nbr_mask, tree, parent, stamp,
 def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset, reverse,
            nbr_mask, cap, tr, tree, parent, stamp, dist, active_queue, in_active, orphan_queue,
            sink_side):
-    """Max-flow value; writes sink_side[p] = True for nodes not reachable from the source.
+    """Max-flow value; writes sink_side[p] = True for the nodes that can reach the sink in the final
+    residual graph (the sink tree).
 
     Returns (flow, False) without solving if some capacity is not finite and >= 0.
     """
@@ -294,10 +298,9 @@ def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset
         in_active[p] = False
         stamp[p] = 0
         dist[p] = 1
-        if tr[p] > 0.0:
+        if tr[p] > 0.0:  # source roots stay passive: only the sink tree grows
             tree[p] = SOURCE
             parent[p] = TERMINAL
-            a_tail, a_count = _push_active(p, active_queue, in_active, a_tail, a_count)
         elif tr[p] < 0.0:
             tree[p] = SINK
             parent[p] = TERMINAL
@@ -324,59 +327,34 @@ def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset
             if p < 0:
                 break
 
-        # growth: scan the neighbours of p until an edge links the two trees
+        # growth of the sink tree: scan the neighbours of p until one in S is met
         s = -1
         t = -1
         bridge = -1
         mask = nbr_mask[p]
-        if tree[p] == SOURCE:
-            for k in range(n_dir):
-                if not (mask >> k) & 1:
-                    continue
-                if cap[k, p] <= 0.0:
-                    continue
-                q = p + offset[k]
-                side = tree[q]
-                if side == FREE:
-                    tree[q] = SOURCE
-                    parent[q] = reverse[k]
-                    stamp[q] = stamp[p]
-                    dist[q] = dist[p] + 1
-                    a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
-                elif side == SINK:
-                    s = p
-                    t = q
-                    bridge = k
-                    break
-                elif stamp[q] <= stamp[p] and dist[q] > dist[p]:
-                    # shorten q's path to the source by re-parenting it to p
-                    parent[q] = reverse[k]
-                    stamp[q] = stamp[p]
-                    dist[q] = dist[p] + 1
-        else:
-            for k in range(n_dir):
-                if not (mask >> k) & 1:
-                    continue
-                q = p + offset[k]
-                rk = reverse[k]
-                if cap[rk, q] <= 0.0:
-                    continue
-                side = tree[q]
-                if side == FREE:
-                    tree[q] = SINK
-                    parent[q] = rk
-                    stamp[q] = stamp[p]
-                    dist[q] = dist[p] + 1
-                    a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
-                elif side == SOURCE:
-                    s = q
-                    t = p
-                    bridge = rk
-                    break
-                elif stamp[q] <= stamp[p] and dist[q] > dist[p]:
-                    parent[q] = rk
-                    stamp[q] = stamp[p]
-                    dist[q] = dist[p] + 1
+        for k in range(n_dir):
+            if not (mask >> k) & 1:
+                continue
+            q = p + offset[k]
+            rk = reverse[k]
+            if cap[rk, q] <= 0.0:
+                continue
+            side = tree[q]
+            if side == FREE:
+                tree[q] = SINK
+                parent[q] = rk
+                stamp[q] = stamp[p]
+                dist[q] = dist[p] + 1
+                a_tail, a_count = _push_active(q, active_queue, in_active, a_tail, a_count)
+            elif side == SOURCE:
+                s = q
+                t = p
+                bridge = rk
+                break
+            elif stamp[q] <= stamp[p] and dist[q] > dist[p]:
+                parent[q] = rk
+                stamp[q] = stamp[p]
+                dist[q] = dist[p] + 1
 
         if s < 0:  # p has no more free neighbours to grow into: it becomes passive
             current = -1
@@ -392,7 +370,7 @@ def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset
         current = p if tree[p] != FREE else -1
 
     for p in range(n):
-        sink_side[p] = tree[p] != SOURCE
+        sink_side[p] = tree[p] == SINK
     return flow, True
 
 
@@ -461,7 +439,7 @@ class GridMaxflow:
         p=(y,x) to q=(y+dy_d, x+dx_d), bwd_cap[d, y, x] the capacity of q -> p.
         Returns the max-flow value. Afterwards self.sink_side is an (H, W) bool array (owned by the
         workspace, overwritten by the next solve): True where the node is on the sink side of a
-        minimum cut (i.e. NOT reachable from the source in the residual graph), False on the source
+        minimum cut (i.e. the node can reach the sink in the residual graph), False on the source
         side. Inputs are never modified. Entries of fwd_cap / bwd_cap for edges leaving the image
         are ignored; any other capacity that is negative, infinite or NaN raises ValueError.
         """
