@@ -107,15 +107,19 @@ class DenseCRF(LabelingProblem):
         self._freeze()
         self._build_kernels()
 
-    def _build_kernels(self):
-        """Build the lattices of the kernels in use, and K_m 1 for each."""
+    def kernel_features(self):
+        """``(name, compat, features)`` of each kernel in use: the bilateral one, then the Gaussian."""
         kernels = []
         if self.compat > 0:
-            features = bilateral_features(self.image, sxy=self.sxy, srgb=self.srgb)
-            kernels.append(("bilateral", self.compat, PermutohedralLattice(features)))
+            kernels.append(("bilateral", self.compat, bilateral_features(self.image, sxy=self.sxy, srgb=self.srgb)))
         if self.gaussian_sxy is not None and self.gaussian_compat > 0:
-            features = gaussian_features(self.shape, sxy=self.gaussian_sxy)
-            kernels.append(("gaussian", self.gaussian_compat, PermutohedralLattice(features)))
+            kernels.append(("gaussian", self.gaussian_compat, gaussian_features(self.shape, sxy=self.gaussian_sxy)))
+        return kernels
+
+    def _build_kernels(self):
+        """Build the lattices of the kernels in use, and K_m 1 for each."""
+        kernels = [(name, compat, PermutohedralLattice(features))
+                   for name, compat, features in self.kernel_features()]
         self.kernels = tuple(kernels)
         ones = np.ones(self.unary.shape[0] * self.unary.shape[1])
         self._kernel_ones = tuple(lattice.filter(ones, normalization=NORMALIZATION) for _, _, lattice in kernels)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._array import array_module
 from ._validation import describe
-from .bilateral import _MAX_ELEVATED, NORMALIZATIONS, _as_flag, _check_normalization
+from .bilateral import _MAX_ELEVATED, _as_flag, _check_normalization
 
 __all__ = ["ArrayLattice"]
 

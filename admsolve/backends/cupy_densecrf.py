@@ -11,9 +11,10 @@ are ``argmax Q`` (seeds hold by construction).
 On the CPU ("cpu", the default) each iteration is the lattice filters (``filter(..., out=)``) then
 one fused update over blocks of pixels: per block, a Numba pass for the weighted sum of the messages
 (minus its maximum), NumPy's SIMD exponential in place, and a Numba pass for the normalisation, the
-seeds and the argmax. With ``device="cuda"`` the same algorithm runs on CuPy arrays (softmax, seeds, argmax),
-but the lattice filter is not GPU-accelerated yet: each filter copies Q to the host, filters there
-and copies the message back.
+seeds and the argmax. With ``device="cuda"`` the same algorithm runs entirely on CuPy arrays
+(:func:`mean_field_xp`: the lattices are :class:`~admsolve.lattice_xp.ArrayLattice`, a sort-based
+hash built from array operations); that path is tested on NumPy here and has not yet been run on a
+GPU.
 
 The starting labeling `init` given by :func:`~admsolve.solve` is used only for ``history[0]``:
 mean-field starts from ``softmax(-unary)``, as pydensecrf does (it is not a warm start).
@@ -24,6 +25,8 @@ from numba import njit
 
 from .._array import device_module, to_numpy
 from .._validation import as_scalar
+from ..densecrf import NORMALIZATION
+from ..lattice_xp import ArrayLattice
 
 
 #: Pixels per block of the update: the block's logits stay in cache between its three passes.
@@ -150,9 +153,10 @@ def mean_field(problem, *, iterations=5, tol=None, callback=None):
 
 
 def mean_field_xp(problem, xp, *, iterations=5, tol=None, callback=None):
-    """The same mean-field written for an array module `xp` (NumPy or CuPy); the lattice filter runs
-    on the host (NumPy) for either. Same parameters and results as :func:`mean_field`, with q and
-    labels arrays of `xp`."""
+    """The same mean-field written for an array module `xp` (NumPy or CuPy), every step on `xp`: the
+    lattices are :class:`~admsolve.lattice_xp.ArrayLattice` built on `xp` (bit-identical to the Numba
+    lattice on NumPy). Same parameters and results as :func:`mean_field`, with q and labels arrays
+    of `xp`."""
     iterations, tol = _check_options(iterations, tol)
     height, width, n_labels = problem.unary.shape
     n = height * width
@@ -163,6 +167,7 @@ def mean_field_xp(problem, xp, *, iterations=5, tol=None, callback=None):
     seed_onehot = xp.zeros((int(seeded_rows.shape[0]), n_labels))
     seed_onehot[xp.arange(seed_onehot.shape[0]), seeds[seeded_rows]] = 1.0
     n_free = n - int(seeded_rows.shape[0])
+    lattices = [(compat, ArrayLattice(xp.asarray(features))) for _, compat, features in problem.kernel_features()]
 
     def softmax(logits):
         logits = logits - logits.max(axis=1, keepdims=True)
@@ -177,9 +182,8 @@ def mean_field_xp(problem, xp, *, iterations=5, tol=None, callback=None):
     changed = []
     for t in range(iterations):
         logits = neg_unary.copy()
-        host_q = np.ascontiguousarray(to_numpy(q), dtype=np.float64)
-        for m, (_, compat, _) in enumerate(problem.kernels):
-            logits += compat * xp.asarray(problem.filter(host_q, m))
+        for compat, lattice in lattices:
+            logits += compat * lattice.filter(q, normalization=NORMALIZATION)
         q, new_labels = softmax(logits)
         changed.append(int((new_labels != labels).sum()))
         labels = new_labels
@@ -198,7 +202,7 @@ def minimize(problem, init, *, iterations=5, device="cpu", tol=None):
     iterations : int, optional
         Number of mean-field updates (pydensecrf's ``inference(n_iterations)``), >= 0.
     device : {"cpu", "cuda"}, optional
-        "cuda" runs the softmax and bookkeeping on CuPy; the lattice filter still runs on the host.
+        "cuda" runs everything on CuPy (not yet run on a GPU).
     tol : float, optional
         Stop early once an update changes the label of at most this fraction of the free pixels
         (0: once the labeling no longer changes). None (default) always runs `iterations` updates.
