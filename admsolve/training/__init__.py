@@ -3,6 +3,7 @@
 The core of :mod:`admsolve` does not import this subpackage; importing it requires PyTorch.
 """
 
+from .adm import ADMStep
 from .losses import (
     DenseCRFLoss,
     GridCRFLoss,
@@ -15,6 +16,7 @@ from .losses import (
 )
 
 __all__ = [
+    "ADMStep",
     "DenseCRFLoss",
     "GridCRFLoss",
     "PartialCrossEntropyLoss",

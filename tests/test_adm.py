@@ -1,0 +1,59 @@
+"""The ADM latent step: eq. 8 per image through any GridCRF backend."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import admsolve as adm  # noqa: E402
+from admsolve.training import ADMStep, proximal_loss  # noqa: E402
+
+
+def batch(seed=0, n=3, k=4, height=12, width=15):
+    rng = np.random.default_rng(seed)
+    logits = torch.tensor(rng.normal(0, 2, (n, k, height, width)), dtype=torch.float32)
+    images = rng.integers(0, 256, (n, height, width, 3)).astype(np.uint8)
+    scribbles = np.full((n, height, width), 255)
+    scribbles[:, 2, 1:6] = 0
+    scribbles[:, 9, 8:14] = rng.integers(1, k, n)[:, None]
+    return logits, images, torch.tensor(scribbles, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("backend", [name for name, entry in adm.backends.BACKENDS.items()
+                                     if entry.problem == "GridCRF" and entry.monotone
+                                     and adm.available_backends()[name] is True])
+def test_latent_step_lowers_eq8_against_argmax_and_keeps_scribbles(backend):
+    logits, images, scribbles = batch()
+    step = ADMStep(lam=2.0, gamma=1.0, backend=backend, workers=2, max_sweeps=5)
+    probs = logits.softmax(1)
+    latent = step(probs, images, scribbles)
+    assert latent.dtype == torch.int64 and latent.shape == scribbles.shape
+    scribbled = scribbles != 255
+    assert torch.equal(latent[scribbled], scribbles[scribbled])
+    lowered = []
+    for problem, labels, p in zip(step.problems(probs, images, scribbles), latent.numpy(), probs):
+        start = problem.energy(problem.apply_seeds(p.argmax(0).numpy()))  # X = argmax S
+        assert problem.energy(labels) <= start + 1e-9 * abs(start)
+        lowered.append(problem.energy(labels) < start)
+    assert any(lowered)
+
+
+def test_latent_labels_carry_no_gradient_into_the_proximal_loss():
+    logits, images, scribbles = batch(seed=1)
+    logits.requires_grad_(True)
+    latent = ADMStep(max_sweeps=2)(logits.softmax(1), images, scribbles)
+    assert not latent.requires_grad
+    proximal_loss(logits, latent, scribbles).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend: expected a backend that solves a GridCRF, got 'cupy-densecrf'"):
+        ADMStep(backend="cupy-densecrf")
+    with pytest.raises(ValueError, match="connectivity: expected 4 or 8, got 6"):
+        ADMStep(connectivity=6)
+    with pytest.raises(ValueError, match="lam: expected a value >= 0"):
+        ADMStep(lam=-1.0)
+    logits, images, scribbles = batch()
+    with pytest.raises(ValueError, match="scribbles: expected values in"):
+        ADMStep()(logits.softmax(1), images, torch.full_like(scribbles, 9))
