@@ -64,9 +64,9 @@ class LabelingProblem:
         """Return `labels` as a new int32 (H, W) array, checking shape and range."""
         return as_label_map(labels, name, self.shape, self.n_labels)
 
-    def apply_seeds(self, labels):
-        """Return a copy of `labels` with every seeded pixel set to its seed."""
-        labels = self.check_labels(labels)
+    def apply_seeds(self, labels, name="labels"):
+        """Return a copy of `labels` (checked, errors naming `name`) with every seeded pixel set to its seed."""
+        labels = self.check_labels(labels, name)
         return np.where(self.seeded, self.seeds, labels).astype(np.int32)
 
     def initial_labels(self):

@@ -91,8 +91,7 @@ def solve(problem, backend=None, *, init=None, **options):
     check_options(name, minimize, options)
     if "max_sweeps" in options and options["max_sweeps"] is not None:
         options["max_sweeps"] = as_scalar(options["max_sweeps"], "max_sweeps", minimum=1, integer=True)
-    start = problem.initial_labels() if init is None else problem.apply_seeds(
-        problem.check_labels(init, "init"))
+    start = problem.initial_labels() if init is None else problem.apply_seeds(init, "init")
     began = time.perf_counter()
     outcome = minimize(problem, start, **options)
     elapsed = time.perf_counter() - began

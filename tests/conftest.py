@@ -35,9 +35,8 @@ def cuda_available():
 
 
 def pytest_collection_modifyitems(config, items):
-    reason = None
-    for item in items:
-        if "gpu" in item.keywords:
-            reason = reason or cuda_available()
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    reason = cuda_available() if gpu_items else None
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
