@@ -105,7 +105,7 @@ def _solve_job(job):
     return solve(problem, backend, init=init, **options)
 
 
-def solve_batch(problems, backend=None, *, workers=None, inits=None, **options):
+def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_options=None, **options):
     """Solve several problems in parallel; results come back in input order.
 
     Backends that release the GIL (the Numba ones) run in threads; the others (PyMaxflow holds the
@@ -121,6 +121,8 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, **options):
         Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread.
     inits : sequence of (H, W) array_like or None, optional
         One starting labeling per problem.
+    problem_options : sequence of dict, optional
+        Options for one problem each, added to `options` (e.g. a ``labels=`` subset per image).
     **options
         Passed to every :func:`solve` call.
 
@@ -132,9 +134,14 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, **options):
     inits = [None] * len(problems) if inits is None else list(inits)
     if len(inits) != len(problems):
         raise ValueError(f"inits: expected {len(problems)} entries, one per problem, got {len(inits)}")
+    problem_options = [{}] * len(problems) if problem_options is None else list(problem_options)
+    if len(problem_options) != len(problems):
+        raise ValueError(f"problem_options: expected {len(problems)} dicts, one per problem, "
+                         f"got {len(problem_options)}")
     workers = (os.cpu_count() or 1) if workers is None else as_scalar(workers, "workers", minimum=1, integer=True)
     name = resolve_backend(problems[0], backend) if problems else None
-    jobs = [(problem, name, init, options) for problem, init in zip(problems, inits)]
+    jobs = [(problem, name, init, {**options, **extra})
+            for problem, init, extra in zip(problems, inits, problem_options)]
     workers = min(workers, max(len(jobs), 1))
     if workers == 1:
         results = []

@@ -48,8 +48,12 @@ def test_latent_labels_carry_no_gradient_into_the_proximal_loss():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="backend: expected a backend that solves a GridCRF, got 'cupy-densecrf'"):
+    with pytest.raises(ValueError, match=r"backend: expected a backend that solves a GridCRF \(the grid regularizer\), got 'cupy-densecrf'"):
         ADMStep(backend="cupy-densecrf")
+    with pytest.raises(ValueError, match=r"backend: expected a backend that solves a DenseCRF \(the dense regularizer\)"):
+        ADMStep(regularizer="dense", backend="maxflow")
+    with pytest.raises(ValueError, match="regularizer: expected one of"):
+        ADMStep(regularizer="potts")
     with pytest.raises(ValueError, match="connectivity: expected 4 or 8, got 6"):
         ADMStep(connectivity=6)
     with pytest.raises(ValueError, match="lam: expected a value >= 0"):
@@ -57,3 +61,28 @@ def test_bad_arguments():
     logits, images, scribbles = batch()
     with pytest.raises(ValueError, match="scribbles: expected values in"):
         ADMStep()(logits.softmax(1), images, torch.full_like(scribbles, 9))
+
+
+def test_restricted_labels_come_from_the_scribbles_and_the_prediction_and_still_lower_eq8():
+    logits, images, scribbles = batch(seed=2, k=6)
+    logits[:, 4:] -= 10.0  # labels 4 and 5 are predicted nowhere and scribbled nowhere
+    probs = logits.softmax(1)
+    step = ADMStep(lam=4.0, restrict_labels=True, workers=1, max_sweeps=5)
+    latent = step(probs, images, scribbles)
+    assert int(latent.max()) < 4
+    for problem, labels, p in zip(step.problems(probs, images, scribbles), latent.numpy(), probs):
+        assert problem.energy(labels) <= problem.energy(problem.apply_seeds(p.argmax(0).numpy())) + 1e-9
+
+
+def test_the_dense_latent_step_is_mean_field_on_the_dense_crf_and_keeps_scribbles():
+    logits, images, scribbles = batch(seed=3)
+    probs = logits.softmax(1)
+    step = ADMStep(lam=2.0, gamma=1.0, regularizer="dense", sxy=5, srgb=20)
+    latent = step(probs, images, scribbles)
+    problems = step.problems(probs, images, scribbles)
+    assert all(isinstance(problem, adm.DenseCRF) for problem in problems)
+    assert problems[0].compat == 4.0 and problems[0].gaussian_compat == 0
+    scribbled = scribbles != 255
+    assert torch.equal(latent[scribbled], scribbles[scribbled])
+    assert all(result.backend == "cupy-densecrf" for result in step.results)
+    assert np.array_equal(latent.numpy(), np.stack([result.labels for result in step.results]))

@@ -1,17 +1,19 @@
 """The latent step of ADM (Algorithm 1 of the paper): for each image of a batch, the discrete
-labeling X that minimises eq. 8 — lam * (contrast-weighted Potts) + gamma * KL(X || S) — with the
-scribbles as hard constraints, solved by any registered GridCRF backend."""
+labeling X that minimises eq. 8 — lam * R(X) + gamma * KL(X || S) — with the scribbles as hard
+constraints. R is the grid CRF (contrast-weighted Potts, any GridCRF backend) or the dense CRF
+(bilateral Potts, solved by mean-field)."""
 
 import numpy as np
 import torch
 
-from .._validation import as_scalar
+from .._validation import as_positive, as_scalar
 from ..backends import BACKENDS, lookup
+from ..densecrf import DenseCRF
 from ..gridcrf import GridCRF, contrast_weights
 from ..solve import solve_batch
+from ..train_config import PROBLEMS
 from ..unaries import adm_unary
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
-
 
 class ADMStep:
     """Solve eq. 8 for every image of a batch and return the latent labels X.
@@ -19,22 +21,34 @@ class ADMStep:
     Parameters
     ----------
     lam : float, optional
-        Weight of the grid-CRF (Potts) term.
+        Weight of the regularizer R.
     gamma : float, optional
         Weight of the divergence term: unaries ``-gamma * log S``.
+    regularizer : {"grid", "dense"}, optional
+        "grid": R is the grid CRF with contrast weights (Boykov-Jolly sigma^2 per image), the
+        relaxation of which is :func:`~admsolve.training.grid_crf_loss`. "dense": R is the bilateral
+        dense CRF of :func:`~admsolve.training.dense_crf_loss` (``compat = 2 * lam``, no Gaussian
+        kernel), whose latent problem only ``cupy-densecrf`` (mean-field) solves.
     connectivity : {4, 8}, optional
-        Grid neighbourhood of the contrast weights (Boykov-Jolly sigma^2 per image).
+        Grid neighbourhood (grid regularizer).
+    sxy, srgb : float, optional
+        Bilateral kernel widths (dense regularizer).
     backend : str, optional
-        Any backend that solves a GridCRF ("numba-expansion" by default where usable; "maxflow",
-        "numba-swap", "numba-icm", "cupy-gd" swap the optimizer of the latent step).
+        A backend that solves the regularizer's problem; default: the first usable one
+        ("numba-expansion" for the grid CRF). "maxflow", "numba-swap", "numba-icm", "cupy-gd" swap
+        the optimizer of the grid latent step.
+    restrict_labels : bool, optional
+        Expansion and swap move only to the labels of the image's scribbles and of argmax S (the
+        labels X can take from its warm start anyway), instead of all K.
     workers : int, optional
         Parallel solves, as in :func:`admsolve.solve_batch` (threads for the Numba backends).
     ignore_index : int, optional
         The value of unscribbled pixels in `scribbles`.
     **solver_options
-        Passed to the backend, e.g. ``max_sweeps=5`` (the paper's setting) or ``labels=...``.
+        Passed to the backend, e.g. ``max_sweeps=5`` (the paper's setting).
 
-    Each solve starts from argmax S (seeds applied), a warm start close to the answer.
+    Each solve starts from argmax S (seeds applied), a warm start close to the answer. The solver
+    results of the last call are kept in ``self.results`` (energies, times).
 
     Examples
     --------
@@ -43,22 +57,29 @@ class ADMStep:
     >>> loss = proximal_loss(logits, latent, scribbles, gamma=1.0)    # doctest: +SKIP
     """
 
-    def __init__(self, *, lam=2.0, gamma=1.0, connectivity=8, backend=None, workers=None, ignore_index=255,
-                 **solver_options):
+    def __init__(self, *, lam=2.0, gamma=1.0, regularizer="grid", connectivity=8, sxy=80, srgb=13,
+                 backend=None, restrict_labels=False, workers=None, ignore_index=255, **solver_options):
         self.lam = as_scalar(lam, "lam", minimum=0.0)
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
+        if regularizer not in PROBLEMS:
+            raise ValueError(f"regularizer: expected one of {sorted(PROBLEMS)}, got {regularizer!r}")
+        self.regularizer = regularizer
         if connectivity not in (4, 8):
             raise ValueError(f"connectivity: expected 4 or 8, got {connectivity!r}")
         self.connectivity = connectivity
-        if backend is not None and lookup(backend).problem != "GridCRF":
-            raise ValueError(f"backend: expected a backend that solves a GridCRF, got {backend!r} "
-                             f"(it solves {BACKENDS[backend].problem})")
+        self.sxy, self.srgb = as_positive(sxy, "sxy"), as_positive(srgb, "srgb")
+        kind = PROBLEMS[regularizer]
+        if backend is not None and lookup(backend).problem != kind:
+            raise ValueError(f"backend: expected a backend that solves a {kind} (the {regularizer} "
+                             f"regularizer), got {backend!r} (it solves {BACKENDS[backend].problem})")
         self.backend, self.workers = backend, workers
+        self.restrict_labels = bool(restrict_labels)
         self.ignore_index = _check_ignore_index(ignore_index)
         self.solver_options = solver_options
+        self.results = []
 
     def problems(self, probs, images, scribbles):
-        """The eq. 8 problem of each image: ``list`` of :class:`~admsolve.GridCRF`.
+        """The eq. 8 problem of each image: ``list`` of GridCRF or DenseCRF.
 
         probs : (N, K, H, W) tensor of softmax probabilities (detached here); images : (N, H, W, 3)
         array or (N, 3, H, W) tensor; scribbles : (N, H, W) int64 tensor, `ignore_index` unscribbled.
@@ -69,6 +90,10 @@ class ADMStep:
         pictures = _images_as_numpy(images, (n, height, width))
         soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
         seeds = scribbles.cpu().numpy()
+        if self.regularizer == "dense":
+            return [DenseCRF(adm_unary(soft[i], gamma=self.gamma), np.clip(pictures[i], 0, 255), sxy=self.sxy,
+                             srgb=self.srgb, compat=2 * self.lam, gaussian_compat=0, seeds=seeds[i],
+                             unlabeled=self.ignore_index) for i in range(n)]
         return [GridCRF(adm_unary(soft[i], gamma=self.gamma), contrast_weights(pictures[i], connectivity=self.connectivity),
                         lam=self.lam, seeds=seeds[i], unlabeled=self.ignore_index) for i in range(n)]
 
@@ -76,5 +101,11 @@ class ADMStep:
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""
         problems = self.problems(probs, images, scribbles)
         inits = [np.argmax(problem.unary, axis=2) for problem in problems]  # min of -log S = argmax S
-        results = solve_batch(problems, self.backend, workers=self.workers, inits=inits, **self.solver_options)
-        return torch.from_numpy(np.stack([result.labels for result in results]).astype(np.int64)).to(probs.device)
+        per_problem = None
+        if self.restrict_labels:
+            seeds = scribbles.cpu().numpy()
+            per_problem = [{"labels": np.union1d(np.unique(init), np.unique(seed[seed != self.ignore_index]))}
+                           for init, seed in zip(inits, seeds)]
+        self.results = solve_batch(problems, self.backend, workers=self.workers, inits=inits,
+                                   problem_options=per_problem, **self.solver_options)
+        return torch.from_numpy(np.stack([result.labels for result in self.results]).astype(np.int64)).to(probs.device)
