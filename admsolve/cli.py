@@ -1,6 +1,9 @@
-"""The ``admsolve`` command line: segment an image from scribbles, list backends, run the demo."""
+"""The ``admsolve`` command line: segment an image from scribbles, list backends, run the demo, and
+train, evaluate and compare networks trained from scribbles (``train``, ``evaluate``, ``compare``:
+these need the ``train`` extra)."""
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -11,6 +14,8 @@ from .densecrf import DenseCRF
 from .gridcrf import GridCRF, contrast_weights
 from .io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
 from .solve import solve
+from .train_config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, DEFAULT_LAM, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
+                           REGULARIZERS, TrainConfig)
 from .unaries import scribble_unary
 
 
@@ -78,6 +83,117 @@ def cmd_demo(args):
         print(f"wrote {args.sheet}")
 
 
+def _training():
+    """The training subpackage, or an ImportError naming the extra that provides torch."""
+    try:
+        from . import training
+    except ImportError as exc:
+        raise ImportError(f"training needs PyTorch and matplotlib: pip install \"admsolve[train]\" ({exc})") from None
+    return training
+
+
+def _config_values(args):
+    """The TrainConfig fields given on the command line."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    return {name: value for name, value in vars(args).items() if name in fields and value is not None}
+
+
+def _train_config(args):
+    return TrainConfig(**_config_values(args))
+
+
+def cmd_train(args):
+    training = _training()
+    if args.resume:
+        given = [name for name in _config_values(args) if name != "epochs"]
+        if given or args.out:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given + (["out"] if args.out else []))
+            raise ValueError(f"--resume: a run continues with its stored settings (only --epochs may extend it), "
+                             f"got {flags}")
+        records = training.resume(args.resume, epochs=args.epochs, progress=not args.quiet)
+        run = args.resume
+    else:
+        if not args.out:
+            raise ValueError("--out: expected the run folder to create (or --resume RUN), got nothing")
+        records = training.train(_train_config(args), args.out, progress=not args.quiet)
+        run = args.out
+    last = records[-1]
+    print(f"{run}: epoch {last['epoch']}, val mIoU {last['miou']:.4f}, accuracy {last['accuracy']:.4f}, "
+          f"grid-CRF loss train {last['grid_crf_loss_train']:.5f} val {last['grid_crf_loss_val']:.5f}; "
+          f"metrics.jsonl, curves.png, predictions.png written")
+
+
+def cmd_evaluate(args):
+    training = _training()
+    result = training.evaluate_run(args.run, progress=not args.quiet)
+    for key, value in result.items():
+        print(f"{key:22s} {value:.5f}")
+    print(f"wrote {args.run}/predictions.png")
+
+
+def cmd_compare(args):
+    training = _training()
+    base = _train_config(args)
+    rows = training.compare(base, args.out, configurations=args.configs.split(","), progress=not args.quiet)
+    print(f"data {base.data}: pCE for {base.pretrain_epochs} epochs, then {base.epochs} epochs per configuration")
+    print(training.format_table(rows))
+    print(f"wrote {args.out}/comparison.md, comparison.json, comparison.png")
+
+
+#: Help of each TrainConfig field on the command line (its default is added from TrainConfig).
+TRAINING_OPTIONS = {
+    "data": "'synthetic' (built in) or a dataset folder in the layout of ../shared/data or PASCAL VOC + ScribbleSup",
+    "optimizer": "gd: gradient descent on the relaxed regularizer; adm: the paper's ADM with a discrete solver",
+    "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
+    "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, cupy-gd; dense: cupy-densecrf)",
+    "lam": "weight of the regularizer per pixel (default per regularizer: %s)",
+    "gamma": "ADM: weight of the divergence between the network and the latent labeling",
+    "connectivity": "grid CRF neighbourhood, 4 or 8",
+    "sxy": "dense CRF: spatial kernel width in pixels",
+    "srgb": "dense CRF: colour kernel width",
+    "max_sweeps": "ADM, grid CRF: solver sweeps per latent step (the paper: 5)",
+    "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
+    "model": "network",
+    "weights": "local weights file: the backbone (DeepLabV3) or the whole network (fcn-small)",
+    "init": "start the network from another run's checkpoint.pt",
+    "epochs": "epochs of the regularized phase",
+    "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
+    "batch_size": "images per batch",
+    "crop_size": "side of the random square crops (default 96 on the synthetic data, else 224)",
+    "scale": "range of the random scaling, two numbers",
+    "network_optimizer": "adam or sgd, with a poly learning-rate schedule per phase",
+    "lr": "base learning rate",
+    "momentum": "sgd momentum",
+    "weight_decay": "weight decay",
+    "poly_power": "power of the poly schedule",
+    "scribbles": "'auto' (the folder's scribbles*/ or generated from the masks), a folder name, or 'generate'",
+    "scribble_length": "length of generated scribbles, 1 (full) down to 0 (a click per region)",
+    "seed": "seed of the network's initialisation, the crops and the generated scribbles",
+    "device": "auto (CUDA when present), cpu or cuda",
+    "workers": "ADM: parallel solves per batch (default: the CPU count)",
+}
+
+
+def _add_training_arguments(parser):
+    """One option per TrainConfig field; an option left out keeps TrainConfig's default."""
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = TRAINING_OPTIONS[field.name]
+        if field.name == "lam":
+            help_text %= ", ".join(f"{name} {value:g}" for name, value in DEFAULT_LAM.items() if value)
+        elif field.default is not None and field.type != "bool":
+            help_text += f" (default {field.default})"
+        choices = {"optimizer": OPTIMIZERS, "regularizer": REGULARIZERS, "model": MODELS,
+                   "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif field.name == "scale":
+            parser.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(field.type.split(" ")[0], str)
+            parser.add_argument(flag, type=kind, choices=choices, help=help_text)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="admsolve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +214,28 @@ def build_parser():
                       help="cap on each solver's sweeps (default 200: relaxed GD's iterations)")
     demo.set_defaults(run=cmd_demo)
 
+    train = commands.add_parser("train", help="train a network from scribbles (ADM or gradient descent)")
+    train.add_argument("--out", help="run folder to create: config.json, checkpoint.pt, metrics.jsonl, PNGs")
+    train.add_argument("--resume", metavar="RUN", help="continue a stopped run (its settings; --epochs may extend it)")
+    _add_training_arguments(train)
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's last checkpoint on its validation set")
+    evaluate.add_argument("run", help="run folder written by admsolve train")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    compare = commands.add_parser("compare", help="train pCE only, GD grid, ADM grid, GD dense from one shared "
+                                                  "pCE phase and print a table")
+    compare.add_argument("--out", default="runs/compare", help="folder of the comparison (default runs/compare); "
+                                                               "finished runs in it are reused")
+    compare.add_argument("--configs", default=",".join(DEFAULT_CONFIGURATIONS),
+                         help="comma-separated, among " + ", ".join(CONFIGURATIONS) + " (default %(default)s)")
+    _add_training_arguments(compare)
+    compare.set_defaults(run=cmd_compare)
+
+    for sub in (train, evaluate, compare):
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
     for sub in (segment, demo):
         sub.add_argument("--lam", type=float, default=20.0,
                          help="grid CRF: weight of the Potts term (default 20, the best on GrabCut with "
@@ -114,9 +252,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, ImportError, OSError) as exc:
+    except (ValueError, TypeError, ImportError, OSError, FloatingPointError) as exc:
         print(f"admsolve: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("admsolve: interrupted" + (" (continue with admsolve train --resume RUN)" if args.command == "train"
+                                         else ""), file=sys.stderr)
+        return 130
     return 0
 
 

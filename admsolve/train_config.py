@@ -1,0 +1,116 @@
+"""The settings of a training run, kept free of torch so that the command line can show them
+without importing it. :mod:`admsolve.training` runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ._validation import as_scalar
+from .backends import BACKENDS, lookup
+
+#: The problem class of the latent step of ADM for each regularizer.
+PROBLEMS = {"grid": "GridCRF", "dense": "DenseCRF"}
+#: Networks :func:`admsolve.training.build_model` builds.
+MODELS = ("fcn-small", "deeplabv3-resnet50", "deeplabv3-resnet101", "deeplabv3-mobilenet")
+OPTIMIZERS = ("gd", "adm")
+REGULARIZERS = ("none", "grid", "dense")
+NETWORK_OPTIMIZERS = ("adam", "sgd")
+#: lam when none is given: per-pixel weights under which the regularizer visibly shapes boundaries.
+DEFAULT_LAM = {"none": 0.0, "grid": 4.0, "dense": 4.0}
+#: Configurations of `admsolve compare`: key -> (name in the table, settings that differ from the base configuration)
+CONFIGURATIONS = {
+    "pce": ("pCE only", {"optimizer": "gd", "regularizer": "none"}),
+    "gd-grid": ("GD grid", {"optimizer": "gd", "regularizer": "grid"}),
+    "adm-grid": ("ADM grid", {"optimizer": "adm", "regularizer": "grid"}),
+    "gd-dense": ("GD dense", {"optimizer": "gd", "regularizer": "dense"}),
+    "adm-dense": ("ADM dense", {"optimizer": "adm", "regularizer": "dense"}),
+}
+DEFAULT_CONFIGURATIONS = ("pce", "gd-grid", "adm-grid", "gd-dense")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run (stored as the run folder's ``config.json``).
+
+    ``data`` is "synthetic" (the built-in default) or a dataset folder (the layout of
+    ``../shared/data``, or PASCAL VOC + ScribbleSup). ``lam=None`` takes ``DEFAULT_LAM`` of the
+    regularizer; ``crop_size=None`` takes 96 for the synthetic set, else 224. ``init`` starts the
+    network from another run's ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
+    """
+
+    data: str = "synthetic"
+    optimizer: str = "adm"
+    regularizer: str = "grid"
+    backend: str | None = None
+    lam: float | None = None
+    gamma: float = 1.0
+    connectivity: int = 8
+    sxy: float = 80.0
+    srgb: float = 13.0
+    max_sweeps: int = 5
+    restrict_labels: bool = False
+    model: str = "fcn-small"
+    weights: str | None = None
+    init: str | None = None
+    epochs: int = 10
+    pretrain_epochs: int = 10
+    batch_size: int = 8
+    crop_size: int | None = None
+    scale: tuple = (0.75, 1.25)
+    network_optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    scribbles: str = "auto"
+    scribble_length: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+
+    def __post_init__(self):
+        self.scale = tuple(self.scale)
+        for name, allowed in (("optimizer", OPTIMIZERS), ("regularizer", REGULARIZERS),
+                              ("network_optimizer", NETWORK_OPTIMIZERS), ("model", MODELS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"connectivity: expected 4 or 8, got {self.connectivity!r}")
+        for name in ("epochs", "pretrain_epochs", "max_sweeps", "seed"):
+            as_scalar(getattr(self, name), name, minimum=0, integer=True)
+        as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
+        if self.crop_size is not None:
+            as_scalar(self.crop_size, "crop_size", minimum=8, integer=True)
+        if self.epochs + self.pretrain_epochs == 0:
+            raise ValueError("epochs: expected at least one epoch in total, got epochs=0 and pretrain_epochs=0")
+        for name in ("gamma", "lr", "momentum", "weight_decay", "poly_power", "sxy", "srgb"):
+            as_scalar(getattr(self, name), name, minimum=0.0)
+        if self.lam is not None:
+            as_scalar(self.lam, "lam", minimum=0.0)
+        if self.backend is not None:
+            entry = lookup(self.backend)
+            if self.optimizer != "adm" or self.regularizer == "none":
+                raise ValueError(f"backend: a solver is used only with optimizer 'adm' and a regularizer, "
+                                 f"got backend={self.backend!r} with optimizer {self.optimizer!r} and "
+                                 f"regularizer {self.regularizer!r}")
+            if entry.problem != PROBLEMS[self.regularizer]:
+                raise ValueError(f"backend: the {self.regularizer} regularizer needs a backend that solves a "
+                                 f"{PROBLEMS[self.regularizer]}, got {self.backend!r} (it solves "
+                                 f"{BACKENDS[self.backend].problem})")
+
+    @property
+    def weight(self):
+        """lam, or the regularizer's default."""
+        return DEFAULT_LAM[self.regularizer] if self.lam is None else self.lam
+
+    @property
+    def total_epochs(self):
+        return self.pretrain_epochs + self.epochs
+
+    @classmethod
+    def from_dict(cls, values):
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
+        return cls(**values)

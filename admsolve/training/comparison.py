@@ -1,0 +1,121 @@
+"""Compare optimizers and regularizers on one dataset with one budget (Tables 1-3 of the paper).
+
+Every configuration starts from the same network, trained with partial cross-entropy for
+``pretrain_epochs`` (the paper's first phase, run once and shared), then trains ``epochs`` more with
+its own loss; "pCE only" goes on with partial cross-entropy for the same number of epochs. Each
+configuration is a run folder under the comparison's folder, so an interrupted comparison continues
+where it stopped (finished runs are reused, a stopped one is resumed).
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..train_config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS
+from .loop import read_metrics, resume, train
+from .metrics import plot_comparison
+
+#: Columns of the table: (record key, header).
+COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"), ("trimap_16", "trimap 16px"),
+           ("grid_crf_loss_train", "grid-CRF loss train"), ("grid_crf_loss_val", "grid-CRF loss val"),
+           ("grid_crf_energy_train", "Potts(argmax) train"), ("grid_crf_energy_val", "Potts(argmax) val"),
+           ("train_time", "train s"), ("solver_time", "solver s"))
+
+
+def _configuration(base, key, init):
+    """The TrainConfig of configuration `key`: base's settings, its own loss, the shared start."""
+    if key not in CONFIGURATIONS:
+        raise ValueError(f"configurations: expected keys among {', '.join(CONFIGURATIONS)}, got {key!r}")
+    settings = dict(CONFIGURATIONS[key][1])
+    if settings["optimizer"] != "adm" or settings["regularizer"] != base.regularizer:
+        settings["backend"] = None  # the base's solver belongs to its own regularizer
+    if settings["regularizer"] == "none":
+        settings["lam"] = None
+    return dataclasses.replace(base, **settings, pretrain_epochs=0, init=init)
+
+
+def _run(config, folder, progress):
+    """Train `config` in `folder`, or reuse / resume what an earlier call left there."""
+    stored = folder / "config.json"
+    if stored.is_file():
+        if json.loads(stored.read_text()) != json.loads(json.dumps(dataclasses.asdict(config))):
+            raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
+        records = read_metrics(folder)
+        if records and records[-1]["epoch"] >= config.total_epochs:
+            return records
+        return resume(folder, progress=progress)
+    return train(config, folder, progress=progress)
+
+
+def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
+    """Train each configuration from a shared pCE phase and tabulate their last evaluation.
+
+    Parameters
+    ----------
+    base : TrainConfig
+        Data, network, budget (``pretrain_epochs`` shared, then ``epochs`` per configuration),
+        ``lam``/``gamma`` and the ADM solver (``backend``, used by the ADM configuration of
+        ``base.regularizer``; the others take their regularizer's default).
+    out : str or Path
+        Folder of the comparison: ``pretrain/``, one run folder per configuration,
+        ``comparison.md``, ``comparison.json`` and ``comparison.png``.
+    configurations : sequence of str
+        Keys of :data:`CONFIGURATIONS`.
+
+    Returns
+    -------
+    list of dict
+        One row per configuration: "key", "name", "settings" and the columns of :data:`COLUMNS`.
+    """
+    out = Path(out)
+    if not configurations:
+        raise ValueError("configurations: expected at least one configuration, got none")
+    for key in configurations:
+        _configuration(base, key, None)  # checks every key before any training starts
+    out.mkdir(parents=True, exist_ok=True)
+    init = None
+    if base.pretrain_epochs > 0:
+        pretrain = dataclasses.replace(base, optimizer="gd", regularizer="none", backend=None, lam=None,
+                                       epochs=0, init=None)
+        if progress:
+            print(f"phase 1: partial cross-entropy for {base.pretrain_epochs} epochs -> {out / 'pretrain'}")
+        _run(pretrain, out / "pretrain", progress)
+        init = str(out / "pretrain" / "checkpoint.pt")
+    rows, curves = [], {}
+    for key in configurations:
+        name = CONFIGURATIONS[key][0]
+        config = _configuration(base, key, init)
+        if progress:
+            print(f"phase 2: {name} for {config.epochs} epochs -> {out / key}")
+        records = _run(config, out / key, progress)
+        last = records[-1]
+        row = {"key": key, "name": name, "settings": dataclasses.asdict(config)}
+        row.update({column: last.get(column) for column, _ in COLUMNS})
+        row["train_time"] = sum(record["train_time"] for record in records)
+        row["solver_time"] = sum(record.get("solver_time", 0.0) for record in records)
+        rows.append(row)
+        curves[name] = records
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "comparison.md").write_text(format_table(rows) + "\n")
+    plot_comparison(curves, out / "comparison.png")
+    return rows
+
+
+def format_table(rows):
+    """A Markdown table of the comparison's rows."""
+    headers = ["configuration"] + [header for _, header in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row["name"]]
+        for column, _ in COLUMNS:
+            value = row.get(column)
+            if value is None:
+                cells.append("-")
+            elif column.startswith("grid_crf"):  # per pixel
+                cells.append(f"{value:.5f}")
+            elif column.endswith("time"):
+                cells.append(f"{value:.0f}")
+            else:
+                cells.append(f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

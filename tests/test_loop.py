@@ -1,0 +1,162 @@
+"""The training loop (Algorithm 1), its run folder, resume, divergence, and compare."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from admsolve.training import TrainConfig, TrainingDiverged, compare, evaluate_run, read_metrics, resume, train  # noqa: E402
+from admsolve.training.loop import Progress, Trainer  # noqa: E402
+
+
+def write_dataset(root, n_images=5, size=40, seed=0):
+    """A tiny folder dataset: a bright disk (label 1) on a dark noisy background, no scribbles."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ids = []
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n_images):
+        cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(6, 11))]
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        image = np.where(mask[..., None] == 1, [200, 120, 60], [50, 80, 110]) + rng.normal(0, 25, (size, size, 3))
+        ids.append(f"img{i}")
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"img{i}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
+    (root / "train.txt").write_text("\n".join(ids[:3]) + "\n")
+    (root / "val.txt").write_text("\n".join(ids[3:]) + "\n")
+    (root / "list.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def data(tmp_path):
+    return str(write_dataset(tmp_path / "data"))
+
+
+def config(data, **settings):
+    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3)
+    values.update(settings)
+    return TrainConfig(**values)
+
+
+def test_the_loop_overfits_one_small_batch(data, tmp_path):
+    trainer = Trainer(config(data, pretrain_epochs=40, epochs=0, batch_size=3, lr=3e-3, scale=(1, 1)),
+                      tmp_path / "run", progress=False)
+    first = trainer.train_epoch(1)["train_loss"]
+    for epoch in range(2, 41):
+        last = trainer.train_epoch(epoch)["train_loss"]
+    assert last < 0.2 * first
+
+
+@pytest.mark.parametrize("optimizer,regularizer", [("adm", "grid"), ("gd", "grid"), ("gd", "dense"), ("adm", "dense")])
+def test_a_run_writes_its_folder_and_metrics(data, tmp_path, optimizer, regularizer):
+    run = tmp_path / "run"
+    records = train(config(data, optimizer=optimizer, regularizer=regularizer), run, progress=False)
+    assert [r["epoch"] for r in records] == [1, 2] and [r["phase"] for r in records] == ["pce", "regularized"]
+    assert read_metrics(run) == records
+    for key in ("epoch", "miou", "accuracy", "grid_crf_loss_train", "grid_crf_loss_val", "trimap_8", "trimap_16"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert 0 <= records[-1]["miou"] <= 1
+    term = {"adm": "train_proximal", "gd": f"train_{regularizer}_crf"}[optimizer]
+    assert term in records[1] and term not in records[0]
+    assert ("solver_time" in records[1]) == (optimizer == "adm")
+    for name in ("config.json", "checkpoint.pt", "curves.png", "predictions.png"):
+        assert (run / name).is_file(), name
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == \
+        config(data, optimizer=optimizer, regularizer=regularizer)
+
+
+def test_resume_after_a_stop_reproduces_the_next_epoch(data, tmp_path, monkeypatch):
+    settings = config(data, optimizer="adm", regularizer="grid", epochs=2)
+    whole = train(settings, tmp_path / "whole", progress=False)
+
+    def stop_after_epoch_2(self, line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "done", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, tmp_path / "stopped", progress=True)
+    monkeypatch.undo()
+    assert [r["epoch"] for r in read_metrics(tmp_path / "stopped")] == [1, 2]
+    resumed = resume(tmp_path / "stopped", progress=False)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for key in ("train_loss", "train_proximal", "miou", "grid_crf_loss_val"):
+        assert resumed[2][key] == pytest.approx(whole[2][key], rel=1e-6, abs=1e-9), key
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    losses = Trainer.losses
+
+    def nan_in_phase_2(self, phase, logits, images, scribbles):
+        terms = losses(self, phase, logits, images, scribbles)
+        if phase == "regularized":
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Trainer, "losses", nan_in_phase_2)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1 \(iteration 3\).*loss = nan") as caught:
+        train(config(data, regularizer="grid", optimizer="gd"), run, progress=False)
+    saved = run / "diverged-iteration-3.pt"
+    assert str(saved) in str(caught.value) and saved.is_file()
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
+def test_a_run_folder_is_not_overwritten(data, tmp_path):
+    train(config(data, epochs=0), tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(config(data, epochs=0), tmp_path / "run", progress=False)
+
+
+def test_evaluate_run_matches_the_last_record(data, tmp_path):
+    records = train(config(data, optimizer="gd"), tmp_path / "run", progress=False)
+    result = evaluate_run(tmp_path / "run", progress=False)
+    for key in ("miou", "accuracy", "grid_crf_loss_val"):
+        assert result[key] == pytest.approx(records[-1][key], rel=1e-6)
+
+
+def test_compare_shares_phase_1_and_reuses_finished_runs(data, tmp_path, monkeypatch):
+    base = config(data)
+    rows = compare(base, tmp_path / "cmp", configurations=("pce", "adm-grid"), progress=False)
+    assert [row["name"] for row in rows] == ["pCE only", "ADM grid"]
+    for key in ("pce", "adm-grid"):
+        stored = json.loads((tmp_path / "cmp" / key / "config.json").read_text())
+        assert stored["init"] == str(tmp_path / "cmp" / "pretrain" / "checkpoint.pt")
+        assert stored["pretrain_epochs"] == 0
+    assert (tmp_path / "cmp" / "comparison.md").read_text().count("\n") == 4
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("admsolve.training.comparison.train", no_training)
+    monkeypatch.setattr("admsolve.training.comparison.resume", no_training)
+    assert compare(base, tmp_path / "cmp", configurations=("pce", "adm-grid"), progress=False) == rows
+    with pytest.raises(FileExistsError, match="other settings"):
+        compare(config(data, lam=1.0), tmp_path / "cmp", configurations=("adm-grid",), progress=False)
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(optimizer="sgdx"), "optimizer: expected one of gd, adm"),
+    (dict(regularizer="potts"), "regularizer: expected one of none, grid, dense"),
+    (dict(backend="cupy-densecrf"), "backend: the grid regularizer needs a backend that solves a GridCRF"),
+    (dict(backend="maxflow", optimizer="gd"), "backend: a solver is used only with optimizer 'adm'"),
+    (dict(epochs=0, pretrain_epochs=0), "epochs: expected at least one epoch"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(lam=-1.0), "lam"),
+])
+def test_bad_settings_are_named(settings, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**settings)
+
+
+def test_unknown_settings_in_a_stored_config_are_named():
+    with pytest.raises(ValueError, match=r"unknown settings \['lamda'\]"):
+        TrainConfig.from_dict({"lamda": 2})
