@@ -203,26 +203,26 @@ def build_parser():
     segment.add_argument("scribbles", help="label PNG, same size: 0..K-1 scribbled labels, 255 unlabeled")
     segment.add_argument("-o", "--output", required=True, help="label PNG to write (values 0..K-1)")
     segment.add_argument("--overlay", help="also write the segmentation drawn over the image")
-    segment.set_defaults(run=cmd_segment)
+    segment.set_defaults(handler=cmd_segment)
 
     commands.add_parser("backends", help="list solver backends and whether each can be used").set_defaults(
-        run=cmd_backends)
+        handler=cmd_backends)
 
     demo = commands.add_parser("demo", help="segment the built-in example with every available backend")
     demo.add_argument("--sheet", help="write a PNG with every backend's segmentation")
     demo.add_argument("--max-sweeps", type=int, default=200,
                       help="cap on each solver's sweeps (default 200: relaxed GD's iterations)")
-    demo.set_defaults(run=cmd_demo)
+    demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train a network from scribbles (ADM or gradient descent)")
     train.add_argument("--out", help="run folder to create: config.json, checkpoint.pt, metrics.jsonl, PNGs")
     train.add_argument("--resume", metavar="RUN", help="continue a stopped run (its settings; --epochs may extend it)")
     _add_training_arguments(train)
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's last checkpoint on its validation set")
     evaluate.add_argument("run", help="run folder written by admsolve train")
-    evaluate.set_defaults(run=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     compare = commands.add_parser("compare", help="train pCE only, GD grid, ADM grid, GD dense from one shared "
                                                   "pCE phase and print a table")
@@ -231,7 +231,7 @@ def build_parser():
     compare.add_argument("--configs", default=",".join(DEFAULT_CONFIGURATIONS),
                          help="comma-separated, among " + ", ".join(CONFIGURATIONS) + " (default %(default)s)")
     _add_training_arguments(compare)
-    compare.set_defaults(run=cmd_compare)
+    compare.set_defaults(handler=cmd_compare)
 
     for sub in (train, evaluate, compare):
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -251,7 +251,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except (ValueError, TypeError, ImportError, OSError, FloatingPointError) as exc:
         print(f"admsolve: error: {exc}", file=sys.stderr)
         return 2

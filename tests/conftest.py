@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import HealthCheck, settings
 
 # "ci" (the default): derandomized, so every run tests the same examples; "dev": more, random examples.
@@ -40,3 +42,30 @@ def pytest_collection_modifyitems(config, items):
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+
+
+def write_dataset(root, n_images=5, size=40, seed=0):
+    """A tiny folder dataset in the layout of ../shared/data: a bright disk (label 1) on a dark noisy
+    background, masks but no scribbles (they are generated); 3 train and 2 val images."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ids = []
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n_images):
+        cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(6, 11))]
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        image = np.where(mask[..., None] == 1, [200, 120, 60], [50, 80, 110]) + rng.normal(0, 25, (size, size, 3))
+        ids.append(f"img{i}")
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"img{i}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
+    (root / "train.txt").write_text("\n".join(ids[:3]) + "\n")
+    (root / "val.txt").write_text("\n".join(ids[3:]) + "\n")
+    (root / "list.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def data(tmp_path):
+    """The path of a tiny folder dataset (see write_dataset)."""
+    return str(write_dataset(tmp_path / "data"))

@@ -103,3 +103,46 @@ def test_grabcut_image_is_segmented_accurately(grabcut_dir, tmp_path):
     labels = read_label_map(out, "labels")
     scored = mask != 255
     assert np.mean(labels[scored] == mask[scored]) > 0.9
+
+
+# --------------------------------------------------------------------------- train / evaluate / compare
+
+TINY = ["--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "2", "--crop-size", "32", "--workers", "1",
+        "--quiet"]
+
+
+def test_train_then_evaluate_then_resume_to_more_epochs(data, tmp_path, capsys):
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    assert main(["train", "--data", data, "--optimizer", "adm", "--regularizer", "grid", "--backend",
+                 "numba-icm", "--out", str(run), *TINY]) == 0
+    assert "epoch 2, val mIoU" in capsys.readouterr().out
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"grid_crf_loss_val"' in lines[-1]
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert re.search(r"miou\s+\d\.\d+", capsys.readouterr().out)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_compare_prints_the_table(data, tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["compare", "--data", data, "--configs", "pce,gd-grid", "--out", str(tmp_path / "cmp"), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\| pCE only \| \d\.\d{4} \|", out) and re.search(r"\| GD grid \| \d\.\d{4} \|", out)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d, t: ["train", "--data", str(t / "nowhere"), "--out", str(t / "r")], "nowhere"),
+    (lambda d, t: ["train", "--data", d], "--out: expected the run folder"),
+    (lambda d, t: ["train", "--resume", str(t), "--lam", "2"], "--resume: a run continues with its stored settings"),
+    (lambda d, t: ["train", "--resume", str(t / "nothing")], "no config.json"),
+    (lambda d, t: ["train", "--data", d, "--out", str(t / "r"), "--backend", "cupy-densecrf"], "needs a backend that solves a GridCRF"),
+    (lambda d, t: ["evaluate", str(t)], "not a run folder"),
+    (lambda d, t: ["compare", "--data", d, "--configs", "pce,adm-potts", "--out", str(t / "c")], "adm-potts"),
+])
+def test_training_commands_report_bad_input_in_one_line(data, tmp_path, make_args, message, capsys):
+    pytest.importorskip("torch")
+    assert main(make_args(data, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("admsolve: error: ") and message in err and err.count("\n") == 1

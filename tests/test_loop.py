@@ -4,38 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from admsolve.training import TrainConfig, TrainingDiverged, compare, evaluate_run, read_metrics, resume, train  # noqa: E402
 from admsolve.training.loop import Progress, Trainer  # noqa: E402
-
-
-def write_dataset(root, n_images=5, size=40, seed=0):
-    """A tiny folder dataset: a bright disk (label 1) on a dark noisy background, no scribbles."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    ids = []
-    yy, xx = np.mgrid[0:size, 0:size]
-    for i in range(n_images):
-        cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(6, 11))]
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
-        image = np.where(mask[..., None] == 1, [200, 120, 60], [50, 80, 110]) + rng.normal(0, 25, (size, size, 3))
-        ids.append(f"img{i}")
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"img{i}.png")
-        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
-    (root / "train.txt").write_text("\n".join(ids[:3]) + "\n")
-    (root / "val.txt").write_text("\n".join(ids[3:]) + "\n")
-    (root / "list.txt").write_text("\n".join(ids) + "\n")
-    return root
-
-
-@pytest.fixture
-def data(tmp_path):
-    return str(write_dataset(tmp_path / "data"))
 
 
 def config(data, **settings):

@@ -1,0 +1,116 @@
+"""Benchmark: seconds per training step, gradient descent vs ADM with each grid-CRF solver.
+
+One step = forward pass, the loss (GD: pCE + relaxed grid CRF; ADM: the latent step of eq. 8 for
+every image of the batch through ``solve_batch``, then pCE + proximal term), backward pass and Adam
+update, on batches of 8 random 256 x 256 crops of MSRC-21 (21 labels, generated scribbles; the
+synthetic set, 3 labels, where ../shared/data is absent) with the small FCN on the CPU. The network
+is first trained for a few pCE steps so that its predictions, the latent step's unaries, have
+structure; every configuration then starts from that same network and sees the same batches.
+
+    python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30] [--crop-size 256]
+                                    [--batch-size 8] [--backends numba-expansion maxflow ...]
+
+Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
+of the latent step and its share of the ADM step. The target of issue 5: the fastest ADM step costs
+at most 2x the GD step.
+"""
+
+import argparse
+import copy
+import dataclasses
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import admsolve as adm
+from admsolve.train_config import TrainConfig
+from admsolve.training.loop import Trainer, image_tensor
+
+MSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "msrc21")
+RESTRICTABLE = ("maxflow", "numba-expansion", "numba-swap")
+
+
+class TimedLatentStep:
+    """Wraps an ADMStep and records the wall time of each call."""
+
+    def __init__(self, step):
+        self.step, self.seconds = step, []
+
+    def __call__(self, *args):
+        began = time.perf_counter()
+        latent = self.step(*args)
+        self.seconds.append(time.perf_counter() - began)
+        return latent
+
+
+def timed_steps(trainer, phase, batches):
+    """One untimed step (JIT compilation, first touch), then the others timed: (step s, latent s) lists."""
+    if trainer.adm_step is not None:
+        trainer.adm_step = TimedLatentStep(trainer.adm_step)
+    steps = []
+    for images, scribbles in batches:
+        began = time.perf_counter()
+        logits = trainer.model(image_tensor(images, trainer.device))
+        terms = trainer.losses(phase, logits, images, scribbles)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        trainer.optimizer.step()
+        steps.append(time.perf_counter() - began)
+    latent = trainer.adm_step.seconds if trainer.adm_step is not None else [0.0] * len(steps)
+    return steps[1:], latent[1:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=MSRC if os.path.isdir(MSRC) else "synthetic")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one untimed)")
+    parser.add_argument("--warmup-steps", type=int, default=30, help="pCE steps before timing")
+    parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lam", type=float, default=None)
+    parser.add_argument("--backends", nargs="*", default=None, help="grid-CRF backends (default: all usable)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
+                       batch_size=args.batch_size, lam=args.lam, pretrain_epochs=1, epochs=1)
+    trainer = Trainer(base, "unused", progress=False)
+    batches = [trainer.batch(1, trainer.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
+               for i in range(args.steps + 1)]
+    warmup = [trainer.batch(2, trainer.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
+              for i in range(min(args.warmup_steps, trainer.steps_per_epoch))]
+    for _ in range(-(-args.warmup_steps // max(len(warmup), 1))):
+        timed_steps(trainer, "pce", warmup)
+    start = copy.deepcopy(trainer.model.state_dict())
+
+    available = adm.available_backends()
+    names = args.backends or [name for name, entry in adm.backends.BACKENDS.items()
+                              if entry.problem == "GridCRF" and available[name] is True]
+    configurations = [("GD grid", dict(optimizer="gd"))]
+    for name in names:
+        configurations.append((f"ADM {name}", dict(optimizer="adm", backend=name)))
+        if name in RESTRICTABLE:
+            configurations.append((f"ADM {name} restricted", dict(optimizer="adm", backend=name, restrict_labels=True)))
+
+    print(f"data {args.data} ({trainer.n_labels} labels), batch {args.batch_size} x {args.crop_size}^2, "
+          f"{trainer.model.__class__.__name__}, torch {torch.__version__} on {trainer.device} with "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+          f"median of {args.steps} steps")
+    print(f"{'configuration':36s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
+    gd_time = None
+    for label, settings in configurations:
+        config = dataclasses.replace(base, **settings)
+        run = Trainer(config, "unused", progress=False)
+        run.model.load_state_dict(start)
+        steps, latent_times = timed_steps(run, "regularized", batches)
+        step, latent = statistics.median(steps), statistics.median(latent_times)
+        gd_time = gd_time or step
+        share = f"{latent / step:13.0%}" if config.optimizer == "adm" else f"{'-':>13s}"
+        print(f"{label:36s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
