@@ -4,10 +4,11 @@ One step = forward pass, the loss (GD: pCE + relaxed grid CRF; ADM: the latent s
 every image of the batch through ``solve_batch``, then pCE + proximal term), backward pass and Adam
 update, on batches of 8 random 256 x 256 crops of MSRC-21 (21 labels, generated scribbles; the
 synthetic set, 3 labels, where ../shared/data is absent) with the small FCN on the CPU. The network
-is first trained for a few pCE steps so that its predictions, the latent step's unaries, have
-structure; every configuration then starts from that same network and sees the same batches.
+is first trained for a few pCE steps (or loaded with --init, e.g. from the pCE phase of a comparison,
+where ADM starts in the paper) so that its predictions, the latent step's unaries, have structure;
+every configuration then starts from that same network and sees the same batches.
 
-    python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30] [--crop-size 256]
+    python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256]
                                     [--batch-size 8] [--backends numba-expansion maxflow ...]
 
 Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
@@ -68,6 +69,8 @@ def main():
     parser.add_argument("--data", default=MSRC if os.path.isdir(MSRC) else "synthetic")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one untimed)")
     parser.add_argument("--warmup-steps", type=int, default=30, help="pCE steps before timing")
+    parser.add_argument("--init", help="start from this network (a run's checkpoint.pt, e.g. the pCE phase of "
+                                       "admsolve compare) instead of the pCE warm-up steps")
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lam", type=float, default=None)
@@ -76,14 +79,15 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
 
     base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
-                       batch_size=args.batch_size, lam=args.lam, pretrain_epochs=1, epochs=1)
+                       batch_size=args.batch_size, lam=args.lam, pretrain_epochs=1, epochs=1, init=args.init)
     trainer = Trainer(base, "unused", progress=False)
     batches = [trainer.batch(1, trainer.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
                for i in range(args.steps + 1)]
-    warmup = [trainer.batch(2, trainer.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
-              for i in range(min(args.warmup_steps, trainer.steps_per_epoch))]
-    for _ in range(-(-args.warmup_steps // max(len(warmup), 1))):
-        timed_steps(trainer, "pce", warmup)
+    if not args.init:
+        warmup = [trainer.batch(2, trainer.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
+                  for i in range(min(args.warmup_steps, trainer.steps_per_epoch))]
+        for _ in range(-(-args.warmup_steps // max(len(warmup), 1))):
+            timed_steps(trainer, "pce", warmup)
     start = copy.deepcopy(trainer.model.state_dict())
 
     available = adm.available_backends()

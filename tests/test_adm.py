@@ -86,3 +86,12 @@ def test_the_dense_latent_step_is_mean_field_on_the_dense_crf_and_keeps_scribble
     assert torch.equal(latent[scribbled], scribbles[scribbled])
     assert all(result.backend == "cupy-densecrf" for result in step.results)
     assert np.array_equal(latent.numpy(), np.stack([result.labels for result in step.results]))
+
+
+def test_every_solve_starts_from_argmax_s_with_the_seeds_applied():
+    logits, images, scribbles = batch(seed=4, k=5)
+    probs = logits.softmax(1)
+    step = ADMStep(lam=1.0, workers=1, max_sweeps=1)
+    step(probs, images, scribbles)
+    for problem, result, p in zip(step.problems(probs, images, scribbles), step.results, probs):
+        assert result.history[0] == pytest.approx(problem.energy(problem.apply_seeds(p.argmax(0).numpy())))

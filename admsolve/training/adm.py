@@ -100,7 +100,7 @@ class ADMStep:
     def __call__(self, probs, images, scribbles):
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""
         problems = self.problems(probs, images, scribbles)
-        inits = [np.argmax(problem.unary, axis=2) for problem in problems]  # min of -log S = argmax S
+        inits = list(probs.detach().argmax(1).cpu().numpy())  # argmax S, the warm start
         per_problem = None
         if self.restrict_labels:
             seeds = scribbles.cpu().numpy()
