@@ -65,7 +65,7 @@ class Progress:
 
     def done(self, line):
         if self.enabled:
-            self.stream.write(("\r" if self.live else "") + line + " " * 10 + "\n")
+            self.stream.write(("\r" + line + " " * 10 if self.live else line) + "\n")
             self.stream.flush()
 
 
