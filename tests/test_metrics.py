@@ -273,7 +273,9 @@ def test_plot_comparison(tmp_path):
         + [{"iteration": 6, "miou": 0.7}],
     }
     _read_png(plot_comparison(runs, tmp_path / "compare.png"))
-    _read_png(plot_comparison(runs, tmp_path / "compare_other.png", key="train_loss"))
+    _read_png(plot_comparison(runs, tmp_path / "compare_other.png", keys=("train_loss",)))
+    with pytest.raises(TypeError, match="keys: expected a non-empty sequence"):
+        plot_comparison(runs, tmp_path / "x.png", keys="miou")
 
 
 def test_prediction_sheet_different_sizes(tmp_path):

@@ -282,7 +282,7 @@ def _series(records, key):
 
 
 def _is_loss_key(key):
-    return key.startswith("loss") or key.endswith("_loss") or "crf_loss" in key
+    return key.startswith("loss") or key.endswith("_loss") or "crf_loss" in key or "crf_energy" in key
 
 
 def _keys(records, accept):
@@ -332,7 +332,8 @@ def plot_curves(records, path, *, title=None):
     """Training curves (Fig. 3 of the paper) as a PNG with two panels against ``"iteration"``.
 
     Left: every loss key -- one that starts with ``"loss"``, ends with ``"_loss"`` or contains
-    ``"crf_loss"`` (e.g. ``train_loss``, ``grid_crf_loss_train``, ``grid_crf_loss_val``); the y axis
+    ``"crf_loss"`` or ``"crf_energy"`` (e.g. ``train_loss``, ``grid_crf_loss_train``,
+    ``grid_crf_energy_val``); the y axis
     is logarithmic when the values are positive and span more than a factor 100. Right: ``"miou"``,
     ``"accuracy"`` and any ``"trimap_*"`` accuracy. Records missing a key (or ``"iteration"``), or
     holding a non-finite or non-numeric value, contribute no point to that line.
@@ -367,8 +368,8 @@ def plot_curves(records, path, *, title=None):
     return _save(figure, path)
 
 
-def plot_comparison(runs, path, *, key="grid_crf_loss_train"):
-    """Compare runs (``admsolve compare``): panels `key` and ``"miou"``, one line per run.
+def plot_comparison(runs, path, *, keys=("grid_crf_loss_train", "grid_crf_energy_train", "miou")):
+    """Compare runs (``admsolve compare``): one panel per record key, one line per run.
 
     Parameters
     ----------
@@ -376,8 +377,8 @@ def plot_comparison(runs, path, *, key="grid_crf_loss_train"):
         Run name -> its records (lines of ``metrics.jsonl``), plotted against ``"iteration"``.
     path : str or os.PathLike
         The PNG to write.
-    key : str, optional
-        The record key of the first panel.
+    keys : sequence of str, optional
+        The record key of each panel (losses on a log scale, scores not).
 
     Returns
     -------
@@ -386,17 +387,17 @@ def plot_comparison(runs, path, *, key="grid_crf_loss_train"):
     """
     if not isinstance(runs, dict):
         raise TypeError(f"runs: expected a dict of run name -> list of records, got {describe(runs)}")
-    if not isinstance(key, str):
-        raise TypeError(f"key: expected a record key (str), got {describe(key)}")
+    if isinstance(keys, str) or not keys or not all(isinstance(key, str) for key in keys):
+        raise TypeError(f"keys: expected a non-empty sequence of record keys (str), got {describe(keys)}")
     runs = {str(name): _check_records(records, f"runs[{name!r}]") for name, records in runs.items()}
-    figure, axes = _figure(2, None)
-    for panel, panel_key in zip(axes, (key, "miou")):
+    figure, axes = _figure(len(keys), None)
+    for panel, panel_key in zip(axes, keys):
         for name, records in runs.items():
             x, y = _series(records, panel_key)
             if x:
                 panel.plot(x, y, marker="." if len(x) < 30 else None, label=name)
         panel.set_title(panel_key)
-        _finish_panel(panel, panel_key, logy=panel_key != "miou")
+        _finish_panel(panel, panel_key, logy=_is_loss_key(panel_key))
     return _save(figure, path)
 
 
