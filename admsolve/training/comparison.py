@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..train_config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS
+from ..train_config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
 from .metrics import plot_comparison
 
@@ -22,16 +22,28 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
            ("train_time", "train s"), ("solver_time", "solver s"))
 
 
+#: Settings that only ADM reads, and lam, which only a regularizer reads: a configuration that does not
+#: use them stores TrainConfig's defaults, so that its run is reused when only they change.
+ADM_SETTINGS = ("backend", "gamma", "max_sweeps", "restrict_labels")
+
+
+def _unused_to_defaults(config):
+    """`config` with the settings its optimizer and regularizer do not read set to their defaults."""
+    defaults = TrainConfig()
+    unused = () if config.optimizer == "adm" and config.regularizer != "none" else ADM_SETTINGS
+    if config.regularizer == "none":
+        unused += ("lam",)
+    return dataclasses.replace(config, **{name: getattr(defaults, name) for name in unused})
+
+
 def _configuration(base, key, init):
     """The TrainConfig of configuration `key`: base's settings, its own loss, the shared start."""
     if key not in CONFIGURATIONS:
         raise ValueError(f"configurations: expected keys among {', '.join(CONFIGURATIONS)}, got {key!r}")
     settings = dict(CONFIGURATIONS[key][1])
-    if settings["optimizer"] != "adm" or settings["regularizer"] != base.regularizer:
+    if settings["regularizer"] != base.regularizer:
         settings["backend"] = None  # the base's solver belongs to its own regularizer
-    if settings["regularizer"] == "none":
-        settings["lam"] = None
-    return dataclasses.replace(base, **settings, pretrain_epochs=0, init=init)
+    return _unused_to_defaults(dataclasses.replace(base, **settings, pretrain_epochs=0, init=init))
 
 
 def _run(config, folder, progress):
@@ -75,8 +87,8 @@ def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
     out.mkdir(parents=True, exist_ok=True)
     init = None
     if base.pretrain_epochs > 0:
-        pretrain = dataclasses.replace(base, optimizer="gd", regularizer="none", backend=None, lam=None,
-                                       epochs=0, init=None)
+        pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
+                                                           init=None))
         if progress:
             print(f"phase 1: partial cross-entropy for {base.pretrain_epochs} epochs -> {out / 'pretrain'}")
         _run(pretrain, out / "pretrain", progress)
