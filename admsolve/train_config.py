@@ -43,7 +43,7 @@ class TrainConfig:
     regularizer: str = "grid"
     backend: str | None = None
     lam: float | None = None
-    gamma: float = 1.0
+    gamma: float = 2.0
     connectivity: int = 8
     sxy: float = 80.0
     srgb: float = 13.0

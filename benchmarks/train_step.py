@@ -8,7 +8,7 @@ is first trained for a few pCE steps (or loaded with --init, e.g. from the pCE p
 where ADM starts in the paper) so that its predictions, the latent step's unaries, have structure;
 every configuration then starts from that same network and sees the same batches.
 
-    python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8]
+    python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8] [--lam] [--gamma]
                                     [--batch-size 8] [--backends numba-expansion maxflow ...]
 
 Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
@@ -74,13 +74,15 @@ def main():
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lam", type=float, default=None)
+    parser.add_argument("--gamma", type=float, default=TrainConfig.gamma)
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
     parser.add_argument("--backends", nargs="*", default=None, help="grid-CRF backends (default: all usable)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
     base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
-                       batch_size=args.batch_size, lam=args.lam, connectivity=args.connectivity, pretrain_epochs=1, epochs=1, init=args.init)
+                       batch_size=args.batch_size, lam=args.lam, gamma=args.gamma, connectivity=args.connectivity,
+                       pretrain_epochs=1, epochs=1, init=args.init)
     trainer = Trainer(base, "unused", progress=False)
     batches = [trainer.batch(1, trainer.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
                for i in range(args.steps + 1)]

@@ -116,8 +116,8 @@ def test_compare_shares_phase_1_and_reuses_finished_runs(data, tmp_path, monkeyp
     with pytest.raises(FileExistsError, match="other settings"):
         compare(config(data, lam=1.0), tmp_path / "cmp", configurations=("adm-grid",), progress=False)
     # gamma is read by ADM alone: the pCE phase and the pCE-only run are reused, ADM is trained anew
-    rows = compare(config(data, gamma=2.0), tmp_path / "cmp", configurations=("pce",), progress=False)
-    assert rows[0]["settings"]["gamma"] == 1.0
+    rows = compare(config(data, gamma=3.0), tmp_path / "cmp", configurations=("pce",), progress=False)
+    assert rows[0]["settings"]["gamma"] == TrainConfig().gamma != 3.0
 
 
 @pytest.mark.parametrize("settings,match", [
