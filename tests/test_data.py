@@ -308,6 +308,10 @@ def test_voc_tree(tmp_path):
     assert np.array_equal(sample.mask, mask)  # palette indices of the P-mode PNG, 255 void
     assert sample.scribbles[4, 5] == 20
     assert len(VOCDataset(root, "val")) == 1
+    again = data[0]  # not cached by default: read again, same content
+    assert again is not sample and all(np.array_equal(a, b) for a, b in zip(again[1:], sample[1:]))
+    cached = VOCDataset(root, cache=True)
+    assert cached[0] is cached[0]
 
 
 def test_voc_masks_and_scribble_choice(tmp_path):
