@@ -17,13 +17,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def _real_data(name, title):
+    """../shared/data/<name>, or a skip where it is absent."""
+    path = DATA / name
+    if not (path / "list.txt").is_file():
+        pytest.skip(f"real data not found at {path} (the {title} set lives in ../shared/data)")
+    return path
+
+
 @pytest.fixture
 def grabcut_dir():
-    """../shared/data/grabcut, or a skip where it is absent."""
-    path = DATA / "grabcut"
-    if not (path / "list.txt").is_file():
-        pytest.skip(f"real data not found at {path} (the GrabCut set lives in ../shared/data)")
-    return path
+    return _real_data("grabcut", "GrabCut")
+
+
+@pytest.fixture
+def msrc_dir():
+    return _real_data("msrc21", "MSRC-21")
 
 
 def cuda_available():

@@ -11,16 +11,6 @@ from PIL import Image
 
 from admsolve.data import (VOC_CLASSES, VOID, FolderDataset, Sample, SyntheticDataset, VOCDataset,
                            augment, open_dataset)
-from conftest import DATA
-
-
-@pytest.fixture
-def msrc_dir():
-    """../shared/data/msrc21, or a skip where it is absent."""
-    path = DATA / "msrc21"
-    if not (path / "list.txt").is_file():
-        pytest.skip(f"real data not found at {path} (the MSRC-21 set lives in ../shared/data)")
-    return path
 
 
 # ------------------------------------------------------------------ fake trees written with Pillow

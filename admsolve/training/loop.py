@@ -87,11 +87,11 @@ def grid_crf_per_pixel(probs, image, *, connectivity):
     minimises, and the Potts energy of the segmentation argmax S, the discrete R(X) that ADM's latent
     step minimises. `probs` is (1, K, H, W), `image` (H, W, 3).
     """
-    height, width = probs.shape[2:]
-    relaxed = float(grid_crf_loss(probs, image[None], lam=1.0, connectivity=connectivity))
-    weights = contrast_weights(image, connectivity=connectivity)
-    discrete = GridCRF(np.zeros((height, width, probs.shape[1])), weights).cut_weight(probs[0].argmax(0).numpy())
-    return relaxed / (height * width), discrete / (height * width)
+    soft = probs[0].permute(1, 2, 0).double().numpy()
+    height, width, n_labels = soft.shape
+    potts = GridCRF(np.zeros((height, width, n_labels)), contrast_weights(image, connectivity=connectivity))
+    relaxed, _ = potts.relaxed_energy(soft)
+    return relaxed / (height * width), potts.cut_weight(soft.argmax(2)) / (height * width)
 
 
 def _atomic_save(obj, path):

@@ -36,13 +36,6 @@ VOID = 255
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_n_labels(n_labels):
-    n_labels = as_scalar(n_labels, "n_labels", integer=True)
-    if n_labels < 1:
-        raise ValueError(f"n_labels: expected a number of labels >= 1, got {n_labels}")
-    return n_labels
-
-
 def _check_void(void):
     return as_scalar(void, "void", integer=True)
 
@@ -96,7 +89,7 @@ def confusion_matrix(pred, truth, n_labels, *, void=VOID):
     (K, K) ndarray of int64
         Entry ``[t, p]`` counts the non-void pixels with truth t predicted as p (rows = truth).
     """
-    n_labels = _check_n_labels(n_labels)
+    n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
     void = _check_void(void)
     pred, truth = _check_pair(pred, truth, n_labels, void)
     return _confusion(pred, truth, n_labels, void)
@@ -177,7 +170,7 @@ class SegmentationScores:
     """
 
     def __init__(self, n_labels, *, void=VOID, trimap_widths=(8, 16)):
-        self.n_labels = _check_n_labels(n_labels)
+        self.n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         self.void = _check_void(void)
         if isinstance(trimap_widths, (str, bytes)) or not hasattr(trimap_widths, "__iter__"):
             raise TypeError(f"trimap_widths: expected a sequence of widths, got {describe(trimap_widths)}")

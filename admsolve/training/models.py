@@ -25,13 +25,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _check_n_labels(n_labels):
-    n_labels = as_scalar(n_labels, "n_labels", integer=True)
-    if n_labels < 1:
-        raise ValueError(f"n_labels: expected a number of labels >= 1, got {n_labels}")
-    return n_labels
-
-
 def _check_images(x):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
@@ -100,7 +93,7 @@ class SmallFCN(nn.Module):
 
     def __init__(self, n_labels, *, width=32):
         super().__init__()
-        n_labels = _check_n_labels(n_labels)
+        n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         width = as_scalar(width, "width", integer=True)
         if width < 1:
             raise ValueError(f"width: expected a number of channels >= 1, got {width}")
@@ -252,7 +245,7 @@ def build_model(name, n_labels, *, weights=None):
     """
     if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"name: expected one of {', '.join(MODELS)}, got {name!r}")
-    n_labels = _check_n_labels(n_labels)
+    n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
     if weights is not None and not isinstance(weights, (str, Path)) and not hasattr(weights, "__fspath__"):
         raise TypeError(f"weights: expected a path to a local file or None, got {type(weights).__name__}")
     if name == "fcn-small":
