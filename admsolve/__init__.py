@@ -5,11 +5,11 @@ minimised by interchangeable backends behind :func:`solve`.
 """
 
 from .backends import available_backends
-from .bilateral import PermutohedralLattice, bilateral_filter
-from .densecrf import DenseCRF
-from .gridcrf import OFFSETS, GridCRF, contrast_weights
+from .filters.lattice import PermutohedralLattice, bilateral_filter
+from .energies.densecrf import DenseCRF
+from .energies.gridcrf import OFFSETS, GridCRF, contrast_weights
 from .solve import SolveResult, solve, solve_batch
-from .unaries import adm_unary, scribble_unary
+from .energies.unaries import adm_unary, scribble_unary
 
 __all__ = [
     "OFFSETS",

@@ -3,6 +3,10 @@ expected and what arrived."""
 
 import numpy as np
 
+#: The one value that marks a pixel as unlabeled: an unscribbled pixel in seeds and scribbles, a void
+#: pixel in ground-truth masks, the ignored target of the losses.
+UNLABELED = 255
+
 
 def describe(value):
     """Short description of what arrived, for error messages."""
@@ -71,3 +75,24 @@ def as_positive(value, name):
     if not value > 0:
         raise ValueError(f"{name}: expected a value > 0, got {value!r}")
     return value
+
+
+def as_int_pair(value, name, *, minimum=1):
+    """Two integers >= minimum (height, width), as a tuple."""
+    if isinstance(value, (str, bytes)) or np.ndim(value) != 1 or len(value) != 2:
+        raise ValueError(f"{name}: expected two integers (height, width), got {describe(value)}")
+    pair = tuple(value)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
+           for v in pair):
+        raise ValueError(f"{name}: expected two integers >= {minimum} (height, width), "
+                         f"got {pair!r}")
+    return tuple(int(v) for v in pair)
+
+
+def as_connectivity(value, name="connectivity"):
+    """4 or 8, the neighbourhood of a grid CRF."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected 4 or 8, got {describe(value)}")
+    if value not in (4, 8):
+        raise ValueError(f"{name}: expected 4 or 8, got {value!r}")
+    return int(value)

@@ -10,13 +10,13 @@ import time
 import numpy as np
 
 from . import backends
-from .densecrf import DenseCRF
-from .gridcrf import GridCRF, contrast_weights
-from .io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
+from .energies.densecrf import DenseCRF
+from .energies.gridcrf import GridCRF, contrast_weights
+from .data.io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
 from .solve import solve
-from .train_config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, DEFAULT_LAM, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
+from .training.config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, DEFAULT_LAM, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
                            REGULARIZERS, TrainConfig)
-from .unaries import scribble_unary
+from .energies.unaries import scribble_unary
 
 
 def scribble_problem(image, scribbles, *, kind="GridCRF", lam, connectivity):
@@ -54,7 +54,7 @@ def cmd_backends(args):
 
 
 def cmd_demo(args):
-    from .examples import synthetic_scene
+    from .data.examples import synthetic_scene
 
     image, scribbles, truth = synthetic_scene()
     problems = {kind: scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)

@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from . import backends
 from ._validation import as_scalar, describe
-from .problem import LabelingProblem
+from .energies.problem import LabelingProblem
 
 
 class SolveResult(dict):

@@ -27,7 +27,7 @@ import time
 import torch
 
 import admsolve as adm
-from admsolve.train_config import TrainConfig
+from admsolve.training.config import TrainConfig
 from admsolve.training.loop import Trainer, image_tensor
 
 MSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "msrc21")

@@ -10,8 +10,8 @@ from PIL import Image
 
 import admsolve as adm
 from admsolve.cli import main
-from admsolve.examples import synthetic_scene
-from admsolve.io import read_image, read_label_map
+from admsolve.data.examples import synthetic_scene
+from admsolve.data.io import read_image, read_label_map
 
 
 @pytest.fixture

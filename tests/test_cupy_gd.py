@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import admsolve as adm
 from admsolve.backends import cupy_gd
-from admsolve.gridcrf import relaxed_energy_arrays
+from admsolve.energies.gridcrf import relaxed_energy_arrays
 from strategies import grid_problems, labelings, scale
 
 BACKEND = "cupy-gd"

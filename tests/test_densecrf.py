@@ -1,4 +1,4 @@
-"""Tests of the dense CRF (admsolve.densecrf) and its mean-field backend ``cupy-densecrf``: valid
+"""Tests of the dense CRF (admsolve.energies.densecrf) and its mean-field backend ``cupy-densecrf``: valid
 marginals, seeds, the energy and its relaxation, agreement with pydensecrf, solve() wiring, pickling
 and input checks.
 
@@ -13,9 +13,9 @@ import pytest
 
 import admsolve as adm
 from admsolve.backends import cupy_densecrf as backend
-from admsolve.bilateral import bilateral_features, exact_filter, gaussian_features
-from admsolve.densecrf import DenseCRF
-from admsolve.gridcrf import GridCRF
+from admsolve.filters.lattice import bilateral_features, exact_filter, gaussian_features
+from admsolve.energies.densecrf import DenseCRF
+from admsolve.energies.gridcrf import GridCRF
 
 #: A second parameter set: narrow kernels, both in use, as well as pydensecrf's usual defaults.
 NARROW = dict(sxy=3, srgb=20, compat=5, gaussian_sxy=1, gaussian_compat=2)

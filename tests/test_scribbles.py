@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from admsolve.examples import synthetic_scene
-from admsolve.io import read_label_map
-from admsolve.scribbles import generate_scribbles
+from admsolve.data.examples import synthetic_scene
+from admsolve.data.io import read_label_map
+from admsolve.data.scribbles import generate_scribbles
 
 
 @st.composite

@@ -3,7 +3,7 @@ Koltun 2011), as pydensecrf's ``DenseCRF.inference``, with seeds as hard constra
 
     Q_0 = softmax(-unary),    Q_{t+1} = softmax(-unary + sum_m compat_m K_m Q_t),
 
-``K_m`` the symmetric-normalised lattice filter of kernel m (see :mod:`admsolve.densecrf`); this is
+``K_m`` the symmetric-normalised lattice filter of kernel m (see :mod:`admsolve.energies.densecrf`); this is
 pydensecrf's update with its ``PottsCompatibility(compat_m)``. Seeded pixels have Q fixed one-hot at
 their seed from Q_0 on, so they send their label to their neighbours at every iteration. Labels
 are ``argmax Q`` (seeds hold by construction).
@@ -12,7 +12,7 @@ On the CPU ("cpu", the default) each iteration is the lattice filters (``filter(
 one fused update over blocks of pixels: per block, a Numba pass for the weighted sum of the messages
 (minus its maximum), NumPy's SIMD exponential in place, and a Numba pass for the normalisation, the
 seeds and the argmax. With ``device="cuda"`` the same algorithm runs entirely on CuPy arrays
-(:func:`mean_field_xp`: the lattices are :class:`~admsolve.lattice_xp.ArrayLattice`, a sort-based
+(:func:`mean_field_xp`: the lattices are :class:`~admsolve.filters.array_lattice.ArrayLattice`, a sort-based
 hash built from array operations); that path is tested on NumPy here and has not yet been run on a
 GPU.
 
@@ -25,8 +25,8 @@ from numba import njit
 
 from .._array import device_module, to_numpy
 from .._validation import as_scalar
-from ..densecrf import NORMALIZATION
-from ..lattice_xp import ArrayLattice
+from ..energies.densecrf import NORMALIZATION
+from ..filters.array_lattice import ArrayLattice
 
 
 #: Pixels per block of the update: the block's logits stay in cache between its three passes.
@@ -154,7 +154,7 @@ def mean_field(problem, *, iterations=5, tol=None, callback=None):
 
 def mean_field_xp(problem, xp, *, iterations=5, tol=None, callback=None):
     """The same mean-field written for an array module `xp` (NumPy or CuPy), every step on `xp`: the
-    lattices are :class:`~admsolve.lattice_xp.ArrayLattice` built on `xp` (bit-identical to the Numba
+    lattices are :class:`~admsolve.filters.array_lattice.ArrayLattice` built on `xp` (bit-identical to the Numba
     lattice on NumPy). Same parameters and results as :func:`mean_field`, with q and labels arrays
     of `xp`."""
     iterations, tol = _check_options(iterations, tol)

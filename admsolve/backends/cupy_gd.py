@@ -16,7 +16,7 @@ lam = 0): the relaxed energy is non-increasing (up to rounding) for any ``step <
 (discrete) energy of the rounded labeling is not monotone.
 
 Everything runs through one array module, ``xp = device_module(device)``: NumPy on "cpu", CuPy on
-"cuda" (the relaxed energy and gradient come from :func:`admsolve.gridcrf.relaxed_energy_arrays`, which
+"cuda" (the relaxed energy and gradient come from :func:`admsolve.energies.gridcrf.relaxed_energy_arrays`, which
 follows its input's module). Each iteration brings the rounded labeling back to the host to record its
 reference energy.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from .._array import device_module, to_numpy
 from .._validation import as_scalar
-from ..gridcrf import edge_slices, relaxed_energy_arrays
+from ..energies.gridcrf import edge_slices, relaxed_energy_arrays
 
 #: Weight of the uniform distribution mixed into the one-hot initial labeling:
 #: ``S0 = (1 - MIX) * onehot(init) + MIX / K``. Exponentiated gradient cannot grow a label from an

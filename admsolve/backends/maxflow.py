@@ -7,7 +7,7 @@ edge lists with one vectorised ``add_edges`` call. Two labels are solved exactly
 import maxflow as pymaxflow
 import numpy as np
 
-from ..gridcrf import edge_slices
+from ..energies.gridcrf import edge_slices
 from .moves import alpha_expansion
 
 

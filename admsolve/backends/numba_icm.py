@@ -9,7 +9,7 @@ minimum for single-pixel changes.
 import numpy as np
 from numba import njit
 
-from ..gridcrf import OFFSETS
+from ..energies.gridcrf import OFFSETS
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 from numba import njit
 
-from ..gridcrf import OFFSETS
+from ..energies.gridcrf import OFFSETS
 from ._gridflow import GridMaxflow
 from .moves import improves, label_major_unary, move_labels
 

@@ -3,25 +3,41 @@
 Losses (a function and an ``nn.Module`` each), the ADM latent step, the training loop of
 Algorithm 1 (:func:`train`, :func:`resume`, :func:`evaluate_run`), the optimizer comparison
 (:func:`compare`), networks and metrics. The core of :mod:`admsolve` does not import this
-subpackage; importing it requires PyTorch (``pip install "admsolve[train]"``).
+subpackage. :mod:`.config` (the settings of a run) is torch-free, so the command line can read it
+without torch; every other name here is imported on first use and needs PyTorch
+(``pip install "admsolve[train]"``).
+
+Layer: the highest below the command line; imports data, energies, filters, backends and solve.
 """
 
-from ..train_config import TrainConfig
-from .adm import ADMStep
-from .comparison import compare, format_table
-from .loop import TrainingDiverged, evaluate_run, read_metrics, resume, train
-from .losses import (
-    DenseCRFLoss,
-    GridCRFLoss,
-    PartialCrossEntropyLoss,
-    ProximalLoss,
-    dense_crf_loss,
-    grid_crf_loss,
-    partial_cross_entropy,
-    proximal_loss,
-)
-from .metrics import SegmentationScores, confusion_matrix
-from .models import SmallFCN, build_model
+import importlib
+
+from .config import TrainConfig
+
+#: Where each public name lives (imported on first access, PEP 562).
+_HOMES = {
+    "ADMStep": "adm",
+    "compare": "comparison", "format_table": "comparison",
+    "TrainingDiverged": "loop", "evaluate_run": "loop", "read_metrics": "loop", "resume": "loop", "train": "loop",
+    "DenseCRFLoss": "losses", "GridCRFLoss": "losses", "PartialCrossEntropyLoss": "losses", "ProximalLoss": "losses",
+    "dense_crf_loss": "losses", "grid_crf_loss": "losses", "partial_cross_entropy": "losses", "proximal_loss": "losses",
+    "SegmentationScores": "metrics", "confusion_matrix": "metrics",
+    "SmallFCN": "models", "build_model": "models",
+}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'admsolve.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
+
+
 
 __all__ = [
     "ADMStep",

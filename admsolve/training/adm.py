@@ -8,11 +8,11 @@ import torch
 
 from .._validation import as_positive, as_scalar
 from ..backends import BACKENDS, lookup
-from ..densecrf import DenseCRF
-from ..gridcrf import GridCRF, contrast_weights
+from ..energies.densecrf import DenseCRF
+from ..energies.gridcrf import GridCRF, contrast_weights
 from ..solve import solve_batch
-from ..train_config import PROBLEMS
-from ..unaries import adm_unary
+from .config import PROBLEMS
+from ..energies.unaries import adm_unary
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
 
 class ADMStep:

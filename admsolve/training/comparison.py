@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..train_config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
+from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
 from .metrics import plot_comparison
 

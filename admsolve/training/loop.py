@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..data import augment, open_dataset
-from ..gridcrf import GridCRF, contrast_weights
-from ..train_config import PROBLEMS, TrainConfig
+from ..energies.gridcrf import GridCRF, contrast_weights
+from .config import PROBLEMS, TrainConfig
 from .adm import ADMStep
 from .losses import dense_crf_loss, grid_crf_loss, partial_cross_entropy, proximal_loss
 from .metrics import SegmentationScores, plot_curves, prediction_sheet

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import as_positive, as_scalar
-from ..bilateral import PermutohedralLattice, bilateral_features
-from ..densecrf import NORMALIZATION
-from ..gridcrf import contrast_weights, edge_slices
+from ..filters.lattice import PermutohedralLattice, bilateral_features
+from ..energies.densecrf import NORMALIZATION
+from ..energies.gridcrf import contrast_weights, edge_slices
 
 __all__ = [
     "DenseCRFLoss",

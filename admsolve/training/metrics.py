@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .. import io
+from ..data import io
 from .._validation import as_scalar, describe
 
 __all__ = [
@@ -440,11 +440,11 @@ def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, 
     """Qualitative results (Fig. 5): per image, the image, its scribbles, the prediction, the truth.
 
     Each image gives four tiles -- the image; the image with the scribbled pixels drawn in their
-    label colours (:func:`admsolve.io.overlay` with ``alpha=0``); the prediction and the ground
-    truth in :data:`admsolve.io.PALETTE` colours (void white). Every tile is resized (nearest
+    label colours (:func:`admsolve.data.io.overlay` with ``alpha=0``); the prediction and the ground
+    truth in :data:`admsolve.data.io.PALETTE` colours (void white). Every tile is resized (nearest
     neighbour for labels) to 160 px high with the aspect ratio of the first image. Captions are
     ``"<id> image"``, ``"<id> scribbles"``, ``"<id> prediction"``, ``"<id> truth"``. Written with
-    :func:`admsolve.io.save_sheet`; nothing passed in is modified.
+    :func:`admsolve.data.io.save_sheet`; nothing passed in is modified.
 
     Parameters
     ----------

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import as_scalar
-from ..train_config import MODELS
+from .config import MODELS
 
 __all__ = ["MODELS", "SmallFCN", "build_model"]
 

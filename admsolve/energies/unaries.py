@@ -4,7 +4,7 @@ scribbles for interactive ("shallow") segmentation."""
 import numpy as np
 from scipy import ndimage
 
-from ._validation import as_label_map, as_real_array, as_scalar
+from .._validation import as_label_map, as_real_array, as_scalar
 
 
 def adm_unary(probs, *, gamma=1.0, eps=1e-8):

@@ -1,8 +1,8 @@
-"""The permutohedral lattice of :mod:`admsolve.bilateral`, written with array-module operations only,
+"""The permutohedral lattice of :mod:`admsolve.filters.lattice`, written with array-module operations only,
 so that the same code runs on NumPy (CPU) and on CuPy (GPU), the module taken from the features.
 
 :class:`ArrayLattice` has the constructor and :meth:`~ArrayLattice.filter` of
-:class:`admsolve.bilateral.PermutohedralLattice` and computes the same operator: the simplex search
+:class:`admsolve.filters.lattice.PermutohedralLattice` and computes the same operator: the simplex search
 runs in float32 with the operations of the Numba kernel (so the same lattice points are found), the
 splat, blur (directions 0..d, or d..0 for the transpose) and slice in float64 in the same order.
 
@@ -13,15 +13,15 @@ lattice point of every simplex vertex, and ``searchsorted`` in the sorted codes 
 neighbours. Splatting is a ``bincount`` with weights per channel (no ``add.at``), the blur a pair of
 gathers per direction with a zero sentinel row for missing neighbours, slicing a gather.
 
-On NumPy the result equals :class:`~admsolve.bilateral.PermutohedralLattice` to the last bit or
+On NumPy the result equals :class:`~admsolve.filters.lattice.PermutohedralLattice` to the last bit or
 nearly (the splat sums in the same order); on CuPy the splat's atomic additions sum in any order.
 """
 
 import numpy as np
 
-from ._array import array_module
-from ._validation import describe
-from .bilateral import _MAX_ELEVATED, _as_flag, _check_normalization
+from .._array import array_module
+from .._validation import describe
+from .features import MAX_ELEVATED, as_features, as_flag, as_values, check_normalization, normalization_scales
 
 __all__ = ["ArrayLattice"]
 
@@ -33,9 +33,7 @@ def _features(features):
     """Checked (N, d) float64 features on their own array module."""
     xp = array_module(features)
     if xp is np:
-        from .bilateral import _as_features
-
-        return np, _as_features(features)
+        return np, as_features(features)
     if features.ndim != 2 or features.size == 0 or features.dtype.kind not in "biuf":
         raise ValueError(f"features: expected a non-empty 2-D real array, got array of shape "
                          f"{features.shape} and dtype {features.dtype}")
@@ -44,7 +42,7 @@ def _features(features):
         bad = int(features.size - int(xp.count_nonzero(xp.isfinite(features))))
         raise ValueError(f"features: expected finite values, got {bad} NaN or infinite entries")
     n, d = features.shape
-    bound = _MAX_ELEVATED / (2.0 * d * (d + 1))
+    bound = MAX_ELEVATED / (2.0 * d * (d + 1))
     largest = float(xp.abs(features).max())
     if largest > bound:
         raise ValueError(f"features: expected absolute values <= {bound:g} (the lattice is located in "
@@ -197,33 +195,19 @@ def _filter(xp, vertices, barycentric, neighbours, m, values, in_scale, out_scal
     return out
 
 
-def _scales(xp, ones_response, normalization, transpose):
-    """(in_scale, out_scale) around the raw operator, as bilateral._scales."""
-    ones = xp.ones_like(ones_response)
-    if normalization == "none":
-        return ones, ones
-    if normalization == "symmetric":
-        scale = 1.0 / xp.sqrt(ones_response + 1e-20)
-        return scale, scale
-    scale = 1.0 / (ones_response + 1e-20)
-    if (normalization == "after") != transpose:
-        return ones, scale
-    return scale, ones
-
-
 class ArrayLattice:
-    """:class:`admsolve.bilateral.PermutohedralLattice` on an array module (NumPy or CuPy).
+    """:class:`admsolve.filters.lattice.PermutohedralLattice` on an array module (NumPy or CuPy).
 
     Parameters
     ----------
     features : (N, d) NumPy or CuPy array of float
-        As for :class:`~admsolve.bilateral.PermutohedralLattice`; the lattice lives on the array
+        As for :class:`~admsolve.filters.lattice.PermutohedralLattice`; the lattice lives on the array
         module (CPU or GPU) of `features`, and :meth:`filter` takes and returns arrays of it.
 
     Attributes
     ----------
     n_points, dim, n_lattice_points : int
-        N, d and M, as for :class:`~admsolve.bilateral.PermutohedralLattice`.
+        N, d and M, as for :class:`~admsolve.filters.lattice.PermutohedralLattice`.
     xp : module
         numpy or cupy.
     """
@@ -247,15 +231,13 @@ class ArrayLattice:
 
     def filter(self, values, *, normalization="symmetric", transpose=False, out=None):
         """Gaussian filter of `values` over the features; see
-        :meth:`admsolve.bilateral.PermutohedralLattice.filter`. `values` (and `out`) must be arrays
+        :meth:`admsolve.filters.lattice.PermutohedralLattice.filter`. `values` (and `out`) must be arrays
         of the lattice's module (a NumPy lattice also takes array_likes)."""
         xp = self.xp
-        normalization = _check_normalization(normalization)
-        transpose = _as_flag(transpose, "transpose")
+        normalization = check_normalization(normalization)
+        transpose = as_flag(transpose, "transpose")
         if xp is np:
-            from .bilateral import _as_values
-
-            array, flat = _as_values(values, self.n_points)
+                array, flat = as_values(values, self.n_points)
         else:
             if array_module(values) is not xp:
                 raise TypeError(f"values: expected a {xp.__name__} array, got {describe(values)}")
@@ -280,7 +262,7 @@ class ArrayLattice:
                                  f"got {describe(out)}")
             if xp is np and np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
-        in_scale, out_scale = _scales(xp, self._ones_response, normalization, transpose)
+        in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
         result = _filter(xp, self._vertices, self._barycentric, self._neighbours, self.n_lattice_points,
                          array, in_scale, out_scale, transpose)
         if out is not None:

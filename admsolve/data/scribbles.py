@@ -5,7 +5,7 @@ as in ScribbleSup's protocol."""
 import numpy as np
 from scipy import ndimage
 
-from ._validation import as_scalar, describe
+from .._validation import as_scalar, describe
 
 
 def _axis_stroke(inside, depth, start, axis, margin):

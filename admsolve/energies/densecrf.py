@@ -1,12 +1,12 @@
 """The fully connected (dense) CRF of Krähenbühl & Koltun (NIPS 2011): unaries plus Potts terms
 between every pair of pixels, weighted by Gaussian kernels over position and colour (eq. 3 of the
 paper), with scribbles as hard constraints. Kernels are applied with the permutohedral lattice of
-:mod:`admsolve.bilateral`, exactly as pydensecrf applies them.
+:mod:`admsolve.filters.lattice`, exactly as pydensecrf applies them.
 
 The energy
 ----------
 For kernel m (the bilateral one, and the Gaussian one when used) let ``K_m`` be the (N x N) operator
-that :meth:`~admsolve.bilateral.PermutohedralLattice.filter` applies with pydensecrf's default
+that :meth:`~admsolve.filters.lattice.PermutohedralLattice.filter` applies with pydensecrf's default
 symmetric normalisation, ``K_m = n_m^-1/2 W_m n_m^-1/2`` (``W_m`` the lattice's approximation of the
 Gaussian kernel matrix, centre included, ``n_m = W_m 1``). Then, for a labeling X,
 
@@ -30,15 +30,15 @@ gives the message ``-w K_m Q``)
 
 is exactly ``Q <- softmax(-grad R(Q))``: the fixed points of mean-field are those of the relaxed
 energy's "softmax of the negative gradient". The lattice operator is nearly but not exactly
-symmetric (see :class:`~admsolve.bilateral.PermutohedralLattice`), so this holds up to that asymmetry.
+symmetric (see :class:`~admsolve.filters.lattice.PermutohedralLattice`), so this holds up to that asymmetry.
 Like pydensecrf, the message includes the pixel itself (``K_m[p, p] Q_p``); that term does not enter
 the discrete energy.
 """
 
 import numpy as np
 
-from ._validation import as_positive, as_real_array, as_scalar, describe
-from .bilateral import PermutohedralLattice, bilateral_features, gaussian_features
+from .._validation import as_positive, as_real_array, as_scalar, describe
+from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
 from .problem import LabelingProblem
 
 #: The normalisation of every kernel: pydensecrf's default, NORMALIZE_SYMMETRIC.
@@ -82,7 +82,7 @@ class DenseCRF(LabelingProblem):
     gaussian_compat : float, optional
         Non-negative Potts weight of the Gaussian kernel; 0 drops it.
     seeds, unlabeled
-        Hard constraints, as in :class:`~admsolve.problem.LabelingProblem`.
+        Hard constraints, as in :class:`~admsolve.energies.problem.LabelingProblem`.
 
     Attributes
     ----------

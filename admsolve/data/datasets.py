@@ -4,7 +4,7 @@ random scale / crop / flip augmentation used in training.
 
 Every dataset yields :class:`Sample` tuples of read-only NumPy arrays, loaded on first access and
 kept in memory. Scribbles missing from a dataset are made from its masks by
-:func:`admsolve.scribbles.generate_scribbles`, seeded per image from (seed, id), so every process
+:func:`admsolve.data.scribbles.generate_scribbles`, seeded per image from (seed, id), so every process
 sees the same strokes.
 """
 
@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from ._validation import as_scalar, describe
+from .._validation import UNLABELED, as_int_pair, as_scalar, describe
 from .io import read_image, read_label_map
 from .scribbles import generate_scribbles
 
-#: Value of void mask pixels and of unscribbled pixels.
-VOID = 255
+#: Value of void mask pixels and of unscribbled pixels (:data:`admsolve.UNLABELED`).
+VOID = UNLABELED
 
 #: The 21 PASCAL VOC 2012 classes, in label order.
 VOC_CLASSES = [
@@ -440,7 +439,7 @@ class SyntheticDataset:
         stream, default_count = self._SPLITS[split]
         n_images = default_count if n_images is None else as_scalar(n_images, "n_images", minimum=1,
                                                                      integer=True)
-        self.size = _check_pair(size, "size", minimum=16)
+        self.size = as_int_pair(size, "size", minimum=16)
         self.n_labels = as_scalar(n_labels, "n_labels", minimum=2, integer=True)
         if self.n_labels > VOID:
             raise ValueError(f"n_labels: expected at most {VOID} labels, got {n_labels!r}")
@@ -516,18 +515,6 @@ def _object_shape(rng, yy, xx, area):
     return radius <= 1
 
 
-def _check_pair(value, name, *, minimum=1):
-    """Two integers >= minimum, as a tuple."""
-    if isinstance(value, (str, bytes)) or np.ndim(value) != 1 or len(value) != 2:
-        raise ValueError(f"{name}: expected two integers (height, width), got {describe(value)}")
-    pair = tuple(value)
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
-           for v in pair):
-        raise ValueError(f"{name}: expected two integers >= {minimum} (height, width), "
-                         f"got {pair!r}")
-    return tuple(int(v) for v in pair)
-
-
 def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, seed=0):
     """The dataset named by `data`.
 
@@ -563,98 +550,3 @@ def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, 
                                  f"file {str(path)!r}")
     kind = VOCDataset if (path / "JPEGImages").is_dir() else FolderDataset
     return kind(path, split, scribbles=scribbles, scribble_length=scribble_length, seed=seed)
-
-
-def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124, 116, 104)):
-    """A randomly scaled, cropped and flipped copy of a sample.
-
-    Scales by one factor drawn uniformly from `scale` (image bilinear, scribbles and mask nearest,
-    via Pillow), pads the bottom and right to at least `crop_size` (the image with `fill`,
-    scribbles and mask with `VOID`), crops a random window of `crop_size`, and mirrors it left to
-    right with probability 1/2 when `flip`.
-
-    Parameters
-    ----------
-    sample : Sample
-        Left unchanged.
-    rng : numpy.random.Generator
-        The source of randomness; the same state gives the same output.
-    crop_size : (int, int)
-        (height, width) of the output.
-    scale : (float, float), optional
-        Range (lo, hi) of the scale factor, 0 < lo <= hi.
-    flip : bool, optional
-    fill : (int, int, int), optional
-        RGB colour of the image's padding (the ImageNet mean by default).
-
-    Returns
-    -------
-    Sample
-        New arrays of shape `crop_size`; the mask stays None where it was None.
-    """
-    if not isinstance(sample, Sample):
-        raise TypeError(f"sample: expected a Sample, got {describe(sample)}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {describe(rng)}")
-    crop_h, crop_w = _check_pair(crop_size, "crop_size")
-    lo, hi = _check_scale(scale)
-    fill = _check_fill(fill)
-    image = np.asarray(sample.image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"sample.image: expected an (H, W, 3) uint8 array, got {describe(image)}")
-    planes = {"scribbles": sample.scribbles, "mask": sample.mask}
-    for name, plane in planes.items():
-        if plane is not None and np.shape(plane) != image.shape[:2]:
-            raise ValueError(f"sample.{name}: expected shape {image.shape[:2]} (the image's), "
-                             f"got {describe(np.asarray(plane))}")
-
-    factor = rng.uniform(lo, hi)
-    height, width = image.shape[:2]
-    size = (max(1, int(round(width * factor))), max(1, int(round(height * factor))))
-    image = _resize(image, size, Image.BILINEAR)
-    planes = {k: None if v is None else _resize(np.asarray(v, np.uint8), size, Image.NEAREST)
-              for k, v in planes.items()}
-
-    pad = ((0, max(crop_h - size[1], 0)), (0, max(crop_w - size[0], 0)))
-    if pad[0][1] or pad[1][1]:
-        image = np.stack([np.pad(image[..., c], pad, constant_values=fill[c]) for c in range(3)], 2)
-        planes = {k: None if v is None else np.pad(v, pad, constant_values=VOID)
-                  for k, v in planes.items()}
-    top = rng.integers(0, image.shape[0] - crop_h + 1)
-    left = rng.integers(0, image.shape[1] - crop_w + 1)
-    mirror = bool(flip) and rng.random() < 0.5
-    step = -1 if mirror else 1
-
-    def window(array):
-        if array is None:
-            return None
-        return np.array(array[top:top + crop_h, left:left + crop_w][:, ::step])
-
-    return Sample(sample.id, window(image), window(planes["scribbles"]), window(planes["mask"]))
-
-
-def _resize(array, size, resample):
-    """`array` resized to size = (width, height) by Pillow, or a copy when the size is unchanged."""
-    if size == (array.shape[1], array.shape[0]):
-        return np.array(array)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize(size, resample))
-
-
-def _check_scale(scale):
-    if isinstance(scale, (str, bytes)) or np.ndim(scale) != 1 or len(scale) != 2:
-        raise ValueError(f"scale: expected a range (lo, hi), got {describe(scale)}")
-    lo = as_scalar(scale[0], "scale[0]")
-    hi = as_scalar(scale[1], "scale[1]")
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale: expected 0 < lo <= hi, got {tuple(scale)!r}")
-    return lo, hi
-
-
-def _check_fill(fill):
-    if isinstance(fill, (str, bytes)) or np.ndim(fill) != 1 or len(fill) != 3:
-        raise ValueError(f"fill: expected an RGB colour of three integers, got {describe(fill)}")
-    values = tuple(fill)
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= 255
-           for v in values):
-        raise ValueError(f"fill: expected three integers in [0, 255], got {values!r}")
-    return tuple(int(v) for v in values)

@@ -1,4 +1,4 @@
-"""Tests of the permutohedral-lattice Gaussian filter (admsolve.bilateral): linearity, symmetry,
+"""Tests of the permutohedral-lattice Gaussian filter (admsolve.filters.lattice): linearity, symmetry,
 accuracy against the exact O(N^2) filter, agreement with pydensecrf, and input checks.
 
 The bounds below were measured on the cases these tests build (fixed seeds) and are asserted with a
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from admsolve.bilateral import (
+from admsolve.filters.lattice import (
     NORMALIZATIONS,
     PermutohedralLattice,
     bilateral_features,

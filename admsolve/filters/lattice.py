@@ -42,7 +42,9 @@ ones, for some bandwidths (measured in tests/test_bilateral.py).
 import numpy as np
 from numba import njit
 
-from ._validation import as_positive, as_real_array, describe
+from .._validation import as_real_array, describe
+from .features import (NORMALIZATIONS, as_features, as_flag, as_image, as_values, bilateral_features,
+                       check_normalization, gaussian_features, normalization_scales)
 
 __all__ = [
     "NORMALIZATIONS",
@@ -52,14 +54,6 @@ __all__ = [
     "exact_filter",
     "gaussian_features",
 ]
-
-#: The accepted values of ``normalization`` (see the module docstring).
-NORMALIZATIONS = ("symmetric", "after", "before", "none")
-
-# The elevated coordinates are rounded in float32 (as in pydensecrf) and kept as int32 keys: they
-# must stay below 2^24, where float32 still holds every integer.
-_MAX_ELEVATED = 2.0**23
-
 
 # --------------------------------------------------------------------------- Numba kernels
 
@@ -271,17 +265,6 @@ def _build_lattice(features):
 
 
 @njit(nogil=True, cache=True)
-def _count_nonfinite(values):
-    """Number of NaN or infinite entries of a 2-D array."""
-    bad = 0
-    for p in range(values.shape[0]):
-        for k in range(values.shape[1]):
-            if not np.isfinite(values[p, k]):
-                bad += 1
-    return bad
-
-
-@njit(nogil=True, cache=True)
 def _lattice_filter(vertices, barycentric, neighbours, values, in_scale, out_scale, reverse, out):
     """out = diag(out_scale) alpha S^T B S diag(in_scale) values.
 
@@ -348,74 +331,6 @@ def _exact_filter(values, features, out):
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_normalization(normalization):
-    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization: expected one of {NORMALIZATIONS}, got {describe(normalization)}")
-    return normalization
-
-
-def _as_values(values, n_points, name="values"):
-    """`values` as a C-contiguous (N, C) float64 array (a 1-D array is one channel), and whether it
-    was 1-D. A float64 array is used as it is, without a copy; its entries must be finite."""
-    if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim in (1, 2) \
-            and values.size > 0:
-        array = np.ascontiguousarray(values)
-        bad = _count_nonfinite(array.reshape(array.shape[0], -1))
-        if bad:
-            raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
-    else:
-        array = as_real_array(values, name, (1, 2))
-    flat = array.ndim == 1
-    if flat:
-        array = array[:, None]
-    if array.shape[0] != n_points:
-        raise ValueError(
-            f"{name}: expected {n_points} rows (one per feature point), got {describe(np.asarray(values))}"
-        )
-    return array, flat
-
-
-def _as_features(features, name="features"):
-    features = as_real_array(features, name, 2)
-    n, d = features.shape
-    bound = _MAX_ELEVATED / (2.0 * d * (d + 1))
-    if np.abs(features).max() > bound:
-        raise ValueError(
-            f"{name}: expected absolute values <= {bound:g} (the lattice is located in float32), "
-            f"got maximum {np.abs(features).max():g}"
-        )
-    return np.ascontiguousarray(features)
-
-
-def _as_image(image):
-    image = as_real_array(image, "image", 3)
-    if image.shape[2] != 3:
-        raise ValueError(f"image: expected an (H, W, 3) array, got array of shape {image.shape}")
-    return image
-
-
-def _as_flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {describe(value)}")
-    return bool(value)
-
-
-def _scales(ones_response, normalization, transpose):
-    """(in_scale, out_scale): the diagonal scalings around the raw operator W that give
-    `normalization` (or its transpose), from the raw filter of ones ``n = W 1``."""
-    if normalization == "none":
-        ones = np.ones_like(ones_response)
-        return ones, ones
-    if normalization == "symmetric":
-        scale = 1.0 / np.sqrt(ones_response + 1e-20)
-        return scale, scale
-    scale = 1.0 / (ones_response + 1e-20)
-    ones = np.ones_like(ones_response)
-    if (normalization == "after") != transpose:
-        return ones, scale
-    return scale, ones
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -459,7 +374,7 @@ class PermutohedralLattice:
     """
 
     def __init__(self, features):
-        features = _as_features(features)
+        features = as_features(features)
         self.n_points, self.dim = features.shape
         self._vertices, self._barycentric, self._keys, self._neighbours = _build_lattice(
             features.astype(np.float32))
@@ -501,9 +416,9 @@ class PermutohedralLattice:
         -------
         ndarray of float64, the shape of `values` (`out` when given)
         """
-        normalization = _check_normalization(normalization)
-        array, flat = _as_values(values, self.n_points)
-        transpose = _as_flag(transpose, "transpose")
+        normalization = check_normalization(normalization)
+        array, flat = as_values(values, self.n_points)
+        transpose = as_flag(transpose, "transpose")
         if out is None:
             result = np.empty(array.shape)
         else:
@@ -515,69 +430,12 @@ class PermutohedralLattice:
             if np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
             result = out.reshape(array.shape)
-        in_scale, out_scale = _scales(self._ones_response, normalization, transpose)
+        in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
         _lattice_filter(self._vertices, self._barycentric, self._neighbours, array, in_scale, out_scale,
                         transpose, result)
         if out is not None:
             return out
         return result[:, 0] if flat else result
-
-
-def gaussian_features(shape, *, sxy):
-    """Features of pydensecrf's ``DenseCRF2D.addPairwiseGaussian``: [x / sxy, y / sxy].
-
-    Parameters
-    ----------
-    shape : (int, int)
-        (H, W) of the image.
-    sxy : float
-        Spatial standard deviation in pixels, > 0.
-
-    Returns
-    -------
-    (H*W, 2) ndarray of float64
-        Row ``y * W + x`` (raster order) is ``[x / sxy, y / sxy]``: column index first.
-    """
-    if (isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2
-            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape)):
-        raise ValueError(f"shape: expected two positive integers (H, W), got {describe(shape)}")
-    sxy = as_positive(sxy, "sxy")
-    height, width = int(shape[0]), int(shape[1])
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    return np.stack([xs.ravel() / sxy, ys.ravel() / sxy], axis=1)
-
-
-def bilateral_features(image, *, sxy, srgb):
-    """Features of pydensecrf's ``DenseCRF2D.addPairwiseBilateral``: [x/sxy, y/sxy, r/srgb, g/srgb, b/srgb].
-
-    Parameters
-    ----------
-    image : (H, W, 3) array_like
-        uint8 or float colours (used as they are, not rescaled).
-    sxy : float
-        Spatial standard deviation in pixels, > 0.
-    srgb : float
-        Colour standard deviation in the units of `image`, > 0.
-
-    Returns
-    -------
-    (H*W, 5) ndarray of float64
-        Row ``y * W + x`` (raster order); x is the column index.
-
-    Notes
-    -----
-    The order matters: the lattice is not invariant under a permutation of the feature dimensions
-    (swapping x and y changes the filter by about 2%). This is the order of
-    ``DenseCRF2D.addPairwiseBilateral``; ``pydensecrf.utils.create_pairwise_bilateral`` puts the
-    row (y) first, so its features give a slightly different filter.
-    """
-    image = _as_image(image)
-    sxy = as_positive(sxy, "sxy")
-    srgb = as_positive(srgb, "srgb")
-    height, width, _ = image.shape
-    return np.concatenate(
-        [gaussian_features((height, width), sxy=sxy), image.reshape(height * width, 3) / srgb], axis=1
-    )
 
 
 def bilateral_filter(values, image, *, sxy=80, srgb=13, normalization="symmetric"):
@@ -604,15 +462,15 @@ def bilateral_filter(values, image, *, sxy=80, srgb=13, normalization="symmetric
     (H, W, C) ndarray of float64
     """
     values = as_real_array(values, "values", 3)
-    image = _as_image(image)
+    image = as_image(image)
     if values.shape[:2] != image.shape[:2]:
         raise ValueError(
             f"values: expected shape ({image.shape[0]}, {image.shape[1]}, C) to match image of shape "
             f"{image.shape}, got array of shape {values.shape}"
         )
-    normalization = _check_normalization(normalization)
+    normalization = check_normalization(normalization)
     height, width, channels = values.shape
-    features = _as_features(bilateral_features(image, sxy=sxy, srgb=srgb),
+    features = as_features(bilateral_features(image, sxy=sxy, srgb=srgb),
                             "features (pixel coordinates / sxy, image / srgb)")
     lattice = PermutohedralLattice(features)
     out = lattice.filter(values.reshape(height * width, channels), normalization=normalization)
@@ -635,9 +493,9 @@ def exact_filter(values, features, *, normalization="symmetric"):
     -------
     ndarray of float64, the shape of `values`
     """
-    normalization = _check_normalization(normalization)
-    features = _as_features(features)
-    values, flat = _as_values(values, features.shape[0])
+    normalization = check_normalization(normalization)
+    features = as_features(features)
+    values, flat = as_values(values, features.shape[0])
 
     def raw(v):
         result = np.empty_like(v)
@@ -645,6 +503,6 @@ def exact_filter(values, features, *, normalization="symmetric"):
         return result
 
     ones_response = raw(np.ones((features.shape[0], 1)))[:, 0]
-    in_scale, out_scale = _scales(ones_response, normalization, False)
+    in_scale, out_scale = normalization_scales(ones_response, normalization, False)
     out = out_scale[:, None] * raw(values * in_scale[:, None])
     return out[:, 0] if flat else out

@@ -1,4 +1,4 @@
-"""Tests of admsolve.lattice_xp.ArrayLattice, the array-module (NumPy / CuPy) permutohedral lattice:
+"""Tests of admsolve.filters.array_lattice.ArrayLattice, the array-module (NumPy / CuPy) permutohedral lattice:
 agreement with the Numba PermutohedralLattice, linearity, and (on a GPU) CuPy against NumPy.
 
 On NumPy the two lattices agree bit for bit on every case below (measured max |difference| = 0,
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import admsolve.lattice_xp as lattice_xp
-from admsolve.bilateral import NORMALIZATIONS, PermutohedralLattice, bilateral_features, gaussian_features
-from admsolve.lattice_xp import ArrayLattice
+import admsolve.filters.array_lattice as lattice_xp
+from admsolve.filters.lattice import NORMALIZATIONS, PermutohedralLattice, bilateral_features, gaussian_features
+from admsolve.filters.array_lattice import ArrayLattice
 
 RTOL = 1e-10
 SIZES = [(1, 1), (1, 6), (5, 3), (9, 13)]

@@ -4,8 +4,8 @@ hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and th
 
 import numpy as np
 
-from ._array import array_module
-from ._validation import as_real_array, as_scalar, describe
+from .._array import array_module
+from .._validation import as_real_array, as_scalar, describe
 from .problem import LabelingProblem
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
@@ -51,7 +51,7 @@ class GridCRF(LabelingProblem):
     lam : float, optional
         Non-negative weight of the Potts term (lambda of the paper).
     seeds, unlabeled
-        Hard constraints, as in :class:`~admsolve.problem.LabelingProblem`.
+        Hard constraints, as in :class:`~admsolve.energies.problem.LabelingProblem`.
 
     Notes
     -----

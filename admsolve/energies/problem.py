@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._validation import as_label_map, as_real_array, as_scalar, describe
+from .._validation import as_label_map, as_real_array, as_scalar, describe
 
 
 class LabelingProblem:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._validation import as_scalar
-from .backends import BACKENDS, lookup
+from .._validation import as_scalar
+from ..backends import BACKENDS, lookup
 
 #: The problem class of the latent step of ADM for each regularizer.
 PROBLEMS = {"grid": "GridCRF", "dense": "DenseCRF"}

@@ -1,0 +1,153 @@
+"""What both forms of the permutohedral lattice share: the checks of their inputs, the normalisation
+scalings, and the feature spaces of pydensecrf's kernels (see :mod:`admsolve.filters.lattice` for the
+algorithm). NumPy only (no Numba), so the array-module form and the energies can use them freely.
+"""
+
+import numpy as np
+
+from .._validation import as_positive, as_real_array, describe
+
+__all__ = [
+    "MAX_ELEVATED",
+    "NORMALIZATIONS",
+    "as_features",
+    "as_flag",
+    "as_image",
+    "as_values",
+    "bilateral_features",
+    "check_normalization",
+    "gaussian_features",
+    "normalization_scales",
+]
+
+#: The accepted values of ``normalization`` (see the module docstring).
+NORMALIZATIONS = ("symmetric", "after", "before", "none")
+
+# The elevated coordinates are rounded in float32 (as in pydensecrf) and kept as int32 keys: they
+# must stay below 2^24, where float32 still holds every integer.
+MAX_ELEVATED = 2.0**23
+
+
+def check_normalization(normalization):
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization: expected one of {NORMALIZATIONS}, got {describe(normalization)}")
+    return normalization
+
+
+def as_values(values, n_points, name="values"):
+    """`values` as a C-contiguous (N, C) float64 array (a 1-D array is one channel), and whether it
+    was 1-D. A float64 array is used as it is, without a copy; its entries must be finite."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim in (1, 2) \
+            and values.size > 0:
+        array = np.ascontiguousarray(values)
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
+    else:
+        array = as_real_array(values, name, (1, 2))
+    flat = array.ndim == 1
+    if flat:
+        array = array[:, None]
+    if array.shape[0] != n_points:
+        raise ValueError(
+            f"{name}: expected {n_points} rows (one per feature point), got {describe(np.asarray(values))}"
+        )
+    return array, flat
+
+
+def as_features(features, name="features"):
+    features = as_real_array(features, name, 2)
+    n, d = features.shape
+    bound = MAX_ELEVATED / (2.0 * d * (d + 1))
+    if np.abs(features).max() > bound:
+        raise ValueError(
+            f"{name}: expected absolute values <= {bound:g} (the lattice is located in float32), "
+            f"got maximum {np.abs(features).max():g}"
+        )
+    return np.ascontiguousarray(features)
+
+
+def as_image(image):
+    image = as_real_array(image, "image", 3)
+    if image.shape[2] != 3:
+        raise ValueError(f"image: expected an (H, W, 3) array, got array of shape {image.shape}")
+    return image
+
+
+def as_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {describe(value)}")
+    return bool(value)
+
+
+def normalization_scales(ones_response, normalization, transpose):
+    """(in_scale, out_scale): the diagonal scalings around the raw operator W that give
+    `normalization` (or its transpose), from the raw filter of ones ``n = W 1``, on the array
+    module of `ones_response`."""
+    ones = ones_response * 0 + 1
+    if normalization == "none":
+        return ones, ones
+    if normalization == "symmetric":
+        scale = 1.0 / (ones_response + 1e-20) ** 0.5
+        return scale, scale
+    scale = 1.0 / (ones_response + 1e-20)
+    if (normalization == "after") != transpose:
+        return ones, scale
+    return scale, ones
+
+
+def gaussian_features(shape, *, sxy):
+    """Features of pydensecrf's ``DenseCRF2D.addPairwiseGaussian``: [x / sxy, y / sxy].
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (H, W) of the image.
+    sxy : float
+        Spatial standard deviation in pixels, > 0.
+
+    Returns
+    -------
+    (H*W, 2) ndarray of float64
+        Row ``y * W + x`` (raster order) is ``[x / sxy, y / sxy]``: column index first.
+    """
+    if (isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"shape: expected two positive integers (H, W), got {describe(shape)}")
+    sxy = as_positive(sxy, "sxy")
+    height, width = int(shape[0]), int(shape[1])
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.stack([xs.ravel() / sxy, ys.ravel() / sxy], axis=1)
+
+
+def bilateral_features(image, *, sxy, srgb):
+    """Features of pydensecrf's ``DenseCRF2D.addPairwiseBilateral``: [x/sxy, y/sxy, r/srgb, g/srgb, b/srgb].
+
+    Parameters
+    ----------
+    image : (H, W, 3) array_like
+        uint8 or float colours (used as they are, not rescaled).
+    sxy : float
+        Spatial standard deviation in pixels, > 0.
+    srgb : float
+        Colour standard deviation in the units of `image`, > 0.
+
+    Returns
+    -------
+    (H*W, 5) ndarray of float64
+        Row ``y * W + x`` (raster order); x is the column index.
+
+    Notes
+    -----
+    The order matters: the lattice is not invariant under a permutation of the feature dimensions
+    (swapping x and y changes the filter by about 2%). This is the order of
+    ``DenseCRF2D.addPairwiseBilateral``; ``pydensecrf.utils.create_pairwise_bilateral`` puts the
+    row (y) first, so its features give a slightly different filter.
+    """
+    image = as_image(image)
+    sxy = as_positive(sxy, "sxy")
+    srgb = as_positive(srgb, "srgb")
+    height, width, _ = image.shape
+    return np.concatenate(
+        [gaussian_features((height, width), sxy=sxy), image.reshape(height * width, 3) / srgb], axis=1
+    )
