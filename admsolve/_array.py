@@ -13,6 +13,24 @@ def array_module(array):
     return np
 
 
+def device_of(array):
+    """"cuda" for a CuPy array, else "cpu"."""
+    return "cpu" if array_module(array) is np else "cuda"
+
+
+def cuda_status():
+    """True if CuPy and a CUDA device can be used here, else the reason why not (a sentence)."""
+    try:
+        import cupy
+    except ImportError:
+        return "needs CuPy and a CUDA GPU: pip install 'admsolve[cuda]'"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises its own CUDARuntimeError when no driver is present
+        return f"CuPy finds no CUDA device ({exc})"
+    return True if count > 0 else "CuPy finds no CUDA device"
+
+
 def device_module(device):
     """The array module for ``device``: "cpu" -> numpy, "cuda" -> cupy (ImportError naming the extra)."""
     if device == "cpu":

@@ -3,6 +3,8 @@ expected and what arrived."""
 
 import numpy as np
 
+from ._array import array_module, to_numpy
+
 #: The one value that marks a pixel as unlabeled: an unscribbled pixel in seeds and scribbles, a void
 #: pixel in ground-truth masks, the ignored target of the losses.
 UNLABELED = 255
@@ -19,7 +21,7 @@ def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
     """Return a new float array from `value`, checking dimensionality and finiteness."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name}: expected a real-valued array, got {describe(value)}")
-    array = np.asarray(value)
+    array = to_numpy(value) if array_module(value) is not np else np.asarray(value)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise TypeError(f"{name}: expected a real-valued array, got {describe(array)}")
     if np.issubdtype(array.dtype, np.complexfloating):
@@ -41,7 +43,7 @@ def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
 
 def as_label_map(value, name, shape, n_labels, *, unlabeled=None):
     """Return a new int32 label map of `shape` with values in [0, n_labels) (or `unlabeled`)."""
-    array = np.asarray(value)
+    array = to_numpy(value) if array_module(value) is not np else np.asarray(value)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"{name}: expected an integer array, got {describe(array)}")
     if array.shape != tuple(shape):

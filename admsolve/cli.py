@@ -14,19 +14,19 @@ from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
 from .data.io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
 from .solve import solve
-from .training.config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, DEFAULT_LAM, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
-                           REGULARIZERS, TrainConfig)
+from .training.config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS, TrainConfig
+from .training.regularizers import REGULARIZERS
 from .energies.unaries import scribble_unary
 
 
-def scribble_problem(image, scribbles, *, kind="GridCRF", lam, connectivity):
+def scribble_problem(image, scribbles, *, kind=GridCRF, lam, connectivity):
     """The interactive-segmentation problem: colour-model unaries from the scribbles, which are also
     its hard constraints, with a grid CRF (contrast weights, `lam`, `connectivity`) or a dense CRF
     (pydensecrf's usual kernels: bilateral sxy=80, srgb=13, compat=10; Gaussian sxy=3, compat=3)."""
     if scribbles.shape != image.shape[:2]:
         raise ValueError(f"scribbles: expected the image's size {image.shape[:2]}, got {scribbles.shape}")
     unary = scribble_unary(image, scribbles)
-    if kind == "DenseCRF":
+    if issubclass(kind, DenseCRF):
         return DenseCRF(unary, image, seeds=scribbles)
     return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=scribbles)
 
@@ -34,23 +34,26 @@ def scribble_problem(image, scribbles, *, kind="GridCRF", lam, connectivity):
 def cmd_segment(args):
     image = read_image(args.image)
     scribbles = read_label_map(args.scribbles, "scribbles")
-    kind = backends.BACKENDS[args.backend].problem if args.backend else "GridCRF"
+    kind = backends.lookup(args.backend).problem if args.backend else GridCRF
     problem = scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
-    options = {} if args.max_sweeps is None else {"max_sweeps": args.max_sweeps}
-    result = solve(problem, args.backend, **options)
+    result = solve(problem, args.backend, max_iter=args.max_iter)
     write_label_map(args.output, result.labels)
     if args.overlay:
         save_sheet(args.overlay, [overlay(image, result.labels, scribbles)],
                    [f"{result.backend}: energy {result.energy:.1f}"], columns=1)
     print(f"{args.output}: {problem!r} solved by {result.backend} in {result.time:.3f} s, "
-          f"{result.sweeps} sweeps, energy {result.energy:.3f}")
+          f"{result.sweeps} iterations, energy {result.energy:.3f} ({result.message})")
 
 
 def cmd_backends(args):
-    for name, status in backends.available_backends().items():
-        entry = backends.BACKENDS[name]
-        state = "available" if status is True else f"unavailable: {status}"
-        print(f"{name:16s} {entry.description} [{state}]")
+    for name, entry in backends.BACKENDS.items():
+        places = backends.devices_here(name)
+        usable = [device for device, status in places.items() if status is True]
+        reasons = [f"{device}: {status}" for device, status in places.items() if status is not True]
+        state = "runs on " + " and ".join(usable) if usable else "unavailable"
+        if reasons:
+            state += ("; " if usable else ": ") + "; ".join(reasons) if usable else ": " + reasons[0].split(": ", 1)[1]
+        print(f"{name:16s} {entry.problem.__name__:9s} {entry.description} [{state}]")
 
 
 def cmd_demo(args):
@@ -58,23 +61,22 @@ def cmd_demo(args):
 
     image, scribbles, truth = synthetic_scene()
     problems = {kind: scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
-                for kind in ("GridCRF", "DenseCRF")}
-    print(f"built-in example: {problems['GridCRF']!r}; the dense CRF has the same unaries and seeds")
-    print(f"{'backend':16s} {'model':8s} {'sweeps':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
-    tiles = [image, overlay(image, truth, scribbles), colorize(problems["GridCRF"].initial_labels())]
+                for kind in (GridCRF, DenseCRF)}
+    print(f"built-in example: {problems[GridCRF]!r}; the dense CRF has the same unaries and seeds")
+    print(f"{'backend':16s} {'model':8s} {'iters':>6s} {'energy':>12s} {'time (s)':>9s} {'accuracy':>9s}")
+    tiles = [image, overlay(image, truth, scribbles), colorize(problems[GridCRF].initial_labels())]
     captions = ["image", "truth + scribbles", "colour model alone"]
     for name, status in backends.available_backends().items():
         if status is not True:
             print(f"{name:16s} skipped: {status}")
             continue
         kind = backends.BACKENDS[name].problem
-        options = {"max_sweeps": args.max_sweeps} if kind == "GridCRF" else {}
         began = time.perf_counter()
-        solve(problems[kind], name, **options)  # the first call also compiles or imports the backend
+        solve(problems[kind], name, max_iter=args.max_iter)  # the first call also compiles or imports the backend
         first_call = time.perf_counter() - began
-        result = solve(problems[kind], name, **options)
+        result = solve(problems[kind], name, max_iter=args.max_iter)
         accuracy = float(np.mean(result.labels == truth))
-        print(f"{name:16s} {kind[:-3].lower():8s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} "
+        print(f"{name:16s} {kind.__name__[:-3].lower():8s} {result.sweeps:6d} {result.energy:12.2f} {result.time:9.3f} "
               f"{accuracy:9.2%}   (first call {first_call:.2f} s)")
         tiles.append(colorize(result.labels))
         captions.append(f"{name}: E={result.energy:.0f}")
@@ -145,13 +147,13 @@ TRAINING_OPTIONS = {
     "data": "'synthetic' (built in) or a dataset folder in the layout of ../shared/data or PASCAL VOC + ScribbleSup",
     "optimizer": "gd: gradient descent on the relaxed regularizer; adm: the paper's ADM with a discrete solver",
     "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
-    "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, cupy-gd; dense: cupy-densecrf)",
+    "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
     "lam": "weight of the regularizer per pixel (default per regularizer: %s)",
     "gamma": "ADM: weight of the divergence between the network and the latent labeling",
     "connectivity": "grid CRF neighbourhood, 4 or 8",
     "sxy": "dense CRF: spatial kernel width in pixels",
     "srgb": "dense CRF: colour kernel width",
-    "max_sweeps": "ADM, grid CRF: solver sweeps per latent step (the paper: 5)",
+    "max_iter": "ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates)",
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
     "model": "network",
     "weights": "local weights file: the backbone (DeepLabV3) or the whole network (fcn-small)",
@@ -180,10 +182,10 @@ def _add_training_arguments(parser):
         flag = "--" + field.name.replace("_", "-")
         help_text = TRAINING_OPTIONS[field.name]
         if field.name == "lam":
-            help_text %= ", ".join(f"{name} {value:g}" for name, value in DEFAULT_LAM.items() if value)
+            help_text %= ", ".join(f"{name} {r.default_lam:g}" for name, r in REGULARIZERS.items() if r.default_lam)
         elif field.default is not None and field.type != "bool":
             help_text += f" (default {field.default})"
-        choices = {"optimizer": OPTIMIZERS, "regularizer": REGULARIZERS, "model": MODELS,
+        choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS), "model": MODELS,
                    "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
@@ -210,8 +212,8 @@ def build_parser():
 
     demo = commands.add_parser("demo", help="segment the built-in example with every available backend")
     demo.add_argument("--sheet", help="write a PNG with every backend's segmentation")
-    demo.add_argument("--max-sweeps", type=int, default=200,
-                      help="cap on each solver's sweeps (default 200: relaxed GD's iterations)")
+    demo.add_argument("--max-iter", type=int, default=None,
+                      help="cap on each solver's iterations (default: each backend's own)")
     demo.set_defaults(handler=cmd_demo)
 
     train = commands.add_parser("train", help="train a network from scribbles (ADM or gradient descent)")
@@ -242,9 +244,10 @@ def build_parser():
                               "colour-model unaries)")
         sub.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="grid CRF: neighbourhood")
     segment.add_argument("--backend", default=None, choices=list(backends.BACKENDS),
-                         help="solver; cupy-densecrf segments with a dense CRF, the others with the grid CRF "
-                              "(default: the first usable of " + ", ".join(backends.DEFAULT_PREFERENCE["GridCRF"]) + ")")
-    segment.add_argument("--max-sweeps", type=int, default=None, help="cap on solver sweeps")
+                         help="solver; mean-field segments with a dense CRF, the others with the grid CRF "
+                              "(default: the first usable of " + ", ".join(backends.DEFAULT_PREFERENCE[GridCRF]) + ")")
+    segment.add_argument("--max-iter", type=int, default=None,
+                         help="cap on the solver's iterations (sweeps of moves, mean-field updates)")
     return parser
 
 

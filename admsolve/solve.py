@@ -26,6 +26,8 @@ class SolveResult(dict):
         Number of sweeps run.
     converged : bool
         True if the last sweep changed nothing (a local minimum for the backend's moves).
+    message : str
+        Why the backend stopped (converged, or the iteration cap reached).
     backend : str
     time : float
         Wall-clock seconds spent in the backend.
@@ -44,27 +46,60 @@ class SolveResult(dict):
         return f"SolveResult({fields})"
 
 
+#: Accepted spellings of the shared iteration cap ``max_iter``: the sweeps of move-making solvers and
+#: the updates of mean-field are both iterations.
+ITERATION_ALIASES = ("max_sweeps", "iterations")
+
+
 def resolve_backend(problem, backend):
-    """The name of the backend to use for `problem`, checking that it solves that kind of problem."""
+    """The backend to use for `problem`: its registry name, or `backend` itself when it is a callable;
+    checks that it solves that kind of problem.
+
+    `backend` is a registry name, None (the default for the problem's class) or a callable with the
+    backend signature ``minimize(problem, init, **options)``, named by its ``__name__``.
+    """
     if not isinstance(problem, LabelingProblem):
-        raise TypeError(f"problem: expected a GridCRF or DenseCRF, got {describe(problem)}")
-    kind = type(problem).__name__
-    if backend is None:
-        return backends.default_backend(kind)
-    entry = backends.lookup(backend)
-    if entry.problem != kind:
-        raise TypeError(f"backend {entry.name!r} solves {entry.problem} problems, got a {kind}")
+        raise TypeError(f"problem: expected a GridCRF, a DenseCRF or another LabelingProblem, got {describe(problem)}")
+    if callable(backend):
+        return backend
+    name = backends.default_backend(problem) if backend is None else backend
+    entry = backends.lookup(name)
+    if not backends.solves(entry, problem):
+        raise ValueError(f"backend: {entry.name!r} solves {entry.problem.__name__} problems, "
+                         f"got a {type(problem).__name__}")
     return entry.name
 
 
 def check_options(name, minimize, options):
-    """Raise a TypeError naming any option the backend does not take."""
-    accepted = [p.name for p in inspect.signature(minimize).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    """The options for `minimize` with the iteration cap under its one name ``max_iter`` (checked);
+    a TypeError names any option the backend does not take."""
+    options = dict(options)
+    given = [key for key in ("max_iter", *ITERATION_ALIASES) if key in options]
+    if len(given) > 1:
+        raise TypeError(f"options: expected one iteration cap (max_iter; {' and '.join(ITERATION_ALIASES)} are "
+                        f"other names for it), got {', '.join(given)}")
+    if given:
+        value = options.pop(given[0])
+        options["max_iter"] = None if value is None else as_scalar(value, given[0], minimum=0, integer=True)
+    parameters = inspect.signature(minimize).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return options
+    accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"backend {name!r} does not take option(s) {', '.join(unknown)}; "
                         f"it takes: {', '.join(accepted) or 'none'}")
+    return options
+
+
+def stop_message(outcome, max_iter):
+    """Why a backend stopped, when it does not say itself."""
+    if outcome["converged"]:
+        return "converged: the last iteration changed nothing"
+    iterations = len(outcome["history"]) - 1
+    if max_iter is not None and iterations >= max_iter:
+        return f"stopped: {iterations} iterations (max_iter) reached"
+    return f"stopped after {iterations} iterations without converging"
 
 
 def solve(problem, backend=None, *, init=None, **options):
@@ -72,30 +107,35 @@ def solve(problem, backend=None, *, init=None, **options):
 
     Parameters
     ----------
-    problem : GridCRF or DenseCRF
-    backend : str, optional
+    problem : GridCRF or DenseCRF (or a subclass)
+    backend : str or callable, optional
         A name from :func:`available_backends` that solves this kind of problem; by default the
-        first usable of ``backends.DEFAULT_PREFERENCE`` for it.
+        first usable of ``backends.DEFAULT_PREFERENCE`` for it. A callable
+        ``minimize(problem, init, **options)`` returning a dict with ``labels``, ``history`` and
+        ``converged`` is used as a backend (as ``scipy.optimize.minimize`` takes a callable method).
     init : (H, W) array_like of int, optional
         Starting labeling (warm start). Seeded pixels are set to their seeds. By default
         ``problem.initial_labels()``: the per-pixel argmin of the unaries.
     **options
-        Keyword options of the backend, e.g. ``max_sweeps``. Unknown options raise TypeError.
+        Keyword options of the backend. Every backend takes ``max_iter`` (also spelt ``max_sweeps``
+        or ``iterations``), the cap on its iterations. Unknown options raise TypeError.
 
     Returns
     -------
     SolveResult
     """
-    name = resolve_backend(problem, backend)
-    minimize = backends.load(name)
-    check_options(name, minimize, options)
-    if "max_sweeps" in options and options["max_sweeps"] is not None:
-        options["max_sweeps"] = as_scalar(options["max_sweeps"], "max_sweeps", minimum=1, integer=True)
+    chosen = resolve_backend(problem, backend)
+    if callable(chosen):
+        name, minimize = getattr(chosen, "__name__", type(chosen).__name__), chosen
+    else:
+        name, minimize = chosen, backends.load(chosen)
+    options = check_options(name, minimize, options)
     start = problem.initial_labels() if init is None else problem.apply_seeds(init, "init")
     began = time.perf_counter()
     outcome = minimize(problem, start, **options)
     elapsed = time.perf_counter() - began
     labels = outcome.pop("labels")
+    outcome.setdefault("message", stop_message(outcome, options.get("max_iter")))
     return SolveResult(labels=labels, energy=problem.energy(labels), backend=name,
                        time=elapsed, sweeps=len(outcome["history"]) - 1, **outcome)
 
@@ -115,8 +155,8 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
     Parameters
     ----------
     problems : sequence of GridCRF or DenseCRF (all of one kind)
-    backend : str, optional
-        As in :func:`solve`.
+    backend : str or callable, optional
+        As in :func:`solve`; a callable runs in threads.
     workers : int, optional
         Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread.
     inits : sequence of (H, W) array_like or None, optional
@@ -139,8 +179,8 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
         raise ValueError(f"problem_options: expected {len(problems)} dicts, one per problem, "
                          f"got {len(problem_options)}")
     workers = (os.cpu_count() or 1) if workers is None else as_scalar(workers, "workers", minimum=1, integer=True)
-    name = resolve_backend(problems[0], backend) if problems else None
-    jobs = [(problem, name, init, {**options, **extra})
+    chosen = resolve_backend(problems[0], backend) if problems else backend
+    jobs = [(problem, chosen, init, {**options, **extra})
             for problem, init, extra in zip(problems, inits, problem_options)]
     workers = min(workers, max(len(jobs), 1))
     if workers == 1:
@@ -151,7 +191,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
             except Exception as exc:
                 raise _with_index(exc, index)
         return results
-    if backends.BACKENDS[name].releases_gil:
+    if callable(chosen) or backends.BACKENDS[chosen].releases_gil:  # a callable may not pickle
         executor = ThreadPoolExecutor(workers)
     else:
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -171,5 +211,9 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
 def _with_index(exc, index):
     """Mark `exc` as raised for problems[index]."""
     exc.index = index
-    exc.add_note(f"raised while solving problems[{index}]")
+    note = f"raised while solving problems[{index}]"
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10: the same attribute, which 3.11 tracebacks print
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
     return exc

@@ -146,8 +146,8 @@ def parse_args():
     parser.add_argument("--sizes", type=int, nargs="+", default=[321], help="images are resized to size x size")
     parser.add_argument("--labels", type=int, nargs="+", default=[2, 5, 21], help="values of K (>= 2)")
     parser.add_argument("--connectivity", type=int, nargs="+", default=[4, 8], choices=[4, 8])
-    parser.add_argument("--sweeps", type=int, default=5, help="max_sweeps of every solver but cupy-gd")
-    parser.add_argument("--gd-iterations", type=int, default=50, help="max_sweeps (iterations) of cupy-gd")
+    parser.add_argument("--sweeps", type=int, default=5, help="max_sweeps of every solver but relaxed-gd")
+    parser.add_argument("--gd-iterations", type=int, default=50, help="max_sweeps (iterations) of relaxed-gd")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median reported)")
     parser.add_argument("--backends", nargs="+", help="admsolve backends (default: all available)")
     parser.add_argument("--no-extras", action="store_true", help="only the main table")
@@ -159,7 +159,7 @@ def parse_args():
 
 def sweeps_of(name, args):
     """max_sweeps for backend `name`: an iteration of relaxed GD is far cheaper than a sweep of moves."""
-    return args.gd_iterations if name == "cupy-gd" else args.sweeps
+    return args.gd_iterations if name == "relaxed-gd" else args.sweeps
 
 
 def warm_up(backends, image_id, args):
@@ -348,7 +348,7 @@ def main():
           f"Python {platform.python_version()}, numpy {np.__version__}, numba {version('numba')}, "
           f"PyMaxflow {version('PyMaxflow')}, gco-wrapper {version('gco-wrapper')}, admsolve {adm.__version__}")
     print(f"{len(ids)} GrabCut images at {', '.join(f'{s}x{s}' for s in args.sizes)}, lambda={LAM:g}, "
-          f"gamma={GAMMA:g}, max {args.sweeps} sweeps ({args.gd_iterations} iterations for cupy-gd), "
+          f"gamma={GAMMA:g}, max {args.sweeps} sweeps ({args.gd_iterations} iterations for relaxed-gd), "
           f"median of {args.repeats} runs")
     print("time: admsolve = SolveResult.time (the backend's whole minimize call, graph construction and "
           "per-sweep energies included); gco = array conversion + create graph + set costs + neighbours "

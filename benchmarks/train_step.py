@@ -28,7 +28,8 @@ import torch
 
 import admsolve as adm
 from admsolve.training.config import TrainConfig
-from admsolve.training.loop import Trainer, image_tensor
+from admsolve.training.evaluation import image_tensor
+from admsolve.training.loop import Trainer
 
 MSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "msrc21")
 RESTRICTABLE = ("maxflow", "numba-expansion", "numba-swap")
@@ -49,18 +50,18 @@ class TimedLatentStep:
 
 def timed_steps(trainer, phase, batches):
     """One untimed step (JIT compilation, first touch), then the others timed: (step s, latent s) lists."""
-    if trainer.adm_step is not None:
-        trainer.adm_step = TimedLatentStep(trainer.adm_step)
+    if trainer.objective.adm_step is not None:
+        trainer.objective.adm_step = TimedLatentStep(trainer.objective.adm_step)
     steps = []
     for images, scribbles in batches:
         began = time.perf_counter()
         logits = trainer.model(image_tensor(images, trainer.device))
-        terms = trainer.losses(phase, logits, images, scribbles)
+        terms = trainer.objective(phase, logits, images, scribbles)
         trainer.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         trainer.optimizer.step()
         steps.append(time.perf_counter() - began)
-    latent = trainer.adm_step.seconds if trainer.adm_step is not None else [0.0] * len(steps)
+    latent = trainer.objective.adm_step.seconds if trainer.objective.adm_step is not None else [0.0] * len(steps)
     return steps[1:], latent[1:]
 
 
@@ -84,18 +85,18 @@ def main():
                        batch_size=args.batch_size, lam=args.lam, gamma=args.gamma, connectivity=args.connectivity,
                        pretrain_epochs=1, epochs=1, init=args.init)
     trainer = Trainer(base, "unused", progress=False)
-    batches = [trainer.batch(1, trainer.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
+    batches = [trainer.batches.batch(1, trainer.batches.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
                for i in range(args.steps + 1)]
     if not args.init:
-        warmup = [trainer.batch(2, trainer.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
-                  for i in range(min(args.warmup_steps, trainer.steps_per_epoch))]
+        warmup = [trainer.batches.batch(2, trainer.batches.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
+                  for i in range(min(args.warmup_steps, trainer.batches.steps_per_epoch))]
         for _ in range(-(-args.warmup_steps // max(len(warmup), 1))):
             timed_steps(trainer, "pce", warmup)
     start = copy.deepcopy(trainer.model.state_dict())
 
     available = adm.available_backends()
     names = args.backends or [name for name, entry in adm.backends.BACKENDS.items()
-                              if entry.problem == "GridCRF" and available[name] is True]
+                              if entry.problem is adm.GridCRF and available[name] is True]
     configurations = [("GD grid", dict(optimizer="gd"))]
     for name in names:
         configurations.append((f"ADM {name}", dict(optimizer="adm", backend=name)))

@@ -13,7 +13,7 @@ from admsolve import backends as registry
 from strategies import brute_force, direct_energy, direct_parts, grid_problems, labelings, scale
 
 AVAILABLE = adm.available_backends()
-BACKEND_NAMES = [name for name, entry in registry.BACKENDS.items() if entry.problem == "GridCRF"]
+BACKEND_NAMES = [name for name, entry in registry.BACKENDS.items() if entry.problem is adm.GridCRF]
 MONOTONE_NAMES = [name for name in BACKEND_NAMES if registry.BACKENDS[name].monotone]
 
 

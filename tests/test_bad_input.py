@@ -154,7 +154,7 @@ def test_labels_float():
         problem().energy(np.zeros((H, W)))
 
 
-@pytest.mark.parametrize("backend", [name for name, entry in registry.BACKENDS.items() if entry.problem == "GridCRF"])
+@pytest.mark.parametrize("backend", [name for name, entry in registry.BACKENDS.items() if entry.problem is adm.GridCRF])
 @pytest.mark.parametrize("value", [2, -1])
 def test_init_out_of_range(backend, value):
     if adm.available_backends()[backend] is not True:
@@ -272,20 +272,26 @@ def test_unknown_backend_in_batch():
 
 
 def test_unknown_option():
-    with pytest.raises(TypeError, match=r"backend 'numba-icm' does not take option\(s\) tolerance; it takes: max_sweeps"):
+    with pytest.raises(TypeError, match=r"backend 'numba-icm' does not take option\(s\) tolerance; it takes: max_iter"):
         adm.solve(problem(), "numba-icm", tolerance=1e-3)
 
 
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError)])
-def test_max_sweeps_invalid(value, error):
-    with pytest.raises(error, match=rf"max_sweeps: expected .*, got .*{value}"):
-        adm.solve(problem(), "numba-icm", max_sweeps=value)
+@pytest.mark.parametrize("name", ["max_iter", "max_sweeps", "iterations"])
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (-2, ValueError), (1.5, TypeError)])
+def test_max_iter_invalid(name, value, error):
+    with pytest.raises(error, match=rf"{name}: expected .*, got .*{value}"):
+        adm.solve(problem(), "numba-icm", **{name: value})
+
+
+def test_two_iteration_caps_are_refused():
+    with pytest.raises(TypeError, match=r"expected one iteration cap .*got max_iter, max_sweeps"):
+        adm.solve(problem(), "numba-icm", max_iter=2, max_sweeps=3)
 
 
 @pytest.mark.parametrize("bad, arrived", [({"unary": np.zeros((2, 2, 2))}, "dict"), (None, "NoneType"),
                                          (np.zeros((2, 2, 2)), r"array of shape \(2, 2, 2\)")])
 def test_solve_non_gridcrf_problem(bad, arrived):
-    with pytest.raises(TypeError, match=rf"problem: expected a GridCRF or DenseCRF, got {arrived}"):
+    with pytest.raises(TypeError, match=rf"problem: expected a GridCRF, a DenseCRF or another LabelingProblem, got {arrived}"):
         adm.solve(bad)
 
 
@@ -329,5 +335,5 @@ def test_missing_backend_library_in_batch(maxflow_missing):
 
 def test_default_backend_skips_a_missing_library(maxflow_missing):
     res = adm.solve(problem())
-    expected = next(name for name in registry.DEFAULT_PREFERENCE["GridCRF"] if name != "maxflow")
+    expected = next(name for name in registry.DEFAULT_PREFERENCE[adm.GridCRF] if name != "maxflow")
     assert res.backend == expected

@@ -137,7 +137,7 @@ def test_compare_prints_the_table(data, tmp_path, capsys):
     (lambda d, t: ["train", "--data", d], "--out: expected the run folder"),
     (lambda d, t: ["train", "--resume", str(t), "--lam", "2"], "--resume: a run continues with its stored settings"),
     (lambda d, t: ["train", "--resume", str(t / "nothing")], "no config.json"),
-    (lambda d, t: ["train", "--data", d, "--out", str(t / "r"), "--backend", "cupy-densecrf"], "needs a backend that solves a GridCRF"),
+    (lambda d, t: ["train", "--data", d, "--out", str(t / "r"), "--backend", "mean-field"], "needs a backend that solves a GridCRF"),
     (lambda d, t: ["evaluate", str(t)], "not a run folder"),
     (lambda d, t: ["compare", "--data", d, "--configs", "pce,adm-potts", "--out", str(t / "c")], "adm-potts"),
 ])

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from admsolve.data import (VOC_CLASSES, VOID, FolderDataset, Sample, SyntheticDataset, VOCDataset,
+from admsolve import UNLABELED
+from admsolve.data import (VOC_CLASSES, FolderDataset, Sample, SyntheticDataset, VOCDataset,
                            augment, open_dataset)
 
 
@@ -28,8 +29,8 @@ def _scene(index, size=(12, 16)):
     mask = np.zeros(size, dtype=np.uint8)
     mask[2:7, 3:9] = 1
     mask[8:11, 10:15] = 2
-    mask[:, 0] = VOID
-    scribbles = np.full(size, VOID, dtype=np.uint8)
+    mask[:, 0] = UNLABELED
+    scribbles = np.full(size, UNLABELED, dtype=np.uint8)
     scribbles[4, 4:8] = 1
     scribbles[9, 11:14] = 2
     scribbles[1, 2:12] = 0
@@ -85,12 +86,12 @@ def _check_sample(sample, n_labels):
     for array in (sample.image, sample.scribbles, sample.mask):
         assert not array.flags.writeable
     for labels in (sample.scribbles, sample.mask):
-        assert np.all((labels < n_labels) | (labels == VOID))
-    assert np.any(sample.scribbles != VOID)
+        assert np.all((labels < n_labels) | (labels == UNLABELED))
+    assert np.any(sample.scribbles != UNLABELED)
 
 
 def _strokes_on_own_label(sample):
-    scribbled = sample.scribbles != VOID
+    scribbled = sample.scribbles != UNLABELED
     return np.array_equal(sample.scribbles[scribbled], sample.mask[scribbled])
 
 
@@ -167,7 +168,7 @@ def test_folder_generate_and_auto_without_scribbles(tmp_path):
     for sample in auto:
         _check_sample(sample, 3)
         assert _strokes_on_own_label(sample)
-        assert set(np.unique(sample.scribbles)) == {0, 1, 2, VOID}
+        assert set(np.unique(sample.scribbles)) == {0, 1, 2, UNLABELED}
     root2 = _folder(tmp_path / "set2")
     forced = FolderDataset(root2, scribbles="generate", seed=3)
     assert forced.scribble_source.startswith("generated")
@@ -255,8 +256,8 @@ def test_label_values_out_of_range(tmp_path):
 
 def test_no_scribbled_pixel(tmp_path):
     root = _folder(tmp_path / "set")
-    _save(root / "scribbles_x" / "a.png", np.full((12, 16), VOID))
-    _save(root / "masks" / "b.png", np.full((12, 16), VOID))
+    _save(root / "scribbles_x" / "a.png", np.full((12, 16), UNLABELED))
+    _save(root / "masks" / "b.png", np.full((12, 16), UNLABELED))
     with pytest.raises(ValueError, match=r"no scribbled pixel in .*scribbles_x/a\.png"):
         FolderDataset(root)[0]
     with pytest.raises(ValueError, match=r"'b'.*mask .*masks/b\.png.*no labelled region"):
@@ -367,10 +368,10 @@ def test_synthetic_scene_properties(seed, n_labels, size, index):
     sample = data[index]
     _check_sample(sample, n_labels)
     assert sample.image.shape[:2] == size
-    assert not np.any(sample.mask == VOID)
+    assert not np.any(sample.mask == UNLABELED)
     present = set(np.unique(sample.mask).tolist())
     assert 0 in present and len(present) >= 2
-    assert set(np.unique(sample.scribbles).tolist()) - {VOID} == present  # a stroke per label
+    assert set(np.unique(sample.scribbles).tolist()) - {UNLABELED} == present  # a stroke per label
     assert _strokes_on_own_label(sample)
 
 
@@ -422,7 +423,7 @@ def test_augment_padding():
     assert np.all(out.image[20:] == (1, 2, 3)) and np.all(out.image[:, 30:] == (1, 2, 3))
     for padded, original in ((out.scribbles, sample.scribbles), (out.mask, sample.mask)):
         assert np.array_equal(padded[:20, :30], original)
-        assert np.all(padded[20:] == VOID) and np.all(padded[:, 30:] == VOID)
+        assert np.all(padded[20:] == UNLABELED) and np.all(padded[:, 30:] == UNLABELED)
 
 
 def test_augment_flip_only():

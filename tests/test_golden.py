@@ -13,7 +13,7 @@ import pytest
 import admsolve as adm
 
 GOLDEN = Path(__file__).parent / "golden" / "solve_results.json"
-GRID_BACKENDS = ("maxflow", "numba-expansion", "numba-swap", "numba-icm", "cupy-gd")
+GRID_BACKENDS = ("maxflow", "numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 
 
 def grid_problem(seed, n_labels, connectivity):
@@ -35,7 +35,7 @@ def cases():
         for backend in GRID_BACKENDS:
             yield f"{backend}/{seed}-{n_labels}-{connectivity}", problem, backend, {"max_sweeps": 20}
         dense = adm.DenseCRF(problem.unary, image, sxy=10, srgb=20, compat=3, seeds=problem.seeds)
-        yield f"cupy-densecrf/{seed}-{n_labels}", dense, "cupy-densecrf", {"iterations": 5}
+        yield f"mean-field/{seed}-{n_labels}", dense, "mean-field", {"iterations": 5}
 
 
 def fingerprint(result):

@@ -10,6 +10,7 @@ pytest.importorskip("matplotlib")
 
 from admsolve.training import TrainConfig, TrainingDiverged, compare, evaluate_run, read_metrics, resume, train  # noqa: E402
 from admsolve.training.loop import Progress, Trainer  # noqa: E402
+from admsolve.training.objective import Objective  # noqa: E402
 
 
 def config(data, **settings):
@@ -66,7 +67,7 @@ def test_resume_after_a_stop_reproduces_the_next_epoch(data, tmp_path, monkeypat
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    losses = Trainer.losses
+    losses = Objective.__call__
 
     def nan_in_phase_2(self, phase, logits, images, scribbles):
         terms = losses(self, phase, logits, images, scribbles)
@@ -74,7 +75,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_pat
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(Trainer, "losses", nan_in_phase_2)
+    monkeypatch.setattr(Objective, "__call__", nan_in_phase_2)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1 \(iteration 3\).*loss = nan") as caught:
         train(config(data, regularizer="grid", optimizer="gd"), run, progress=False)
     saved = run / "diverged-iteration-3.pt"
@@ -123,7 +124,7 @@ def test_compare_shares_phase_1_and_reuses_finished_runs(data, tmp_path, monkeyp
 @pytest.mark.parametrize("settings,match", [
     (dict(optimizer="sgdx"), "optimizer: expected one of gd, adm"),
     (dict(regularizer="potts"), "regularizer: expected one of none, grid, dense"),
-    (dict(backend="cupy-densecrf"), "backend: the grid regularizer needs a backend that solves a GridCRF"),
+    (dict(backend="mean-field"), "backend: the grid regularizer needs a backend that solves a GridCRF"),
     (dict(backend="maxflow", optimizer="gd"), "backend: a solver is used only with optimizer 'adm'"),
     (dict(epochs=0, pretrain_epochs=0), "epochs: expected at least one epoch"),
     (dict(batch_size=0), "batch_size"),

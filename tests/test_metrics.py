@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from admsolve.training import metrics  # noqa: E402
 from admsolve.training.metrics import (  # noqa: E402
-    VOID,
+    UNLABELED,
     SegmentationScores,
     boundary_band,
     confusion_matrix,
@@ -31,7 +31,7 @@ def _random_pair(seed, shape=(7, 9), k=3, void_fraction=0.2):
     rng = np.random.default_rng(seed)
     pred = rng.integers(0, k, size=shape)
     truth = rng.integers(0, k, size=shape)
-    truth[rng.random(shape) < void_fraction] = VOID
+    truth[rng.random(shape) < void_fraction] = UNLABELED
     return pred, truth
 
 
@@ -54,10 +54,10 @@ def test_metrics_module_does_not_import_torch():
 def test_confusion_matrix_matches_brute_force(k, h, w, seed):
     rng = np.random.default_rng(seed)
     pred = rng.integers(0, k, size=(h, w))
-    truth = np.where(rng.random((h, w)) < 0.3, VOID, rng.integers(0, k, size=(h, w)))
+    truth = np.where(rng.random((h, w)) < 0.3, UNLABELED, rng.integers(0, k, size=(h, w)))
     expected = np.zeros((k, k), dtype=np.int64)
     for t, p in zip(truth.ravel(), pred.ravel()):
-        if t != VOID:
+        if t != UNLABELED:
             expected[t, p] += 1
     pred_before, truth_before = pred.copy(), truth.copy()
     result = confusion_matrix(pred, truth, k)
@@ -70,7 +70,7 @@ def test_confusion_matrix_matches_brute_force(k, h, w, seed):
 def test_confusion_matrix_custom_void():
     truth = np.array([[0, 1, -1]])
     pred = np.array([[0, 0, 1]])
-    np.testing.assert_array_equal(confusion_matrix(pred, truth, 2, void=-1), [[1, 0], [1, 0]])
+    np.testing.assert_array_equal(confusion_matrix(pred, truth, 2, unlabeled=-1), [[1, 0], [1, 0]])
 
 
 # --------------------------------------------------------------------------- scores
@@ -79,15 +79,15 @@ def test_confusion_matrix_custom_void():
 def test_perfect_prediction_scores_one():
     truth = np.zeros((40, 50), dtype=np.int64)
     truth[10:30, 15:35] = 1
-    truth[10:30, 15] = VOID
-    pred = np.where(truth == VOID, 0, truth)
+    truth[10:30, 15] = UNLABELED
+    pred = np.where(truth == UNLABELED, 0, truth)
     scores = SegmentationScores(2)
     scores.update(pred, truth)
     result = scores.result()
     assert result["miou"] == 1.0 and result["accuracy"] == 1.0
     assert result["trimap_8"] == 1.0 and result["trimap_16"] == 1.0
     assert result["iou"] == [1.0, 1.0]
-    assert result["pixels"] == int(np.count_nonzero(truth != VOID))
+    assert result["pixels"] == int(np.count_nonzero(truth != UNLABELED))
 
 
 def test_void_pixels_never_counted():
@@ -95,7 +95,7 @@ def test_void_pixels_never_counted():
     scores_a, scores_b = SegmentationScores(3), SegmentationScores(3)
     scores_a.update(pred, truth)
     changed = pred.copy()
-    changed[truth == VOID] = (changed[truth == VOID] + 1) % 3
+    changed[truth == UNLABELED] = (changed[truth == UNLABELED] + 1) % 3
     scores_b.update(changed, truth)
     assert scores_a.result() == scores_b.result()
     np.testing.assert_array_equal(scores_a.confusion, scores_b.confusion)
@@ -103,7 +103,7 @@ def test_void_pixels_never_counted():
 
 def test_miou_hand_computed():
     truth = np.array([[0, 0, 1],
-                      [1, 1, VOID]])
+                      [1, 1, UNLABELED]])
     pred = np.array([[0, 1, 1],
                      [1, 0, 2]])
     # class 0: TP 1, FP 1 (truth 1 -> pred 0), FN 1 (truth 0 -> pred 1): IoU 1/3
@@ -125,11 +125,11 @@ def test_accumulation_equals_concatenation():
     scores = SegmentationScores(3)
     scores.update(pred_a, truth_a)
     scores.update(pred_b, truth_b)
-    pad = np.full((5, 4), VOID)
+    pad = np.full((5, 4), UNLABELED)
     joined_truth = np.concatenate([truth_a, np.concatenate([truth_b, pad], axis=1)], axis=0)
     joined_pred = np.concatenate([pred_a, np.concatenate([pred_b, np.zeros((5, 4), int)], axis=1)], axis=0)
     np.testing.assert_array_equal(scores.confusion, confusion_matrix(joined_pred, joined_truth, 3))
-    expected_pixels = np.count_nonzero(truth_a != VOID) + np.count_nonzero(truth_b != VOID)
+    expected_pixels = np.count_nonzero(truth_a != UNLABELED) + np.count_nonzero(truth_b != UNLABELED)
     assert scores.result()["pixels"] == int(expected_pixels)
     assert scores.images == 2
 
@@ -181,8 +181,8 @@ def test_boundary_band_void_is_a_value_and_widths_nest():
     rng = np.random.default_rng(4)
     truth = np.zeros((50, 60), dtype=np.int64)
     truth[10:40, 12:50] = 1
-    truth[10, 12:50] = VOID  # a void band along part of the boundary
-    truth[rng.random(truth.shape) < 0.01] = VOID
+    truth[10, 12:50] = UNLABELED  # a void band along part of the boundary
+    truth[rng.random(truth.shape) < 0.01] = UNLABELED
     before = truth.copy()
     band8, band16 = boundary_band(truth, 8), boundary_band(truth, 16)
     assert band8.dtype == bool and band8.shape == truth.shape
@@ -190,7 +190,7 @@ def test_boundary_band_void_is_a_value_and_widths_nest():
     np.testing.assert_array_equal(truth, before)
     # a void stripe inside a uniform region makes its neighbours boundary pixels
     stripe = np.zeros((9, 9), dtype=np.int64)
-    stripe[:, 4] = VOID
+    stripe[:, 4] = UNLABELED
     np.testing.assert_array_equal(boundary_band(stripe, 0)[0], [0, 0, 0, 1, 1, 1, 0, 0, 0])
 
 
@@ -208,7 +208,7 @@ def test_boundary_band_uniform_is_empty():
     (lambda: confusion_matrix(np.zeros((2, 2)), np.zeros((2, 2), int), 2), "pred"),
     (lambda: confusion_matrix(np.zeros((2, 2), int), np.zeros(4, int), 2), "truth"),
     (lambda: confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 0), "n_labels"),
-    (lambda: confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 2, void=None), "void"),
+    (lambda: confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 2, unlabeled=None), "unlabeled"),
     (lambda: boundary_band(np.zeros((3, 3), int), -1), "width"),
     (lambda: boundary_band(np.zeros((3, 3)), 1), "truth"),
     (lambda: SegmentationScores(2, trimap_widths=8), "trimap_widths"),
@@ -281,11 +281,11 @@ def test_plot_comparison(tmp_path):
 def test_prediction_sheet_different_sizes(tmp_path):
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (40, 60, 3)).astype(np.uint8), rng.random((33, 21, 3))]
-    scribbles = [np.full((40, 60), VOID), np.full((33, 21), VOID)]
+    scribbles = [np.full((40, 60), UNLABELED), np.full((33, 21), UNLABELED)]
     scribbles[0][20, 5:50] = 1
     scribbles[1][5:30, 10] = 0
     predictions = [rng.integers(0, 2, (40, 60)), rng.integers(0, 2, (33, 21))]
-    truths = [np.where(rng.random((40, 60)) < 0.1, VOID, rng.integers(0, 2, (40, 60))), None]
+    truths = [np.where(rng.random((40, 60)) < 0.1, UNLABELED, rng.integers(0, 2, (40, 60))), None]
     copies = [a.copy() for a in images + scribbles + predictions]
     path = prediction_sheet(tmp_path / "sheet.png", images, scribbles, predictions, truths,
                             ids=["cat", "dog"])

@@ -78,5 +78,5 @@ def test_bad_input(kwargs, message):
 
 def test_dtype_follows_the_values():
     assert generate_scribbles(np.array([[0, 255], [1, 1]])).dtype == np.uint8
-    wide = generate_scribbles(np.array([[0, 300], [1, 1]]), void=-1)
+    wide = generate_scribbles(np.array([[0, 300], [1, 1]]), unlabeled=-1)
     assert wide.dtype == np.int32 and wide[0, 1] == 300

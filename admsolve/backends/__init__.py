@@ -1,15 +1,31 @@
-"""The registry of solver backends.
+"""The solver backends and the registry that names them.
 
-Each backend lives in a module of this package that defines ``minimize(problem, init, **options)``.
-It receives a validated problem and a starting labeling that satisfies the seeds, and returns a dict
-with at least ``labels`` (a labeling that satisfies the seeds), ``history`` (reference energies,
-starting with the initial labeling's, then one per sweep) and ``converged``. A backend module is
-imported only when the backend is first used, so optional libraries are needed only by their users.
+The contract: a backend is a module of this package defining
+``minimize(problem, init, *, max_iter=None, ...)``, the options keyword-only. It receives a
+validated problem of the class it declares (or a subclass) and a starting labeling that satisfies
+the seeds, and returns a dict with at least ``labels`` (a labeling that satisfies the seeds),
+``history`` (reference energies: the initial labeling's, then one per iteration), ``converged`` and
+``message`` (why it stopped). ``max_iter`` caps the iterations (sweeps of moves, or mean-field
+updates); a backend with a convergence tolerance calls it ``tol``. Backends written with
+array-module operations (``devices`` holds "cuda") take ``device=None``: by default they run where
+the problem's arrays came from (``problem.device``).
+
+Adding a backend is one module plus one :class:`Backend` entry in :data:`BACKENDS`. A backend
+module is imported only when it is first used, so optional libraries are needed only by its users.
+
+Layer: imports :mod:`admsolve.energies` (the problem classes the entries name); the backend modules
+import energies, filters and the root's private helpers, never :mod:`admsolve.solve`, data or training.
 """
+
+from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from .._array import cuda_status
+from ..energies import DenseCRF, GridCRF, LabelingProblem
 
 
 @dataclass(frozen=True)
@@ -18,15 +34,16 @@ class Backend:
 
     name: str
     module: str
-    requires: tuple  # importable modules the backend needs
+    requires: tuple[str, ...]  # importable modules the backend needs
     extra: str  # the pip extra of admsolve that installs them ("" if none)
     releases_gil: bool  # whether solve_batch can run it in threads
     description: str
-    problem: str = "GridCRF"  # the class of problem it solves
+    problem: type[LabelingProblem] = GridCRF  # the class of problem it solves (subclasses too)
     monotone: bool = True  # whether the reference energy never rises above the initial labeling's
+    devices: tuple[str, ...] = ("cpu",)  # where it can run: "cpu", and "cuda" for array-module backends
 
 
-BACKENDS = {
+BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         Backend("maxflow", "admsolve.backends.maxflow", ("maxflow",), "maxflow", False,
@@ -37,23 +54,36 @@ BACKENDS = {
                 "alpha-beta swap on admsolve's own Numba max-flow"),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
                 "iterated conditional modes, Numba JIT"),
-        Backend("cupy-gd", "admsolve.backends.cupy_gd", (), "", True,
-                "gradient descent on the relaxed grid-CRF energy (eq. 9), NumPy or CuPy", monotone=False),
-        Backend("cupy-densecrf", "admsolve.backends.cupy_densecrf", ("numba",), "", True,
+        Backend("relaxed-gd", "admsolve.backends.relaxed_gd", (), "", True,
+                "mirror descent on the relaxed grid-CRF energy (eq. 9), NumPy or CuPy",
+                monotone=False, devices=("cpu", "cuda")),
+        Backend("mean-field", "admsolve.backends.mean_field", ("numba",), "", True,
                 "dense-CRF mean-field with permutohedral bilateral filtering, NumPy or CuPy",
-                problem="DenseCRF", monotone=False),
+                problem=DenseCRF, monotone=False, devices=("cpu", "cuda")),
     )
 }
 
+#: Former names, for an error message that points to the new one.
+RENAMED = {"cupy-gd": "relaxed-gd", "cupy-densecrf": "mean-field"}
 
-def lookup(name):
+#: Per problem class, the backends tried in this order when none is named.
+DEFAULT_PREFERENCE: dict[type[LabelingProblem], tuple[str, ...]] = {
+    GridCRF: ("numba-expansion", "maxflow", "numba-icm"),
+    DenseCRF: ("mean-field",),
+}
+
+
+def lookup(name: str) -> Backend:
     """The registry entry for `name`, or a ValueError listing the known names."""
+    if isinstance(name, str) and name in RENAMED:
+        raise ValueError(f"backend: {name!r} is now called {RENAMED[name]!r} (it runs on the CPU or a GPU, "
+                         f"where the problem's arrays live)")
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
     return BACKENDS[name]
 
 
-def missing_requirement(backend):
+def missing_requirement(backend: Backend) -> str | None:
     """Why `backend` cannot be used here (a sentence naming the extra to install), or None."""
     for module in backend.requires:
         if importlib.util.find_spec(module) is None:
@@ -62,7 +92,7 @@ def missing_requirement(backend):
     return None
 
 
-def load(name):
+def load(name: str) -> Callable:
     """Import and return the ``minimize`` function of backend `name`."""
     backend = lookup(name)
     reason = missing_requirement(backend)
@@ -71,18 +101,30 @@ def load(name):
     return importlib.import_module(backend.module).minimize
 
 
-def available_backends():
+def available_backends() -> dict[str, bool | str]:
     """Map each backend name to True if it can be used here, else to the reason why not."""
     return {name: missing_requirement(backend) or True for name, backend in BACKENDS.items()}
 
 
-#: Per problem class, the backends tried in this order when none is named.
-DEFAULT_PREFERENCE = {"GridCRF": ("numba-expansion", "maxflow", "numba-icm"), "DenseCRF": ("cupy-densecrf",)}
+def devices_here(name: str) -> dict[str, bool | str]:
+    """Where backend `name` can run on this machine: ``{"cpu": True, "cuda": True or the reason not}``
+    for each device it supports (the reason of :func:`missing_requirement` when it cannot run at all)."""
+    backend = lookup(name)
+    reason = missing_requirement(backend)
+    return {device: reason or (True if device == "cpu" else cuda_status()) for device in backend.devices}
 
 
-def default_backend(problem_class="GridCRF"):
-    """The first backend of DEFAULT_PREFERENCE[problem_class] that can be used here."""
-    for name in DEFAULT_PREFERENCE[problem_class]:
-        if missing_requirement(BACKENDS[name]) is None:
-            return name
-    raise ImportError(f"no backend for {problem_class} can be used: pip install numba")
+def solves(backend: Backend, problem: LabelingProblem) -> bool:
+    """Whether `backend` solves `problem` (an instance of its problem class or of a subclass)."""
+    return isinstance(problem, backend.problem)
+
+
+def default_backend(problem: LabelingProblem) -> str:
+    """The first usable backend of DEFAULT_PREFERENCE for the class of `problem` (or its nearest base)."""
+    for cls in type(problem).__mro__:
+        if cls in DEFAULT_PREFERENCE:
+            for name in DEFAULT_PREFERENCE[cls]:
+                if missing_requirement(BACKENDS[name]) is None:
+                    return name
+            raise ImportError(f"no backend for {cls.__name__} can be used: pip install numba")
+    raise ValueError(f"problem: no backend solves a {type(problem).__name__}; pass a callable backend")

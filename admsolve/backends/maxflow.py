@@ -40,15 +40,15 @@ class _GridEdges:
         return flow, sink_side.reshape(source_cap.shape)
 
 
-def minimize(problem, init, *, max_sweeps=None, labels=None):
-    """Alpha-expansion: sweeps over the labels until no move lowers the energy or `max_sweeps`.
+def minimize(problem, init, *, max_iter=None, labels=None):
+    """Alpha-expansion: sweeps over the labels until no move lowers the energy or `max_iter`.
 
     Parameters
     ----------
-    max_sweeps : int, optional
+    max_iter : int, optional
         Upper bound on the number of sweeps over all labels (default: until convergence).
     labels : sequence of int, optional
         Expand only on these labels (e.g. in ADM, the labels of the image's scribbles and those the
         network predicts); pixels may still keep other labels from `init`.
     """
-    return alpha_expansion(problem, init, max_sweeps, _GridEdges(*problem.weights.shape).min_cut, labels)
+    return alpha_expansion(problem, init, max_iter, _GridEdges(*problem.weights.shape).min_cut, labels)

@@ -103,9 +103,9 @@ def move_labels(problem, labels):
     return sorted(subset.tolist())
 
 
-def alpha_expansion(problem, init, max_sweeps, min_cut, labels=None):
+def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
-    until no move lowers the energy or `max_sweeps`; with two labels and no subset, one exact
+    until no move lowers the energy or `max_iter`; with two labels and no subset, one exact
     min-cut instead. A move is skipped when the labeling has not changed since that same move last
     found nothing to improve (it would find nothing again).
 
@@ -129,7 +129,7 @@ def alpha_expansion(problem, init, max_sweeps, min_cut, labels=None):
     accepted = 0  # moves accepted so far
     useless_since = {}  # alpha -> value of `accepted` when its move last changed nothing
     converged = problem.n_labels == 1
-    while not converged and (max_sweeps is None or len(history) <= max_sweeps):
+    while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha in alphas:
             if useless_since.get(alpha) == accepted:

@@ -8,12 +8,12 @@ from ._gridflow import GridMaxflow
 from .moves import alpha_expansion
 
 
-def minimize(problem, init, *, max_sweeps=None, labels=None):
-    """Alpha-expansion: sweeps over the labels until no move lowers the energy or `max_sweeps`.
+def minimize(problem, init, *, max_iter=None, labels=None):
+    """Alpha-expansion: sweeps over the labels until no move lowers the energy or `max_iter`.
 
     Parameters
     ----------
-    max_sweeps : int, optional
+    max_iter : int, optional
         Upper bound on the number of sweeps over all labels (default: until convergence).
     labels : sequence of int, optional
         Expand only on these labels (e.g. in ADM, the labels of the image's scribbles and those the
@@ -26,4 +26,4 @@ def minimize(problem, init, *, max_sweeps=None, labels=None):
         flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap if symmetric else no_capacity)
         return flow, flow_solver.sink_side
 
-    return alpha_expansion(problem, init, max_sweeps, min_cut, labels)
+    return alpha_expansion(problem, init, max_iter, min_cut, labels)

@@ -54,19 +54,19 @@ def _icm_sweep(unary, weights, lam, free, labels):
     return changed
 
 
-def minimize(problem, init, *, max_sweeps=None):
-    """ICM sweeps until a sweep changes no pixel or `max_sweeps`.
+def minimize(problem, init, *, max_iter=None):
+    """ICM sweeps until a sweep changes no pixel or `max_iter`.
 
     Parameters
     ----------
-    max_sweeps : int, optional
+    max_iter : int, optional
         Upper bound on the number of sweeps (default: until convergence).
     """
     labels = init.copy()
     free = ~problem.seeded
     history = [problem.energy(labels)]
     converged = False
-    while not converged and (max_sweeps is None or len(history) <= max_sweeps):
+    while not converged and (max_iter is None or len(history) <= max_iter):
         converged = _icm_sweep(problem.unary, problem.weights, problem.lam, free, labels) == 0
         history.append(problem.energy(labels))
     return {"labels": labels, "history": history, "converged": converged}

@@ -60,12 +60,12 @@ def swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_c
     return current
 
 
-def minimize(problem, init, *, max_sweeps=None, labels=None):
-    """Alpha-beta swap sweeps over all label pairs until no move lowers the energy or `max_sweeps`.
+def minimize(problem, init, *, max_iter=None, labels=None):
+    """Alpha-beta swap sweeps over all label pairs until no move lowers the energy or `max_iter`.
 
     Parameters
     ----------
-    max_sweeps : int, optional
+    max_iter : int, optional
         Upper bound on the number of sweeps over all pairs (default: until convergence).
     labels : sequence of int, optional
         Swap only between these labels.
@@ -79,7 +79,7 @@ def minimize(problem, init, *, max_sweeps=None, labels=None):
     source_cap, sink_cap = np.empty(problem.shape), np.empty(problem.shape)
     edge_cap = np.empty_like(weights)
     converged = not pairs
-    while not converged and (max_sweeps is None or len(history) <= max_sweeps):
+    while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha, beta in pairs:
             current = swap_capacities(unary, weights, labels, problem.seeds, problem.seeded, alpha, beta,

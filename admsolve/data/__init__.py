@@ -7,14 +7,13 @@ the backends or the training side.
 """
 
 from .augment import augment
-from .datasets import VOC_CLASSES, VOID, FolderDataset, Sample, SyntheticDataset, VOCDataset, open_dataset
+from .datasets import VOC_CLASSES, FolderDataset, Sample, SyntheticDataset, VOCDataset, open_dataset
 from .examples import synthetic_scene
 from .io import read_image, read_label_map, write_label_map
 from .scribbles import generate_scribbles
 
 __all__ = [
     "VOC_CLASSES",
-    "VOID",
     "FolderDataset",
     "Sample",
     "SyntheticDataset",

@@ -4,8 +4,8 @@ scribbles and mask transformed together."""
 import numpy as np
 from PIL import Image
 
-from .._validation import as_int_pair, as_scalar, describe
-from .datasets import VOID, Sample
+from .._validation import UNLABELED, as_int_pair, as_scalar, describe
+from .datasets import Sample
 
 
 def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124, 116, 104)):
@@ -13,7 +13,7 @@ def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124,
 
     Scales by one factor drawn uniformly from `scale` (image bilinear, scribbles and mask nearest,
     via Pillow), pads the bottom and right to at least `crop_size` (the image with `fill`,
-    scribbles and mask with `VOID`), crops a random window of `crop_size`, and mirrors it left to
+    scribbles and mask with `UNLABELED`), crops a random window of `crop_size`, and mirrors it left to
     right with probability 1/2 when `flip`.
 
     Parameters
@@ -61,7 +61,7 @@ def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124,
     pad = ((0, max(crop_h - size[1], 0)), (0, max(crop_w - size[0], 0)))
     if pad[0][1] or pad[1][1]:
         image = np.stack([np.pad(image[..., c], pad, constant_values=fill[c]) for c in range(3)], 2)
-        planes = {k: None if v is None else np.pad(v, pad, constant_values=VOID)
+        planes = {k: None if v is None else np.pad(v, pad, constant_values=UNLABELED)
                   for k, v in planes.items()}
     top = rng.integers(0, image.shape[0] - crop_h + 1)
     left = rng.integers(0, image.shape[1] - crop_w + 1)

@@ -20,9 +20,6 @@ from .._validation import UNLABELED, as_int_pair, as_scalar, describe
 from .io import read_image, read_label_map
 from .scribbles import generate_scribbles
 
-#: Value of void mask pixels and of unscribbled pixels (:data:`admsolve.UNLABELED`).
-VOID = UNLABELED
-
 #: The 21 PASCAL VOC 2012 classes, in label order.
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -44,9 +41,9 @@ class Sample(NamedTuple):
     image : (H, W, 3) ndarray of uint8
         RGB image.
     scribbles : (H, W) ndarray of uint8
-        Scribbled label 0..K-1, `VOID` (255) where unscribbled.
+        Scribbled label 0..K-1, `UNLABELED` (255) where unscribbled.
     mask : (H, W) ndarray of uint8 or None
-        Ground-truth labels, `VOID` where void; None when the dataset has no masks.
+        Ground-truth labels, `UNLABELED` where void; None when the dataset has no masks.
     """
 
     id: str
@@ -199,12 +196,12 @@ class _LabelledFolders:
         return self._cache[index]
 
     def _labels(self, path, name):
-        """A label map with values < n_labels or VOID, as uint8."""
+        """A label map with values < n_labels or UNLABELED, as uint8."""
         labels = read_label_map(path, name)
-        bad = np.unique(labels[(labels >= self.n_labels) & (labels != VOID)])
+        bad = np.unique(labels[(labels >= self.n_labels) & (labels != UNLABELED)])
         if bad.size:
             raise ValueError(f"{name}: {str(path)!r} holds values {bad[:8].tolist()}, expected "
-                             f"labels below K = {self.n_labels} or {VOID} ({name} void)")
+                             f"labels below K = {self.n_labels} or {UNLABELED} ({name} void)")
         return labels.astype(np.uint8)
 
     def _load(self, index):
@@ -216,9 +213,9 @@ class _LabelledFolders:
             raise ValueError(f"mask: {str(mask_path)!r} is {_size(mask)} but image "
                              f"{str(image_path)!r} is {_size(image)} (id {image_id!r})")
         if self._scribbles is None:
-            scribbles = generate_scribbles(mask, length=self._length, void=VOID,
+            scribbles = generate_scribbles(mask, length=self._length, unlabeled=UNLABELED,
                                            seed=_image_seed(self._seed, image_id))
-            if np.all(scribbles == VOID):
+            if np.all(scribbles == UNLABELED):
                 raise ValueError(f"scribbles: no scribbled pixel generated for id {image_id!r}: "
                                  f"the mask {str(mask_path)!r} has no labelled region")
         else:
@@ -227,7 +224,7 @@ class _LabelledFolders:
             if scribbles.shape != image.shape[:2]:
                 raise ValueError(f"scribbles: {str(path)!r} is {_size(scribbles)} but image "
                                  f"{str(image_path)!r} is {_size(image)} (id {image_id!r})")
-            if np.all(scribbles == VOID):
+            if np.all(scribbles == UNLABELED):
                 raise ValueError(f"scribbles: no scribbled pixel in {str(path)!r} "
                                  f"(id {image_id!r})")
         return Sample(image_id, _read_only(image), _read_only(scribbles), _read_only(mask))
@@ -311,8 +308,8 @@ class FolderDataset(_LabelledFolders):
             n_labels = len(names)
         elif n_labels is not None:
             n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
-            if n_labels > VOID:
-                raise ValueError(f"n_labels: expected at most {VOID} labels, got {n_labels}")
+            if n_labels > UNLABELED:
+                raise ValueError(f"n_labels: expected at most {UNLABELED} labels, got {n_labels}")
         else:
             _check_present(images + masks, listing)  # before reading the masks
             n_labels = _count_labels(root, masks)
@@ -331,7 +328,7 @@ def _count_labels(root, split_masks):
     top = -1
     for path in masks:
         labels = read_label_map(path, "mask")
-        labels = labels[labels != VOID]
+        labels = labels[labels != UNLABELED]
         if labels.size:
             top = max(top, int(labels.max()))
     if top < 0:
@@ -441,8 +438,8 @@ class SyntheticDataset:
                                                                      integer=True)
         self.size = as_int_pair(size, "size", minimum=16)
         self.n_labels = as_scalar(n_labels, "n_labels", minimum=2, integer=True)
-        if self.n_labels > VOID:
-            raise ValueError(f"n_labels: expected at most {VOID} labels, got {n_labels!r}")
+        if self.n_labels > UNLABELED:
+            raise ValueError(f"n_labels: expected at most {UNLABELED} labels, got {n_labels!r}")
         self._seed = _check_seed(seed)
         self._length = _check_length(scribble_length)
         self._stream = stream
@@ -489,7 +486,7 @@ class SyntheticDataset:
         image += smooth * (30.0 / max(float(smooth.std()), 1e-6)) + 6.0 * noise[1]
         image = np.clip(image, 0, 255).astype(np.uint8)
 
-        scribbles = generate_scribbles(mask, length=self._length, void=VOID,
+        scribbles = generate_scribbles(mask, length=self._length, unlabeled=UNLABELED,
                                        seed=_image_seed(self._seed, self.ids[index]))
         return Sample(self.ids[index], _read_only(image), _read_only(scribbles), _read_only(mask))
 

@@ -3,6 +3,8 @@
 import numpy as np
 from scipy import ndimage
 
+from .._validation import UNLABELED
+
 
 def synthetic_scene(*, height=120, width=160, noise=40.0, seed=0):
     """A noisy three-region colour image with scribbles and its ground truth.
@@ -28,7 +30,7 @@ def synthetic_scene(*, height=120, width=160, noise=40.0, seed=0):
     image += ndimage.gaussian_filter(rng.normal(0, noise, image.shape), (1, 1, 0)) * 2.0
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    scribbles = np.full((height, width), 255, dtype=np.uint8)
+    scribbles = np.full((height, width), UNLABELED, dtype=np.uint8)
     strokes = [(0, 0.1, 0.05, 0.1, 0.95), (0, 0.92, 0.1, 0.92, 0.9),
                (1, 0.45, 0.2, 0.45, 0.4), (2, 0.35, 0.75, 0.7, 0.75)]
     for label, y0, x0, y1, x1 in strokes:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .._validation import UNLABELED
+
 #: Colours of labels 0, 1, 2, ... in overlays (repeats after 21, the MSRC-21 / VOC class count).
 PALETTE = np.array([
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -47,7 +49,7 @@ def colorize(labels):
     return PALETTE[np.asarray(labels) % len(PALETTE)]
 
 
-def overlay(image, labels, scribbles=None, *, unlabeled=255, alpha=0.5):
+def overlay(image, labels, scribbles=None, *, unlabeled=UNLABELED, alpha=0.5):
     """Image blended with the label colours, scribbled pixels drawn in full colour on top."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 2:

@@ -5,7 +5,7 @@ as in ScribbleSup's protocol."""
 import numpy as np
 from scipy import ndimage
 
-from .._validation import as_scalar, describe
+from .._validation import UNLABELED, as_scalar, describe
 
 
 def _axis_stroke(inside, depth, start, axis, margin):
@@ -26,7 +26,7 @@ def _axis_stroke(inside, depth, start, axis, margin):
     return halves[0][::-1] + [tuple(start)] + halves[1]
 
 
-def generate_scribbles(mask, *, length=1.0, seed=0, void=255, min_pixels=1):
+def generate_scribbles(mask, *, length=1.0, seed=0, unlabeled=UNLABELED, min_pixels=1):
     """One stroke per connected region of each label of `mask`.
 
     The stroke is the straight line through the region's deepest pixel (largest distance to its
@@ -38,20 +38,20 @@ def generate_scribbles(mask, *, length=1.0, seed=0, void=255, min_pixels=1):
     Parameters
     ----------
     mask : (H, W) array_like of int
-        Ground-truth labels; `void` marks pixels that belong to no label.
+        Ground-truth labels; `unlabeled` marks pixels that belong to no label.
     length : float, optional
         Fraction of each stroke kept, in [0, 1], around its middle.
     seed : int, optional
         Breaks ties between equally deep pixels; the same seed gives the same scribbles.
-    void : int, optional
+    unlabeled : int, optional
         The value of unlabelled pixels, in `mask` and in the result.
     min_pixels : int, optional
         Regions smaller than this get no stroke.
 
     Returns
     -------
-    (H, W) ndarray, uint8 where the labels and `void` fit in it (else int32): a region's label on
-    its stroke, `void` elsewhere. Strokes lie inside their region and never on void pixels.
+    (H, W) ndarray, uint8 where the labels and `unlabeled` fit in it (else int32): a region's label on
+    its stroke, `unlabeled` elsewhere. Strokes lie inside their region and never on void pixels.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0 or not np.issubdtype(mask.dtype, np.integer):
@@ -61,10 +61,10 @@ def generate_scribbles(mask, *, length=1.0, seed=0, void=255, min_pixels=1):
         raise ValueError(f"length: expected a value in [0, 1], got {length!r}")
     min_pixels = as_scalar(min_pixels, "min_pixels", minimum=1, integer=True)
     rng = np.random.default_rng(seed)
-    fits_uint8 = 0 <= min(mask.min(), void) and max(mask.max(), void) <= 255
-    scribbles = np.full(mask.shape, void, dtype=np.uint8 if fits_uint8 else np.int32)
+    fits_uint8 = 0 <= min(mask.min(), unlabeled) and max(mask.max(), unlabeled) <= 255
+    scribbles = np.full(mask.shape, unlabeled, dtype=np.uint8 if fits_uint8 else np.int32)
     jitter = rng.random(mask.shape) * 1e-3  # far below the 1-pixel steps of the distance transform
-    for label in np.unique(mask[mask != void]):
+    for label in np.unique(mask[mask != unlabeled]):
         regions, count = ndimage.label(mask == label, structure=np.ones((3, 3)))
         for index in range(1, count + 1):
             inside = regions == index

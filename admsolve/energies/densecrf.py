@@ -37,7 +37,7 @@ the discrete energy.
 
 import numpy as np
 
-from .._validation import as_positive, as_real_array, as_scalar, describe
+from .._validation import UNLABELED, as_positive, as_real_array, as_scalar, describe
 from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
 from .problem import LabelingProblem
 
@@ -96,7 +96,7 @@ class DenseCRF(LabelingProblem):
     """
 
     def __init__(self, unary, image, *, sxy=80, srgb=13, compat=10, gaussian_sxy=3, gaussian_compat=3,
-                 seeds=None, unlabeled=255):
+                 seeds=None, unlabeled=UNLABELED):
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         self.image = _as_colour_image(image, self.shape)
         self.sxy = as_positive(sxy, "sxy")

@@ -5,7 +5,7 @@ hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and th
 import numpy as np
 
 from .._array import array_module
-from .._validation import as_real_array, as_scalar, describe
+from .._validation import UNLABELED, as_real_array, as_scalar, describe
 from .problem import LabelingProblem
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
@@ -59,7 +59,7 @@ class GridCRF(LabelingProblem):
     read-only. The problem holds plain NumPy data and pickles cheaply.
     """
 
-    def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=255):
+    def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=UNLABELED):
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         height, width = self.shape
         weights = as_real_array(weights, "weights", 3, allow_negative=False)

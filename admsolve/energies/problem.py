@@ -2,14 +2,18 @@
 
 import numpy as np
 
-from .._validation import as_label_map, as_real_array, as_scalar, describe
+from .._array import device_of
+from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar, describe
 
 
 class LabelingProblem:
     """Unaries and seeds of a labeling problem on an H x W image with K labels.
 
     Subclasses (:class:`~admsolve.GridCRF`, :class:`~admsolve.DenseCRF`) add the pairwise model
-    and the energy. All arrays are validated copies, stored read-only (also after unpickling).
+    and the energy. All arrays are validated NumPy copies, stored read-only (also after unpickling),
+    so that the reference energy is computed in one place; :attr:`device` remembers where the
+    inputs came from ("cuda" when the unaries were a CuPy array), and the array-module backends
+    (``relaxed-gd``, ``mean-field``) run there by default.
 
     Parameters
     ----------
@@ -18,10 +22,17 @@ class LabelingProblem:
     seeds : (H, W) array_like of int, optional
         Hard constraints: a value in [0, K) fixes that pixel's label, ``unlabeled`` leaves it free.
     unlabeled : int, optional
-        The value of ``seeds`` that marks a free pixel (255, as in scribble PNGs).
+        The value of ``seeds`` that marks a free pixel (:data:`admsolve.UNLABELED`, 255, as in
+        scribble PNGs).
+
+    Attributes
+    ----------
+    device : {"cpu", "cuda"}
+        Where `unary` lived: the default device of the array-module backends.
     """
 
-    def __init__(self, unary, *, seeds=None, unlabeled=255):
+    def __init__(self, unary, *, seeds=None, unlabeled=UNLABELED):
+        self.device = device_of(unary)
         unary = as_real_array(unary, "unary", 3)
         height, width, n_labels = unary.shape
         self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)

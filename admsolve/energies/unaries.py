@@ -4,7 +4,7 @@ scribbles for interactive ("shallow") segmentation."""
 import numpy as np
 from scipy import ndimage
 
-from .._validation import as_label_map, as_real_array, as_scalar
+from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar
 
 
 def adm_unary(probs, *, gamma=1.0, eps=1e-8):
@@ -37,7 +37,7 @@ def adm_unary(probs, *, gamma=1.0, eps=1e-8):
     return -gamma * np.log(np.maximum(probs, eps))
 
 
-def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, unlabeled=255):
+def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, unlabeled=UNLABELED):
     """Colour-model unaries from scribbles alone (Boykov-Jolly interactive graph cuts).
 
     For each label, a colour histogram of its scribbled pixels (``bins`` per channel, smoothed by a

@@ -6,14 +6,13 @@ constraints. R is the grid CRF (contrast-weighted Potts, any GridCRF backend) or
 import numpy as np
 import torch
 
-from .._validation import as_positive, as_scalar
-from ..backends import BACKENDS, lookup
-from ..energies.densecrf import DenseCRF
-from ..energies.gridcrf import GridCRF, contrast_weights
-from ..solve import solve_batch
-from .config import PROBLEMS
+from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar
+from ..backends import lookup
 from ..energies.unaries import adm_unary
+from ..solve import solve_batch
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
+from .regularizers import lookup_regularizer
+
 
 class ADMStep:
     """Solve eq. 8 for every image of a batch and return the latent labels X.
@@ -24,19 +23,19 @@ class ADMStep:
         Weight of the regularizer R.
     gamma : float, optional
         Weight of the divergence term: unaries ``-gamma * log S``.
-    regularizer : {"grid", "dense"}, optional
+    regularizer : {"grid", "dense"} or another entry of ``REGULARIZERS`` with a latent problem, optional
         "grid": R is the grid CRF with contrast weights (Boykov-Jolly sigma^2 per image), the
         relaxation of which is :func:`~admsolve.training.grid_crf_loss`. "dense": R is the bilateral
         dense CRF of :func:`~admsolve.training.dense_crf_loss` (``compat = 2 * lam``, no Gaussian
-        kernel), whose latent problem only ``cupy-densecrf`` (mean-field) solves.
+        kernel), whose latent problem ``mean-field`` solves.
     connectivity : {4, 8}, optional
         Grid neighbourhood (grid regularizer).
     sxy, srgb : float, optional
         Bilateral kernel widths (dense regularizer).
     backend : str, optional
         A backend that solves the regularizer's problem; default: the first usable one
-        ("numba-expansion" for the grid CRF). "maxflow", "numba-swap", "numba-icm", "cupy-gd" swap
-        the optimizer of the grid latent step.
+        ("numba-expansion" for the grid CRF). "maxflow", "numba-swap", "numba-icm", "relaxed-gd" swap
+        the optimizer of the grid latent step; a callable backend (see :func:`admsolve.solve`) works too.
     restrict_labels : bool, optional
         Expansion and swap move only to the labels of the image's scribbles and of argmax S (the
         labels X can take from its warm start anyway), instead of all K.
@@ -45,33 +44,31 @@ class ADMStep:
     ignore_index : int, optional
         The value of unscribbled pixels in `scribbles`.
     **solver_options
-        Passed to the backend, e.g. ``max_sweeps=5`` (the paper's setting).
+        Passed to the backend, e.g. ``max_iter=5`` (the paper's setting: 5 sweeps of expansion).
 
     Each solve starts from argmax S (seeds applied), a warm start close to the answer. The solver
     results of the last call are kept in ``self.results`` (energies, times).
 
     Examples
     --------
-    >>> step = ADMStep(lam=2.0, gamma=1.0, max_sweeps=5)              # doctest: +SKIP
+    >>> step = ADMStep(lam=2.0, gamma=1.0, max_iter=5)                 # doctest: +SKIP
     >>> latent = step(logits.softmax(1), images, scribbles)           # doctest: +SKIP
     >>> loss = proximal_loss(logits, latent, scribbles, gamma=1.0)    # doctest: +SKIP
     """
 
     def __init__(self, *, lam=2.0, gamma=1.0, regularizer="grid", connectivity=8, sxy=80, srgb=13,
-                 backend=None, restrict_labels=False, workers=None, ignore_index=255, **solver_options):
+                 backend=None, restrict_labels=False, workers=None, ignore_index=UNLABELED, **solver_options):
         self.lam = as_scalar(lam, "lam", minimum=0.0)
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
-        if regularizer not in PROBLEMS:
-            raise ValueError(f"regularizer: expected one of {sorted(PROBLEMS)}, got {regularizer!r}")
-        self.regularizer = regularizer
-        if connectivity not in (4, 8):
-            raise ValueError(f"connectivity: expected 4 or 8, got {connectivity!r}")
-        self.connectivity = connectivity
-        self.sxy, self.srgb = as_positive(sxy, "sxy"), as_positive(srgb, "srgb")
-        kind = PROBLEMS[regularizer]
-        if backend is not None and lookup(backend).problem != kind:
-            raise ValueError(f"backend: expected a backend that solves a {kind} (the {regularizer} "
-                             f"regularizer), got {backend!r} (it solves {BACKENDS[backend].problem})")
+        self.regularizer = lookup_regularizer(regularizer)
+        if self.regularizer.latent_problem is None:
+            raise ValueError(f"regularizer: expected one with a latent problem for ADM, got {regularizer!r}")
+        self.settings = {"connectivity": as_connectivity(connectivity), "sxy": as_positive(sxy, "sxy"),
+                         "srgb": as_positive(srgb, "srgb")}
+        kind = self.regularizer.problem
+        if isinstance(backend, str) and not issubclass(kind, lookup(backend).problem):
+            raise ValueError(f"backend: expected a backend that solves a {kind.__name__} (the {regularizer} "
+                             f"regularizer), got {backend!r} (it solves {lookup(backend).problem.__name__})")
         self.backend, self.workers = backend, workers
         self.restrict_labels = bool(restrict_labels)
         self.ignore_index = _check_ignore_index(ignore_index)
@@ -79,7 +76,7 @@ class ADMStep:
         self.results = []
 
     def problems(self, probs, images, scribbles):
-        """The eq. 8 problem of each image: ``list`` of GridCRF or DenseCRF.
+        """The eq. 8 problem of each image: a ``list`` of the regularizer's problem class.
 
         probs : (N, K, H, W) tensor of softmax probabilities (detached here); images : (N, H, W, 3)
         array or (N, 3, H, W) tensor; scribbles : (N, H, W) int64 tensor, `ignore_index` unscribbled.
@@ -90,12 +87,10 @@ class ADMStep:
         pictures = _images_as_numpy(images, (n, height, width))
         soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
         seeds = scribbles.cpu().numpy()
-        if self.regularizer == "dense":
-            return [DenseCRF(adm_unary(soft[i], gamma=self.gamma), np.clip(pictures[i], 0, 255), sxy=self.sxy,
-                             srgb=self.srgb, compat=2 * self.lam, gaussian_compat=0, seeds=seeds[i],
-                             unlabeled=self.ignore_index) for i in range(n)]
-        return [GridCRF(adm_unary(soft[i], gamma=self.gamma), contrast_weights(pictures[i], connectivity=self.connectivity),
-                        lam=self.lam, seeds=seeds[i], unlabeled=self.ignore_index) for i in range(n)]
+        settings = {name: self.settings[name] for name in self.regularizer.settings}
+        return [self.regularizer.latent_problem(adm_unary(soft[i], gamma=self.gamma), pictures[i], seeds[i],
+                                                lam=self.lam, unlabeled=self.ignore_index, **settings)
+                for i in range(n)]
 
     def __call__(self, probs, images, scribbles):
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._validation import as_scalar
-from ..backends import BACKENDS, lookup
-
-#: The problem class of the latent step of ADM for each regularizer.
-PROBLEMS = {"grid": "GridCRF", "dense": "DenseCRF"}
+from .._validation import as_connectivity, as_scalar
+from ..backends import lookup
+from .regularizers import REGULARIZERS, lookup_regularizer
 #: Networks :func:`admsolve.training.build_model` builds.
 MODELS = ("fcn-small", "deeplabv3-resnet50", "deeplabv3-resnet101", "deeplabv3-mobilenet")
 OPTIMIZERS = ("gd", "adm")
-REGULARIZERS = ("none", "grid", "dense")
 NETWORK_OPTIMIZERS = ("adam", "sgd")
-#: lam when none is given: per-pixel weights under which the regularizer visibly shapes boundaries.
-DEFAULT_LAM = {"none": 0.0, "grid": 4.0, "dense": 4.0}
 #: Configurations of `admsolve compare`: key -> (name in the table, settings that differ from the base configuration)
 CONFIGURATIONS = {
     "pce": ("pCE only", {"optimizer": "gd", "regularizer": "none"}),
@@ -47,7 +42,7 @@ class TrainConfig:
     connectivity: int = 8
     sxy: float = 80.0
     srgb: float = 13.0
-    max_sweeps: int = 5
+    max_iter: int = 5
     restrict_labels: bool = False
     model: str = "fcn-small"
     weights: str | None = None
@@ -70,13 +65,12 @@ class TrainConfig:
 
     def __post_init__(self):
         self.scale = tuple(self.scale)
-        for name, allowed in (("optimizer", OPTIMIZERS), ("regularizer", REGULARIZERS),
-                              ("network_optimizer", NETWORK_OPTIMIZERS), ("model", MODELS)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("network_optimizer", NETWORK_OPTIMIZERS), ("model", MODELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.connectivity not in (4, 8):
-            raise ValueError(f"connectivity: expected 4 or 8, got {self.connectivity!r}")
-        for name in ("epochs", "pretrain_epochs", "max_sweeps", "seed"):
+        regularizer = lookup_regularizer(self.regularizer)
+        as_connectivity(self.connectivity)
+        for name in ("epochs", "pretrain_epochs", "max_iter", "seed"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
         if self.crop_size is not None:
@@ -93,15 +87,15 @@ class TrainConfig:
                 raise ValueError(f"backend: a solver is used only with optimizer 'adm' and a regularizer, "
                                  f"got backend={self.backend!r} with optimizer {self.optimizer!r} and "
                                  f"regularizer {self.regularizer!r}")
-            if entry.problem != PROBLEMS[self.regularizer]:
+            if not issubclass(regularizer.problem, entry.problem):
                 raise ValueError(f"backend: the {self.regularizer} regularizer needs a backend that solves a "
-                                 f"{PROBLEMS[self.regularizer]}, got {self.backend!r} (it solves "
-                                 f"{BACKENDS[self.backend].problem})")
+                                 f"{regularizer.problem.__name__}, got {self.backend!r} (it solves "
+                                 f"{entry.problem.__name__})")
 
     @property
     def weight(self):
         """lam, or the regularizer's default."""
-        return DEFAULT_LAM[self.regularizer] if self.lam is None else self.lam
+        return REGULARIZERS[self.regularizer].default_lam if self.lam is None else self.lam
 
     @property
     def total_epochs(self):

@@ -20,28 +20,24 @@ image), so ``resume`` continues a stopped run exactly.
 """
 
 import dataclasses
-import json
-import math
-import os
 import sys
+import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..data import augment, open_dataset
-from ..energies.gridcrf import GridCRF, contrast_weights
-from .config import PROBLEMS, TrainConfig
-from .adm import ADMStep
-from .losses import dense_crf_loss, grid_crf_loss, partial_cross_entropy, proximal_loss
-from .metrics import SegmentationScores, plot_curves, prediction_sheet
+from ..data import open_dataset
+from .batches import TrainingBatches
+from .checkpoints import (atomic_save, load_model_state, read_config, read_metrics, write_config,
+                          write_records)
+from .config import TrainConfig
+from .evaluation import Evaluator, image_tensor
+from .metrics import plot_curves
 from .models import build_model
+from .objective import Objective
 
-#: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
-TRAIN_EVAL_IMAGES = 100
-#: Validation images drawn in predictions.png.
-SHEET_IMAGES = 6
+__all__ = ["Progress", "Trainer", "TrainingDiverged", "evaluate_run", "read_metrics", "resume", "train"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -75,67 +71,42 @@ def pick_device(name):
     return torch.device(name)
 
 
-def image_tensor(images, device):
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on `device`."""
-    return torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
-
-
-def grid_crf_per_pixel(probs, image, *, connectivity):
-    """The grid-CRF term (lam = 1) of one image's output divided by its pixel count, relaxed and discrete.
-
-    Returns ``(relaxed, discrete)``: eq. 9 (halved) at the softmax S, the term of loss (4) that GD
-    minimises, and the Potts energy of the segmentation argmax S, the discrete R(X) that ADM's latent
-    step minimises. `probs` is (1, K, H, W), `image` (H, W, 3).
-    """
-    soft = probs[0].permute(1, 2, 0).double().numpy()
-    height, width, n_labels = soft.shape
-    potts = GridCRF(np.zeros((height, width, n_labels)), contrast_weights(image, connectivity=connectivity))
-    relaxed, _ = potts.relaxed_energy(soft)
-    return relaxed / (height * width), potts.cut_weight(soft.argmax(2)) / (height * width)
-
-
-def _atomic_save(obj, path):
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
-def _load_state(path):
-    """A model state dict from a run's checkpoint or from a plain state-dict file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"init: no such file {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if isinstance(state, dict) and "model" in state else state
-
-
 class Trainer:
-    """The state of one run: data, network, optimizer, and the loss of each phase."""
+    """One run: its parts (data, network, objective, evaluation, run files) and the schedule that
+    drives them epoch after epoch.
 
-    def __init__(self, config, out, *, progress=True):
+    Attributes
+    ----------
+    batches : TrainingBatches
+    model : torch.nn.Module
+    objective : Objective
+    evaluator : Evaluator
+    epoch, iteration : int
+        Completed epochs and steps.
+    records : list of dict
+        One per evaluated epoch (the lines of metrics.jsonl).
+    """
+
+    def __init__(self, config: TrainConfig, out, *, progress: bool = True):
         self.config = config
         self.out = Path(out)
         self.device = pick_device(config.device)
-        self.train_set = open_dataset(config.data, "train", scribbles=config.scribbles,
-                                      scribble_length=config.scribble_length, seed=config.seed)
-        self.val_set = open_dataset(config.data, "val", scribbles=config.scribbles,
-                                    scribble_length=config.scribble_length, seed=config.seed)
-        self.n_labels = self.train_set.n_labels
-        if self.val_set.n_labels != self.n_labels:
-            raise ValueError(f"data: the train split has {self.n_labels} labels but val has {self.val_set.n_labels}")
+        datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
+                                 scribble_length=config.scribble_length, seed=config.seed) for split in ("train", "val")]
+        self.n_labels = datasets[0].n_labels
+        if datasets[1].n_labels != self.n_labels:
+            raise ValueError(f"data: the train split has {self.n_labels} labels but val has {datasets[1].n_labels}")
         default_crop = 96 if config.data == "synthetic" else 224
-        self.crop_size = (config.crop_size or default_crop,) * 2
-        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
+                                       crop_size=(config.crop_size or default_crop,) * 2, scale=config.scale,
+                                       seed=config.seed, device=self.device)
+        self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
+                                   seed=config.seed, device=self.device)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
         if config.init:
-            self.model.load_state_dict(_load_state(config.init))
-        self.adm_step = None
-        if config.optimizer == "adm" and config.regularizer != "none":
-            options = {"max_sweeps": config.max_sweeps} if PROBLEMS[config.regularizer] == "GridCRF" else {}
-            self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
-                                    connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
-                                    backend=config.backend, restrict_labels=config.restrict_labels,
-                                    workers=config.workers, **options)
+            self.model.load_state_dict(load_model_state(config.init))
+        self.objective = Objective(config)
         self.progress = Progress(progress)
         self.epoch = 0
         self.iteration = 0
@@ -161,115 +132,55 @@ class Trainer:
         config = self.config
         first, last = (1, config.pretrain_epochs) if epoch <= config.pretrain_epochs else \
             (config.pretrain_epochs + 1, config.total_epochs)
-        total = (last - first + 1) * self.steps_per_epoch
-        done = (epoch - first) * self.steps_per_epoch + step
-        return config.lr * (1.0 - done / total) ** config.poly_power
+        steps = self.batches.steps_per_epoch
+        return config.lr * (1.0 - ((epoch - first) * steps + step) / ((last - first + 1) * steps)) ** config.poly_power
 
-    # ------------------------------------------------------------------ batches
-
-    def batch(self, epoch, indices):
-        """Augmented crops of the training images `indices`, seeded by (seed, epoch, index)."""
-        samples = [augment(self.train_set[i], np.random.default_rng([self.config.seed, epoch, i]),
-                           crop_size=self.crop_size, scale=self.config.scale) for i in indices]
-        images = np.stack([s.image for s in samples])
-        scribbles = torch.from_numpy(np.stack([s.scribbles for s in samples]).astype(np.int64)).to(self.device)
-        return images, scribbles
-
-    def order(self, epoch):
-        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set))
-
-    def losses(self, phase, logits, images, scribbles):
-        """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum."""
-        config = self.config
-        if bool((scribbles != 255).any()):
-            terms = {"pce": partial_cross_entropy(logits, scribbles)}
-        else:  # a crop can miss every scribble; the regularizer still applies
-            terms = {"pce": logits.sum() * 0.0}
-        if phase == "regularized":
-            pixels = logits.shape[2] * logits.shape[3]
-            if self.adm_step is not None:
-                latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=config.gamma) / pixels
-            elif config.regularizer == "grid":
-                terms["grid_crf"] = grid_crf_loss(logits.softmax(1), images, lam=config.weight,
-                                                  connectivity=config.connectivity) / pixels
-            else:
-                terms["dense_crf"] = dense_crf_loss(logits.softmax(1), images, sxy=config.sxy, srgb=config.srgb,
-                                                    weight=config.weight) / pixels
-        terms["loss"] = sum(terms.values())
-        return terms
-
-    # ------------------------------------------------------------------ epochs
+    # ------------------------------------------------------------------ one epoch
 
     def train_epoch(self, epoch):
+        """Train one epoch; returns its record (phase, times, mean loss terms)."""
         config = self.config
         phase = self.phase(epoch)
         if epoch == config.pretrain_epochs + 1 and epoch > 1:
             self._new_optimizer()  # the regularized phase starts with a fresh optimizer and schedule
         self.model.train()
-        order = self.order(epoch)
         sums, solver_time, began = {}, 0.0, time.perf_counter()
-        for step in range(self.steps_per_epoch):
-            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
-            images, scribbles = self.batch(epoch, indices)
+        steps = self.batches.steps_per_epoch
+        for step, images, scribbles in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, step)
             logits = self.model(image_tensor(images, self.device))
-            terms = self.losses(phase, logits, images, scribbles)
-            if self.adm_step is not None and phase == "regularized":
-                solver_time += sum(result.time for result in self.adm_step.results)
+            terms = self.objective(phase, logits, images, scribbles)
+            if phase == "regularized":
+                solver_time += self.objective.solver_time()
             values = {name: value.item() for name, value in terms.items()}
             if not all(math.isfinite(value) for value in values.values()):
-                path = self.out / f"diverged-iteration-{self.iteration + 1}.pt"
-                _atomic_save(self.state(), path)
-                shown = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
-                raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step + 1} (iteration "
-                                       f"{self.iteration + 1}): {shown}; the network before this step is "
-                                       f"saved in {path} (try a lower --lr)")
+                self._diverged(epoch, step, values)
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.optimizer.step()
             self.iteration += 1
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
-            self.progress.update(epoch, config.total_epochs, step + 1, self.steps_per_epoch,
-                                 f"{phase} loss {values['loss']:.4f}")
+            self.progress.update(epoch, config.total_epochs, step + 1, steps, f"{phase} loss {values['loss']:.4f}")
         record = {"epoch": epoch, "iteration": self.iteration, "phase": phase,
                   "train_time": time.perf_counter() - began}
-        record.update({f"train_{name}": total / self.steps_per_epoch for name, total in sums.items()})
-        if self.adm_step is not None and phase == "regularized":
+        record.update({f"train_{name}": total / steps for name, total in sums.items()})
+        if self.objective.adm_step is not None and phase == "regularized":
             record["solver_time"] = solver_time
         return record
 
-    @torch.no_grad()
-    def predict(self, dataset, indices):
-        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode."""
-        self.model.eval()
-        for i in indices:
-            sample = dataset[i]
-            logits = self.model(image_tensor(sample.image[None], self.device))
-            yield logits.softmax(1).float().cpu(), sample
+    def _diverged(self, epoch, step, values):
+        path = self.out / f"diverged-iteration-{self.iteration + 1}.pt"
+        atomic_save(self.state(), path)
+        shown = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
+        raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step + 1} (iteration "
+                               f"{self.iteration + 1}): {shown}; the network before this step is "
+                               f"saved in {path} (try a lower --lr)")
 
     def evaluate(self, *, sheet=None):
         """Scores on the validation set and grid-CRF losses on train and val (one dict)."""
-        scores = SegmentationScores(self.n_labels)
-        val_losses, tiles = [], []
-        for i, (probs, sample) in enumerate(self.predict(self.val_set, range(len(self.val_set)))):
-            prediction = probs[0].argmax(0).numpy()
-            scores.update(prediction, sample.mask)
-            val_losses.append(grid_crf_per_pixel(probs, sample.image, connectivity=self.config.connectivity))
-            if sheet is not None and i < SHEET_IMAGES:
-                tiles.append((sample, prediction))
-        picked = np.random.default_rng(self.config.seed).permutation(len(self.train_set))[:TRAIN_EVAL_IMAGES]
-        train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.config.connectivity)
-                        for probs, sample in self.predict(self.train_set, sorted(picked))]
-        result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
-        (result["grid_crf_loss_train"], result["grid_crf_energy_train"]) = np.mean(train_losses, axis=0).tolist()
-        (result["grid_crf_loss_val"], result["grid_crf_energy_val"]) = np.mean(val_losses, axis=0).tolist()
-        if sheet is not None and tiles:
-            prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],
-                             [p for _, p in tiles], [s.mask for s, _ in tiles], ids=[s.id for s, _ in tiles])
-        return result
+        return self.evaluator(self.model, sheet=sheet)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -278,7 +189,7 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def save(self):
-        _atomic_save(self.state(), self.out / "checkpoint.pt")
+        atomic_save(self.state(), self.out / "checkpoint.pt")
 
     def restore(self):
         """Continue from ``checkpoint.pt``: network, optimizer, counters; later metrics lines dropped."""
@@ -287,7 +198,7 @@ class Trainer:
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
-        _write_lines(self.out / "metrics.jsonl", self.records)
+        write_records(self.out / "metrics.jsonl", self.records)
 
     def run(self):
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
@@ -298,27 +209,13 @@ class Trainer:
             self.epoch = epoch
             self.records.append(record)
             self.save()
-            _write_lines(self.out / "metrics.jsonl", self.records)
+            write_records(self.out / "metrics.jsonl", self.records)
             plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
                                f"{record['train_loss']:.4f}, val mIoU {record['miou']:.3f}, accuracy "
                                f"{record['accuracy']:.3f}, grid-CRF loss train {record['grid_crf_loss_train']:.4f} "
                                f"val {record['grid_crf_loss_val']:.4f} ({record['train_time']:.1f} s)")
         return self.records
-
-
-def _write_lines(path, records):
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    os.replace(temporary, path)
-
-
-def read_metrics(run):
-    """The records of ``RUN/metrics.jsonl`` (a list of dicts)."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def describe_config(config):
@@ -354,7 +251,7 @@ def train(config, out, *, progress=True):
         raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
     trainer = Trainer(config, out, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    write_config(out, config)
     return trainer.run()
 
 
@@ -365,34 +262,27 @@ def resume(run, *, epochs=None, progress=True):
     run's metric records.
     """
     run = Path(run)
-    config = _read_config(run)
+    config = read_config(run)
     if epochs is not None:
         if epochs < config.epochs:
             raise ValueError(f"epochs: expected at least the run's {config.epochs}, got {epochs}")
         config.epochs = epochs
-        (run / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        write_config(run, config)
     trainer = Trainer(config, run, progress=progress)
     if (run / "checkpoint.pt").is_file():
         trainer.restore()
     return trainer.run()
 
 
-def _read_config(run):
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"run: no config.json in {str(run)!r}: not a run folder")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
-
-
 def evaluate_run(run, *, progress=True):
     """Re-evaluate a run's last checkpoint: validation scores and grid-CRF losses (a dict), and
     ``predictions.png`` / ``curves.png`` redrawn in the run folder."""
     run = Path(run)
-    config = _read_config(run)
+    config = read_config(run)
     if not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"run: no checkpoint.pt in {str(run)!r} (the run has not finished an epoch)")
     trainer = Trainer(config, run, progress=progress)
-    trainer.model.load_state_dict(_load_state(run / "checkpoint.pt"))
+    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt"))
     result = trainer.evaluate(sheet=run / "predictions.png")
     records = read_metrics(run)
     if records:

@@ -17,10 +17,10 @@ from PIL import Image
 from scipy import ndimage
 
 from ..data import io
-from .._validation import as_scalar, describe
+from .._validation import UNLABELED, as_scalar, describe
 
 __all__ = [
-    "VOID",
+    "UNLABELED",
     "SegmentationScores",
     "boundary_band",
     "confusion_matrix",
@@ -29,15 +29,13 @@ __all__ = [
     "prediction_sheet",
 ]
 
-#: Ground-truth value of pixels that are not scored (the GrabCut / VOC "void" label).
-VOID = 255
 
 
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_void(void):
-    return as_scalar(void, "void", integer=True)
+def _check_unlabeled(unlabeled):
+    return as_scalar(unlabeled, "unlabeled", integer=True)
 
 
 def _int_map(value, name, shape=None):
@@ -54,15 +52,15 @@ def _int_map(value, name, shape=None):
     return array
 
 
-def _check_pair(pred, truth, n_labels, void):
+def _check_pair(pred, truth, n_labels, unlabeled):
     truth = _int_map(truth, "truth")
     pred = _int_map(pred, "pred", truth.shape)
     bad = (pred < 0) | (pred >= n_labels)
     if bad.any():
         raise ValueError(f"pred: expected values in [0, {n_labels}), got {np.unique(pred[bad])[:5].tolist()}")
-    bad = ((truth < 0) | (truth >= n_labels)) & (truth != void)
+    bad = ((truth < 0) | (truth >= n_labels)) & (truth != unlabeled)
     if bad.any():
-        raise ValueError(f"truth: expected values in [0, {n_labels}) or {void} (void), "
+        raise ValueError(f"truth: expected values in [0, {n_labels}) or {unlabeled} (unlabeled), "
                          f"got {np.unique(truth[bad])[:5].tolist()}")
     return pred, truth
 
@@ -70,7 +68,7 @@ def _check_pair(pred, truth, n_labels, void):
 # --------------------------------------------------------------------------- scores
 
 
-def confusion_matrix(pred, truth, n_labels, *, void=VOID):
+def confusion_matrix(pred, truth, n_labels, *, unlabeled=UNLABELED):
     """Confusion matrix of one labeling against the ground truth.
 
     Parameters
@@ -78,10 +76,10 @@ def confusion_matrix(pred, truth, n_labels, *, void=VOID):
     pred : (H, W) array of int
         Predicted labels in [0, K).
     truth : (H, W) array of int
-        Ground-truth labels in [0, K), or `void` for pixels that are not scored.
+        Ground-truth labels in [0, K), or `unlabeled` for pixels that are not scored.
     n_labels : int
         Number of labels K.
-    void : int, optional
+    unlabeled : int, optional
         Ground-truth value of unscored pixels.
 
     Returns
@@ -90,13 +88,13 @@ def confusion_matrix(pred, truth, n_labels, *, void=VOID):
         Entry ``[t, p]`` counts the non-void pixels with truth t predicted as p (rows = truth).
     """
     n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
-    void = _check_void(void)
-    pred, truth = _check_pair(pred, truth, n_labels, void)
-    return _confusion(pred, truth, n_labels, void)
+    unlabeled = _check_unlabeled(unlabeled)
+    pred, truth = _check_pair(pred, truth, n_labels, unlabeled)
+    return _confusion(pred, truth, n_labels, unlabeled)
 
 
-def _confusion(pred, truth, n_labels, void):
-    scored = truth != void
+def _confusion(pred, truth, n_labels, unlabeled):
+    scored = truth != unlabeled
     index = truth[scored].astype(np.int64) * n_labels + pred[scored].astype(np.int64)
     return np.bincount(index, minlength=n_labels * n_labels).reshape(n_labels, n_labels)
 
@@ -115,21 +113,21 @@ def _boundary_distance(truth):
     return ndimage.distance_transform_edt(~boundary)
 
 
-def boundary_band(truth, width, *, void=VOID):
+def boundary_band(truth, width, *, unlabeled=UNLABELED):
     """Pixels within Euclidean distance `width` of a ground-truth boundary (the trimap band).
 
-    A boundary pixel is one with a 4-neighbour of a different value; `void` counts as a value of
+    A boundary pixel is one with a 4-neighbour of a different value; `unlabeled` counts as a value of
     its own (in GrabCut the void region is the thin band along the object boundary, so the pixels
     next to it are boundary pixels). Boundary pixels are in the band for any ``width >= 0``.
 
     Parameters
     ----------
     truth : (H, W) array of int
-        Ground-truth labels (any integer values, `void` included).
+        Ground-truth labels (any integer values, `unlabeled` included).
     width : float
         Band half-width in pixels, >= 0.
-    void : int, optional
-        The void value (accepted for symmetry with the other functions: void is simply a value).
+    unlabeled : int, optional
+        The void value (accepted for symmetry with the other functions: it is simply a value here).
 
     Returns
     -------
@@ -138,7 +136,7 @@ def boundary_band(truth, width, *, void=VOID):
     """
     truth = _int_map(truth, "truth")
     width = as_scalar(width, "width", minimum=0)
-    _check_void(void)
+    _check_unlabeled(unlabeled)
     distance = _boundary_distance(truth)
     if distance is None:
         return np.zeros(truth.shape, dtype=bool)
@@ -156,7 +154,7 @@ class SegmentationScores:
     ----------
     n_labels : int
         Number of labels K.
-    void : int, optional
+    unlabeled : int, optional
         Ground-truth value of unscored pixels.
     trimap_widths : sequence of float, optional
         Band widths (pixels) of the trimap accuracies (key ``f"trimap_{w:g}"``, e.g. ``"trimap_8"``).
@@ -169,9 +167,9 @@ class SegmentationScores:
     1.0
     """
 
-    def __init__(self, n_labels, *, void=VOID, trimap_widths=(8, 16)):
+    def __init__(self, n_labels, *, unlabeled=UNLABELED, trimap_widths=(8, 16)):
         self.n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
-        self.void = _check_void(void)
+        self.unlabeled = _check_unlabeled(unlabeled)
         if isinstance(trimap_widths, (str, bytes)) or not hasattr(trimap_widths, "__iter__"):
             raise TypeError(f"trimap_widths: expected a sequence of widths, got {describe(trimap_widths)}")
         widths = tuple(as_scalar(w, "trimap_widths", minimum=0) for w in trimap_widths)
@@ -198,14 +196,14 @@ class SegmentationScores:
         pred : (H, W) array of int
             Predicted labels in [0, K).
         truth : (H, W) array of int
-            Ground truth in [0, K) or `void`.
+            Ground truth in [0, K) or `unlabeled`.
         """
-        pred, truth = _check_pair(pred, truth, self.n_labels, self.void)
-        self._confusion += _confusion(pred, truth, self.n_labels, self.void)
+        pred, truth = _check_pair(pred, truth, self.n_labels, self.unlabeled)
+        self._confusion += _confusion(pred, truth, self.n_labels, self.unlabeled)
         if self.trimap_widths:
             distance = _boundary_distance(truth)
             if distance is not None:
-                scored = truth != self.void
+                scored = truth != self.unlabeled
                 correct = scored & (pred == truth)
                 for i, width in enumerate(self.trimap_widths):
                     band = distance <= width
@@ -430,13 +428,13 @@ def _resize(tile, size, nearest):
     return np.asarray(Image.fromarray(tile).resize(size, resample))
 
 
-def _labels_picture(labels, void):
-    picture = io.colorize(np.where(labels == void, 0, labels))
-    picture[labels == void] = VOID_COLOUR
+def _labels_picture(labels, unlabeled):
+    picture = io.colorize(np.where(labels == unlabeled, 0, labels))
+    picture[labels == unlabeled] = VOID_COLOUR
     return picture
 
 
-def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, columns=4, void=VOID):
+def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, columns=4, unlabeled=UNLABELED):
     """Qualitative results (Fig. 5): per image, the image, its scribbles, the prediction, the truth.
 
     Each image gives four tiles -- the image; the image with the scribbled pixels drawn in their
@@ -453,16 +451,16 @@ def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, 
     images : sequence of (H, W, 3) arrays
         uint8 RGB, or float in [0, 1] (scaled by 255) or [0, 255]; sizes may differ between images.
     scribbles : sequence of (H, W) int arrays
-        Scribble labels, `void` where unscribbled (None: no scribbles drawn).
+        Scribble labels, `unlabeled` where unscribbled (None: no scribbles drawn).
     predictions : sequence of (H, W) int arrays
         Predicted labels.
     truths : sequence of (H, W) int arrays or None
-        Ground truth with `void`; None gives a blank tile.
+        Ground truth with `unlabeled` (void); None gives a blank tile.
     ids : sequence of str, optional
         Names in the captions (default ``"0"``, ``"1"``, ...).
     columns : int, optional
         Tiles per sheet row; the default 4 puts one image per row.
-    void : int, optional
+    unlabeled : int, optional
         Value of unscribbled pixels in `scribbles` and of void pixels in `truths`.
 
     Returns
@@ -485,7 +483,7 @@ def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, 
     elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or len(ids) != n:
         raise ValueError(f"ids: expected {n} names (one per image), got {describe(ids)}")
     columns = as_scalar(columns, "columns", integer=True, minimum=1)
-    void = _check_void(void)
+    unlabeled = _check_unlabeled(unlabeled)
 
     first = _rgb(images[0], "images[0]")
     height = SHEET_TILE_HEIGHT
@@ -499,14 +497,14 @@ def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, 
             scribbled = image
         else:
             scribble = _int_map(scribbles[i], f"scribbles[{i}]", shape)
-            scribbled = io.overlay(image, scribble, scribble, unlabeled=void, alpha=0.0)
+            scribbled = io.overlay(image, scribble, scribble, unlabeled=unlabeled, alpha=0.0)
         if truths[i] is None:
             truth = np.full(image.shape, 255, dtype=np.uint8)
         else:
-            truth = _labels_picture(_int_map(truths[i], f"truths[{i}]", shape), void)
+            truth = _labels_picture(_int_map(truths[i], f"truths[{i}]", shape), unlabeled)
         name = str(ids[i])
         for tile, caption, nearest in ((image, "image", False), (scribbled, "scribbles", True),
-                                       (_labels_picture(prediction, void), "prediction", True),
+                                       (_labels_picture(prediction, unlabeled), "prediction", True),
                                        (truth, "truth", True)):
             tiles.append(np.ascontiguousarray(_resize(tile, size, nearest)))
             captions.append(f"{name} {caption}")

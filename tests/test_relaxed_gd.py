@@ -1,4 +1,4 @@
-"""The ``cupy-gd`` backend: exponentiated-gradient descent on the relaxed grid-CRF energy (eq. 9), and
+"""The ``relaxed-gd`` backend: exponentiated-gradient descent on the relaxed grid-CRF energy (eq. 9), and
 the paper's Fig. 1 point that such a local method stops at a weak edge near its start while the
 global optimum (a min-cut) finds the strong edge further away."""
 
@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import admsolve as adm
-from admsolve.backends import cupy_gd
+from admsolve.backends import relaxed_gd
 from admsolve.energies.gridcrf import relaxed_energy_arrays
 from strategies import grid_problems, labelings, scale
 
-BACKEND = "cupy-gd"
+BACKEND = "relaxed-gd"
 
 
 def assert_valid_probs(problem, probs):
@@ -70,12 +70,12 @@ def test_default_step_is_scale_free():
     unary, weights = rng.standard_normal((4, 5, 3)), rng.random((2, 4, 5))
     small = adm.GridCRF(unary, weights, lam=2.0)
     large = adm.GridCRF(1000 * unary, weights, lam=2000.0)
-    assert math.isclose(cupy_gd.default_eta(small), 1000 * cupy_gd.default_eta(large), rel_tol=1e-12)
+    assert math.isclose(relaxed_gd.default_eta(small), 1000 * relaxed_gd.default_eta(large), rel_tol=1e-12)
     a, b = adm.solve(small, BACKEND), adm.solve(large, BACKEND)
     assert np.array_equal(a.labels, b.labels)
     # lam = 0 and zero unaries: finite step, nothing moves
     flat = adm.GridCRF(np.zeros((3, 3, 2)), np.ones((2, 3, 3)), lam=0.0)
-    assert math.isfinite(cupy_gd.default_eta(flat))
+    assert math.isfinite(relaxed_gd.default_eta(flat))
     res = adm.solve(flat, BACKEND)
     assert res.converged and res.sweeps == 1
 
@@ -111,7 +111,7 @@ def test_history_semantics(data):
     assert_valid_probs(problem, res.probs)
     # the start mixes init with the uniform distribution: relaxed_history[0] is R of that mix
     k = problem.n_labels
-    mix = (1 - cupy_gd.MIX) * np.eye(k)[start] + cupy_gd.MIX / k
+    mix = (1 - relaxed_gd.MIX) * np.eye(k)[start] + relaxed_gd.MIX / k
     mix = np.where(problem.seeded[..., None], np.eye(k)[np.where(problem.seeded, problem.seeds, 0)], mix)
     assert math.isclose(res.relaxed_history[0], problem.relaxed_energy(mix)[0], rel_tol=1e-12,
                         abs_tol=1e-12)

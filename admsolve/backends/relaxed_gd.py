@@ -1,4 +1,4 @@
-"""Backend ``cupy-gd``: gradient descent on the relaxed grid-CRF energy (eq. 9 of the paper, halved so
+"""Backend ``relaxed-gd``: gradient descent on the relaxed grid-CRF energy (eq. 9 of the paper, halved so
 that it equals the reference energy at one-hot labelings; :meth:`GridCRF.relaxed_energy`).
 
 The baseline of the paper's Fig. 1: a local method on the relaxation. Soft labels S (one distribution
@@ -15,7 +15,7 @@ with ``step = 1`` is half that bound or less (the unary range keeps eta finite a
 lam = 0): the relaxed energy is non-increasing (up to rounding) for any ``step <= 2``. The reference
 (discrete) energy of the rounded labeling is not monotone.
 
-Everything runs through one array module, ``xp = device_module(device)``: NumPy on "cpu", CuPy on
+Everything runs through one array module, ``xp = device_module(problem.device if device is None else device)``: NumPy on "cpu", CuPy on
 "cuda" (the relaxed energy and gradient come from :func:`admsolve.energies.gridcrf.relaxed_energy_arrays`, which
 follows its input's module). Each iteration brings the rounded labeling back to the host to record its
 reference energy.
@@ -32,9 +32,9 @@ from ..energies.gridcrf import edge_slices, relaxed_energy_arrays
 #: exact zero; with MIX = 0.01 every label starts with at least 0.01 / K, and argmax S0 == init.
 MIX = 0.01
 
-#: Safety cap on the iterations when ``max_sweeps`` is None (convergence by ``tol`` comes first on
+#: Safety cap on the iterations when ``max_iter`` is None (convergence by ``tol`` comes first on
 #: ordinary problems; reaching the cap returns converged=False).
-DEFAULT_MAX_SWEEPS = 10_000
+DEFAULT_MAX_ITER = 10_000
 
 
 def default_eta(problem, step=1.0):
@@ -53,14 +53,14 @@ def default_eta(problem, step=1.0):
     return step / scale if scale > 0 else step
 
 
-def minimize(problem, init, *, max_sweeps=None, step=1.0, tol=1e-7, device="cpu"):
+def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
     """Exponentiated-gradient descent on the relaxed energy, rounded by argmax.
 
     Parameters
     ----------
-    max_sweeps : int, optional
+    max_iter : int, optional
         Number of iterations at most (one iteration = one "sweep"). Default: until convergence, with a
-        safety cap of DEFAULT_MAX_SWEEPS.
+        safety cap of DEFAULT_MAX_ITER.
     step : float, optional
         Step in units of the problem's scale: ``eta = step / (max unary range + 2 lam max incident
         weight)`` (see :func:`default_eta`). ``step <= 2`` keeps the relaxed energy non-increasing.
@@ -68,21 +68,21 @@ def minimize(problem, init, *, max_sweeps=None, step=1.0, tol=1e-7, device="cpu"
         Converged when one iteration changes the relaxed energy by at most ``tol * scale``, scale =
         ``sum_p max_k |U_pk| + lam * sum w`` (a bound on |R| over the simplex), at least 1.
     device : {"cpu", "cuda"}, optional
-        NumPy or CuPy.
+        NumPy or CuPy; by default where the problem's arrays came from (``problem.device``).
 
     Returns
     -------
     dict
         labels, history (reference energies: init, then the rounded labeling after each iteration),
-        converged, relaxed_history (R of the initial mix, then after each iteration), probs (final S,
+        converged, message, relaxed_history (R of the initial mix, then after each iteration), probs (final S,
         NumPy (H, W, K)), eta.
     """
     step = as_scalar(step, "step")
     if step <= 0:
         raise ValueError(f"step: expected a positive number, got {step!r}")
     tol = as_scalar(tol, "tol", minimum=0.0)
-    xp = device_module(device)
-    cap = DEFAULT_MAX_SWEEPS if max_sweeps is None else int(max_sweeps)
+    xp = device_module(problem.device if device is None else device)
+    cap = DEFAULT_MAX_ITER if max_iter is None else int(max_iter)
     eta = default_eta(problem, step)
     n_labels = problem.n_labels
     unary_np = np.asarray(problem.unary, dtype=np.float64)
@@ -118,6 +118,8 @@ def minimize(problem, init, *, max_sweeps=None, step=1.0, tol=1e-7, device="cpu"
         if abs(previous - value) <= tol * scale:
             converged = True
             break
-    return {"labels": labels, "history": history, "converged": converged,
+    message = (f"converged: the relaxed energy changed by at most tol * scale = {tol * scale:.3g}" if converged
+               else f"stopped: {cap} iterations (max_iter) reached")
+    return {"labels": labels, "history": history, "converged": converged, "message": message,
             "relaxed_history": relaxed_history, "probs": np.array(to_numpy(probs), dtype=np.float64),
             "eta": eta}

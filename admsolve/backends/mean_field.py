@@ -1,4 +1,4 @@
-"""Backend ``cupy-densecrf``: mean-field inference of the dense CRF (parallel updates, Krähenbühl &
+"""Backend ``mean-field``: mean-field inference of the dense CRF (parallel updates, Krähenbühl &
 Koltun 2011), as pydensecrf's ``DenseCRF.inference``, with seeds as hard constraints.
 
     Q_0 = softmax(-unary),    Q_{t+1} = softmax(-unary + sum_m compat_m K_m Q_t),
@@ -194,27 +194,29 @@ def mean_field_xp(problem, xp, *, iterations=5, tol=None, callback=None):
     return q.reshape(height, width, n_labels), labels.reshape(height, width), changed
 
 
-def minimize(problem, init, *, iterations=5, device="cpu", tol=None):
+def minimize(problem, init, *, max_iter=5, device=None, tol=None):
     """Mean-field inference of a DenseCRF.
 
     Parameters
     ----------
-    iterations : int, optional
-        Number of mean-field updates (pydensecrf's ``inference(n_iterations)``), >= 0.
+    max_iter : int, optional
+        Number of mean-field updates (pydensecrf's ``inference(n_iterations)``), >= 0; None takes
+        the default, 5.
     device : {"cpu", "cuda"}, optional
-        "cuda" runs everything on CuPy (not yet run on a GPU).
+        Where to run: "cuda" runs everything on CuPy (not yet run on a GPU); by default where the
+        problem's arrays came from (``problem.device``).
     tol : float, optional
         Stop early once an update changes the label of at most this fraction of the free pixels
-        (0: once the labeling no longer changes). None (default) always runs `iterations` updates.
+        (0: once the labeling no longer changes). None (default) always runs `max_iter` updates.
 
     Returns
     -------
-    dict with ``labels``, ``history`` (``problem.energy(init)``, then the energy of the argmax after
+    dict with ``labels``, ``message``, ``history`` (``problem.energy(init)``, then the energy of the argmax after
     each update), ``converged`` (the last update changed at most a fraction `tol` of the free labels,
     none when `tol` is None; False when no update ran) and ``probs`` ((H, W, K) NumPy marginals Q).
     """
-    iterations, tol = _check_options(iterations, tol)
-    xp = device_module(device)
+    iterations, tol = _check_options(5 if max_iter is None else max_iter, tol)
+    xp = device_module(problem.device if device is None else device)
     history = [problem.energy(init)]
 
     def record(t, q, labels):
@@ -227,5 +229,8 @@ def minimize(problem, init, *, iterations=5, device="cpu", tol=None):
         q, labels, changed = mean_field_xp(problem, xp, iterations=iterations, tol=tol, callback=record)
     n_free = int(np.count_nonzero(~problem.seeded))
     converged = bool(changed) and _stop(changed[-1], n_free, tol)
+    message = (f"converged: the last update changed at most a fraction tol = {tol or 0:g} of the free labels"
+               if converged else f"stopped: {iterations} updates (max_iter) run")
     return {"labels": to_numpy(labels).astype(np.int32), "history": history, "converged": converged,
+            "message": message,
             "probs": np.asarray(to_numpy(q), dtype=np.float64)}

@@ -1,0 +1,86 @@
+"""Evaluation of a network during and after training: validation scores (mIoU, accuracy, trimap
+accuracies) and the grid-CRF loss of its outputs on training and validation images (Table 1),
+relaxed and discrete, and the prediction sheet (Fig. 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..energies import GridCRF, contrast_weights
+from .metrics import SegmentationScores, prediction_sheet
+
+#: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
+TRAIN_EVAL_IMAGES = 100
+#: Validation images drawn in predictions.png.
+SHEET_IMAGES = 6
+
+
+def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on `device`."""
+    return torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
+
+
+def grid_crf_per_pixel(probs: torch.Tensor, image: np.ndarray, *, connectivity: int) -> tuple[float, float]:
+    """The grid-CRF term (lam = 1) of one image's output divided by its pixel count, relaxed and discrete.
+
+    Returns ``(relaxed, discrete)``: eq. 9 (halved) at the softmax S, the term of loss (4) that GD
+    minimises, and the Potts energy of the segmentation argmax S, the discrete R(X) that ADM's latent
+    step minimises. `probs` is (1, K, H, W), `image` (H, W, 3).
+    """
+    soft = probs[0].permute(1, 2, 0).double().numpy()
+    height, width, n_labels = soft.shape
+    potts = GridCRF(np.zeros((height, width, n_labels)), contrast_weights(image, connectivity=connectivity))
+    relaxed, _ = potts.relaxed_energy(soft)
+    return relaxed / (height * width), potts.cut_weight(soft.argmax(2)) / (height * width)
+
+
+class Evaluator:
+    """Scores a network on a run's validation set and measures its grid-CRF loss on train and val.
+
+    Parameters
+    ----------
+    train_set, val_set : datasets of :mod:`admsolve.data` (val with masks)
+    n_labels : int
+    connectivity : int
+        Of the grid CRF whose loss is measured.
+    seed : int
+        Picks the training images measured.
+    device : torch.device
+    """
+
+    def __init__(self, train_set, val_set, *, n_labels: int, connectivity: int, seed: int, device: torch.device):
+        self.train_set, self.val_set = train_set, val_set
+        self.n_labels, self.connectivity, self.device = n_labels, connectivity, device
+        picked = np.random.default_rng(seed).permutation(len(train_set))[:TRAIN_EVAL_IMAGES]
+        self.train_images = sorted(picked)
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, dataset, indices):
+        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode."""
+        model.eval()
+        for i in indices:
+            sample = dataset[i]
+            logits = model(image_tensor(sample.image[None], self.device))
+            yield logits.softmax(1).float().cpu(), sample
+
+    def __call__(self, model: torch.nn.Module, *, sheet=None) -> dict:
+        """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
+        prediction sheet in the file `sheet` when given."""
+        scores = SegmentationScores(self.n_labels)
+        val_losses, tiles = [], []
+        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, range(len(self.val_set)))):
+            prediction = probs[0].argmax(0).numpy()
+            scores.update(prediction, sample.mask)
+            val_losses.append(grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity))
+            if sheet is not None and i < SHEET_IMAGES:
+                tiles.append((sample, prediction))
+        train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity)
+                        for probs, sample in self.predict(model, self.train_set, self.train_images)]
+        result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
+        (result["grid_crf_loss_train"], result["grid_crf_energy_train"]) = np.mean(train_losses, axis=0).tolist()
+        (result["grid_crf_loss_val"], result["grid_crf_energy_val"]) = np.mean(val_losses, axis=0).tolist()
+        if sheet is not None and tiles:
+            prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],
+                             [p for _, p in tiles], [s.mask for s, _ in tiles], ids=[s.id for s, _ in tiles])
+        return result

@@ -1,0 +1,95 @@
+"""The regularizers R of loss (4), one table entry each: the relaxation gradient descent minimises
+and the latent problem of ADM's eq. 8.
+
+A new regularizer (say normalized cut) is one :class:`Regularizer` entry in :data:`REGULARIZERS`
+(with a relaxed loss in :mod:`.losses` and, for ADM, a problem class some backend solves) plus its
+tests; the configuration, the command line, the loop and :class:`~admsolve.training.ADMStep` read
+the table. This module is torch-free at import (the losses are imported when first called), so the
+configuration can list the regularizers without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..energies import DenseCRF, GridCRF, LabelingProblem, contrast_weights
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """One regularizer: its name, settings and the two forms the optimizers use.
+
+    Attributes
+    ----------
+    name : str
+        The key in :data:`REGULARIZERS` and the value of ``TrainConfig.regularizer``.
+    default_lam : float
+        Its weight per pixel when a run gives none.
+    settings : tuple of str
+        The :class:`~admsolve.training.TrainConfig` fields (and ``ADMStep`` arguments) it reads,
+        passed as keywords to `relaxed_loss` and `latent_problem`.
+    problem : type or None
+        The class of ADM's latent problem; a backend that solves it (or a base class) solves eq. 8.
+    term : str
+        The name of its term in the training records ("train_<term>").
+    relaxed_loss : callable or None
+        ``relaxed_loss(probs, images, *, lam, **settings)``: lam R(S) per pixel, a scalar tensor
+        (what GD minimises).
+    latent_problem : callable or None
+        ``latent_problem(unary, image, seeds, *, lam, unlabeled, **settings)``: the problem of eq. 8
+        for one image, with unaries ``-gamma log S`` given.
+    """
+
+    name: str
+    default_lam: float
+    settings: tuple[str, ...] = ()
+    problem: type[LabelingProblem] | None = None
+    term: str = ""
+    relaxed_loss: Callable | None = None
+    latent_problem: Callable | None = None
+
+
+def _grid_loss(probs, images, *, lam, connectivity):
+    from .losses import grid_crf_loss
+
+    return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity) / (probs.shape[2] * probs.shape[3])
+
+
+def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
+    return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=seeds, unlabeled=unlabeled)
+
+
+def _dense_loss(probs, images, *, lam, sxy, srgb):
+    from .losses import dense_crf_loss
+
+    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, weight=lam) / (probs.shape[2] * probs.shape[3])
+
+
+def _dense_problem(unary, image, seeds, *, lam, unlabeled, sxy, srgb):
+    # compat 2 lam: DenseCRF.energy counts each pair once per direction with compat / 2, so its Potts
+    # term equals lam times the relaxed loss at one-hot S (no Gaussian kernel, as in the loss).
+    return DenseCRF(unary, np.clip(image, 0, 255), sxy=sxy, srgb=srgb, compat=2 * lam, gaussian_compat=0,
+                    seeds=seeds, unlabeled=unlabeled)
+
+
+#: Every regularizer, by name.
+REGULARIZERS: dict[str, Regularizer] = {
+    regularizer.name: regularizer
+    for regularizer in (
+        Regularizer("none", default_lam=0.0),
+        Regularizer("grid", default_lam=4.0, settings=("connectivity",), problem=GridCRF, term="grid_crf",
+                    relaxed_loss=_grid_loss, latent_problem=_grid_problem),
+        Regularizer("dense", default_lam=4.0, settings=("sxy", "srgb"), problem=DenseCRF, term="dense_crf",
+                    relaxed_loss=_dense_loss, latent_problem=_dense_problem),
+    )
+}
+
+
+def lookup_regularizer(name: str) -> Regularizer:
+    """The entry of `name`, or a ValueError listing the known ones."""
+    if not isinstance(name, str) or name not in REGULARIZERS:
+        raise ValueError(f"regularizer: expected one of {', '.join(REGULARIZERS)}, got {name!r}")
+    return REGULARIZERS[name]
