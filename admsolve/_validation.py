@@ -96,5 +96,5 @@ def as_connectivity(value, name="connectivity"):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected 4 or 8, got {describe(value)}")
     if value not in (4, 8):
-        raise ValueError(f"{name}: expected 4 or 8, got {value!r}")
+        raise ValueError(f"{name}: expected 4 or 8, got {describe(value)}")
     return int(value)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from . import backends
+from . import __version__, backends
 from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
 from .data.io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
@@ -198,6 +198,7 @@ def _add_training_arguments(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="admsolve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"admsolve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment an image from scribbles with a grid CRF")

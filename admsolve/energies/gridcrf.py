@@ -5,7 +5,7 @@ hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and th
 import numpy as np
 
 from .._array import array_module
-from .._validation import UNLABELED, as_real_array, as_scalar, describe
+from .._validation import UNLABELED, as_connectivity, as_real_array, as_scalar, describe
 from .problem import LabelingProblem
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
@@ -170,8 +170,7 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     weights : (D, H, W) ndarray of float64
         D = 2 or 4; entries for edges leaving the image are 0.
     """
-    if connectivity not in N_DIRECTIONS:
-        raise ValueError(f"connectivity: expected 4 or 8, got {describe(connectivity)}")
+    connectivity = as_connectivity(connectivity)
     image = as_real_array(image, "image", (2, 3))
     if image.ndim == 2:
         image = image[..., None]
