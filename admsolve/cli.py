@@ -145,6 +145,8 @@ def cmd_compare(args):
 #: Help of each TrainConfig field on the command line (its default is added from TrainConfig).
 TRAINING_OPTIONS = {
     "data": "'synthetic' (built in) or a dataset folder in the layout of ../shared/data or PASCAL VOC + ScribbleSup",
+    "train_split": "split to train on ('train-fit': train without the fifth held back for tuning)",
+    "val_split": "split to evaluate on ('train-holdout': the fifth of train held back)",
     "optimizer": "gd: gradient descent on the relaxed regularizer; adm: the paper's ADM with a discrete solver",
     "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
     "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
@@ -168,7 +170,8 @@ TRAINING_OPTIONS = {
     "momentum": "sgd momentum",
     "weight_decay": "weight decay",
     "poly_power": "power of the poly schedule",
-    "scribbles": "'auto' (the folder's scribbles*/ or generated from the masks), a folder name, or 'generate'",
+    "scribbles": "'auto' (the folder's scribbles*/ or generated from the masks), a folder name, 'generate', or "
+                 "'masks' (full supervision)",
     "scribble_length": "length of generated scribbles, 1 (full) down to 0 (a click per region)",
     "seed": "seed of the network's initialisation, the crops and the generated scribbles",
     "device": "auto (CUDA when present), cpu or cuda",

@@ -7,12 +7,17 @@ the backends or the training side.
 """
 
 from .augment import augment
-from .datasets import VOC_CLASSES, FolderDataset, Sample, SyntheticDataset, VOCDataset, open_dataset
+from .datasets import (DERIVED_SPLITS, VOC_CLASSES, FolderDataset, MaskSupervision, Sample, Subset, SyntheticDataset,
+                       VOCDataset, held_out, open_dataset)
 from .examples import synthetic_scene
 from .io import read_image, read_label_map, write_label_map
 from .scribbles import generate_scribbles
 
 __all__ = [
+    "DERIVED_SPLITS",
+    "MaskSupervision",
+    "Subset",
+    "held_out",
     "VOC_CLASSES",
     "FolderDataset",
     "Sample",

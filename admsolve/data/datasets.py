@@ -512,6 +512,71 @@ def _object_shape(rng, yy, xx, area):
     return radius <= 1
 
 
+#: Share of the training split held back for choosing hyperparameters (every fifth image).
+HOLDOUT_EVERY = 5
+#: Splits derived from "train": the images used for fitting, and those held back for tuning.
+DERIVED_SPLITS = ("train-fit", "train-holdout")
+
+
+class Subset:
+    """Some images of a dataset, by index (same samples, ids and labels).
+
+    Parameters
+    ----------
+    dataset : a dataset of this module
+    indices : sequence of int
+    split : str
+        The name of the subset (e.g. "train-holdout").
+    """
+
+    def __init__(self, dataset, indices, split):
+        self.dataset, self.indices, self.split = dataset, [int(i) for i in indices], split
+        self.ids = [dataset.ids[i] for i in self.indices]
+        self.n_labels, self.class_names = dataset.n_labels, dataset.class_names
+        self.root, self.scribble_source = dataset.root, dataset.scribble_source
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[self.indices[_check_index(index, len(self))]]
+
+    def __repr__(self):
+        return f"Subset({self.dataset!r}, split={self.split!r}: {len(self)} images)"
+
+
+def held_out(dataset, part):
+    """The images of a training set used for fitting ("train-fit") or held back for choosing
+    hyperparameters ("train-holdout": every :data:`HOLDOUT_EVERY`-th image, in listed order)."""
+    if part not in DERIVED_SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(DERIVED_SPLITS)}, got {describe(part)}")
+    if len(dataset) < HOLDOUT_EVERY:
+        raise ValueError(f"split: {part!r} needs at least {HOLDOUT_EVERY} training images, got {len(dataset)}")
+    holdout = [i for i in range(len(dataset)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+    chosen = holdout if part == "train-holdout" else sorted(set(range(len(dataset))) - set(holdout))
+    return Subset(dataset, chosen, part)
+
+
+class MaskSupervision:
+    """A dataset whose scribbles are its full masks (void stays unlabeled): the fully supervised
+    upper bound of Table 2, trained by the same loop."""
+
+    def __init__(self, dataset):
+        self.dataset, self.split, self.ids = dataset, dataset.split, dataset.ids
+        self.n_labels, self.class_names, self.root = dataset.n_labels, dataset.class_names, dataset.root
+        self.scribble_source = "masks (full supervision)"
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = self.dataset[index]
+        return Sample(sample.id, sample.image, sample.mask, sample.mask)
+
+    def __repr__(self):
+        return f"MaskSupervision({self.dataset!r})"
+
+
 def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, seed=0):
     """The dataset named by `data`.
 
@@ -521,16 +586,23 @@ def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, 
         "synthetic": the built-in `SyntheticDataset`; a directory holding JPEGImages/: a
         `VOCDataset`; any other directory: a `FolderDataset`.
     split : str, optional
+        A split of the dataset, or one of :data:`DERIVED_SPLITS` (see :func:`held_out`).
     scribbles : str, optional
         As in `FolderDataset`; the synthetic dataset accepts only "auto" and "generate" (its
-        scribbles are always generated).
+        scribbles are always generated); "masks" for every dataset gives the full masks as
+        scribbles (:class:`MaskSupervision`).
     scribble_length : float, optional
     seed : int, optional
 
     Returns
     -------
-    SyntheticDataset, VOCDataset or FolderDataset
+    SyntheticDataset, VOCDataset, FolderDataset, or a Subset / MaskSupervision of one
     """
+    if split in DERIVED_SPLITS:
+        return held_out(open_dataset(data, "train", scribbles=scribbles, scribble_length=scribble_length,
+                                     seed=seed), split)
+    if scribbles == "masks":
+        return MaskSupervision(open_dataset(data, split, scribble_length=scribble_length, seed=seed))
     if isinstance(data, str) and data == "synthetic":
         if scribbles not in ("auto", "generate"):
             raise ValueError(f"scribbles: the synthetic dataset has only generated scribbles "

@@ -28,12 +28,16 @@ class TrainConfig:
     """Everything that defines a run (stored as the run folder's ``config.json``).
 
     ``data`` is "synthetic" (the built-in default) or a dataset folder (the layout of
-    ``../shared/data``, or PASCAL VOC + ScribbleSup). ``lam=None`` takes ``DEFAULT_LAM`` of the
+    ``../shared/data``, or PASCAL VOC + ScribbleSup); ``train_split`` and ``val_split`` name its splits
+    ("train-fit" and "train-holdout" hold back a fifth of train for choosing hyperparameters);
+    ``scribbles="masks"`` trains on the full masks (the fully supervised upper bound). ``lam=None`` takes ``DEFAULT_LAM`` of the
     regularizer; ``crop_size=None`` takes 96 for the synthetic set, else 224. ``init`` starts the
     network from another run's ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
     """
 
     data: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
     optimizer: str = "adm"
     regularizer: str = "grid"
     backend: str | None = None
@@ -70,6 +74,9 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         regularizer = lookup_regularizer(self.regularizer)
         as_connectivity(self.connectivity)
+        for name in ("train_split", "val_split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name}: expected a split name such as 'train', got {getattr(self, name)!r}")
         for name in ("epochs", "pretrain_epochs", "max_iter", "seed"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)

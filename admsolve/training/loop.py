@@ -92,7 +92,8 @@ class Trainer:
         self.out = Path(out)
         self.device = pick_device(config.device)
         datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
-                                 scribble_length=config.scribble_length, seed=config.seed) for split in ("train", "val")]
+                                 scribble_length=config.scribble_length, seed=config.seed)
+                    for split in (config.train_split, config.val_split)]
         self.n_labels = datasets[0].n_labels
         if datasets[1].n_labels != self.n_labels:
             raise ValueError(f"data: the train split has {self.n_labels} labels but val has {datasets[1].n_labels}")
@@ -160,7 +161,7 @@ class Trainer:
             terms["loss"].backward()
             self.optimizer.step()
             self.iteration += 1
-            for name, value in values.items():
+            for name, value in {**values, **self.objective.diagnostics}.items():
                 sums[name] = sums.get(name, 0.0) + value
             self.progress.update(epoch, config.total_epochs, step + 1, steps, f"{phase} loss {values['loss']:.4f}")
         record = {"epoch": epoch, "iteration": self.iteration, "phase": phase,

@@ -20,6 +20,10 @@ class Objective:
     ----------
     adm_step : ADMStep or None
         The latent step, for ADM with a regularizer.
+    diagnostics : dict
+        After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per pixel
+        at argmax S and at X, batch mean) and ``latent_changed`` (share of unscribbled pixels where
+        X differs from argmax S).
     """
 
     def __init__(self, config: TrainConfig):
@@ -27,6 +31,7 @@ class Objective:
         self.regularizer = REGULARIZERS[config.regularizer]
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}
         self.adm_step = None
+        self.diagnostics = {}
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
@@ -34,7 +39,9 @@ class Objective:
                                     workers=config.workers, max_iter=config.max_iter)
 
     def __call__(self, phase: str, logits: torch.Tensor, images, scribbles: torch.Tensor) -> dict:
-        """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum."""
+        """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum.
+        ``self.diagnostics`` then holds the latent step's measures (empty without one)."""
+        self.diagnostics = {}
         if bool((scribbles != UNLABELED).any()):
             terms = {"pce": partial_cross_entropy(logits, scribbles)}
         else:  # a crop can miss every scribble; the regularizer still applies
@@ -44,11 +51,23 @@ class Objective:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
                 pixels = logits.shape[2] * logits.shape[3]
                 terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma) / pixels
+                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, pixels)
             else:
                 terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images,
                                                                              lam=self.config.weight, **self.settings)
         terms["loss"] = sum(terms.values())
         return terms
+
+    def _latent_diagnostics(self, logits, latent, scribbles, pixels):
+        """How the latent step moved away from the network (issue 11's diagnosis), per pixel: the
+        eq. 8 energy of its start argmax S and of X, and the share of unscribbled pixels where X
+        differs from argmax S."""
+        results = self.adm_step.results
+        free = scribbles == UNLABELED
+        changed = (latent != logits.detach().argmax(1)) & free
+        return {"latent_start_energy": sum(r.history[0] for r in results) / (len(results) * pixels),
+                "latent_energy": sum(r.energy for r in results) / (len(results) * pixels),
+                "latent_changed": float(changed.sum()) / max(float(free.sum()), 1.0)}
 
     def solver_time(self) -> float:
         """Seconds the backend spent in the last latent step (0 without one)."""
