@@ -142,6 +142,32 @@ def cmd_compare(args):
     print(f"wrote {args.out}/comparison.md, comparison.json, comparison.png")
 
 
+def _numbers(text, name, kind=float):
+    """A comma-separated list of numbers ('' for none)."""
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_reproduce(args):
+    _training()
+    from .training import reproduction
+
+    plan = reproduction.Plan(seeds=_numbers(args.seeds, "seeds", int), configurations=tuple(args.configs.split(",")),
+                             lam_grid=_numbers(args.lam_grid, "lam-grid"), gamma_grid=_numbers(args.gamma_grid, "gamma-grid"),
+                             lengths=_numbers(args.lengths, "lengths"),
+                             solvers=tuple(name for name in args.solvers.split(",") if name), tune=not args.no_tune)
+    studies = []
+    values = _config_values(args)
+    for data in args.datasets:
+        base = TrainConfig(**{**values, "data": data})
+        folder = f"{args.out}/{data.rstrip('/').split('/')[-1]}"
+        studies.append(reproduction.reproduce(base, folder, plan, progress=not args.quiet))
+    report = reproduction.write_report(studies, args.report)
+    print(f"wrote {report} and its figures in {report.with_suffix('')}/")
+
+
 #: Help of each TrainConfig field on the command line (its default is added from TrainConfig).
 TRAINING_OPTIONS = {
     "data": "'synthetic' (built in) or a dataset folder in the layout of ../shared/data or PASCAL VOC + ScribbleSup",
@@ -179,9 +205,11 @@ TRAINING_OPTIONS = {
 }
 
 
-def _add_training_arguments(parser):
-    """One option per TrainConfig field; an option left out keeps TrainConfig's default."""
+def _add_training_arguments(parser, *, skip=()):
+    """One option per TrainConfig field (but those in `skip`); an option left out keeps TrainConfig's default."""
     for field in dataclasses.fields(TrainConfig):
+        if field.name in skip:
+            continue
         flag = "--" + field.name.replace("_", "-")
         help_text = TRAINING_OPTIONS[field.name]
         if field.name == "lam":
@@ -239,7 +267,30 @@ def build_parser():
     _add_training_arguments(compare)
     compare.set_defaults(handler=cmd_compare)
 
-    for sub in (train, evaluate, compare):
+    reproduce = commands.add_parser("reproduce", help="run (or continue) the study of the paper's claims and "
+                                                      "write its report (Tables 1-3, Figs. 3, 5, 6, solver ablation)")
+    reproduce.add_argument("datasets", nargs="+", metavar="DATA", help="dataset folders (or 'synthetic'), one "
+                                                                       "section of the report each")
+    reproduce.add_argument("--out", default="runs/reproduction", help="folder of the runs (default %(default)s); "
+                                                                      "finished runs in it are reused")
+    reproduce.add_argument("--report", default="docs/reproduction.md", help="the Markdown report (default "
+                                                                            "%(default)s); figures beside it")
+    reproduce.add_argument("--seeds", default="0,1,2", help="seeds of Tables 1-3 (default %(default)s)")
+    reproduce.add_argument("--configs", default="full,pce,gd-dense,gd-grid,adm-grid,adm-dense",
+                           help="configurations of the tables (default %(default)s)")
+    reproduce.add_argument("--lam-grid", default="0.25,1,4", help="lam values tried per configuration on the "
+                                                                  "held-back fifth of train (default %(default)s)")
+    reproduce.add_argument("--gamma-grid", default="1,4", help="gamma values tried for ADM at its best lam, besides "
+                                                               "--gamma (default %(default)s)")
+    reproduce.add_argument("--no-tune", action="store_true", help="use --lam/--gamma for every configuration")
+    reproduce.add_argument("--lengths", default="1,0.5,0.3,0", help="scribble lengths of Fig. 6, generated "
+                                                                    "scribbles ('' to skip; default %(default)s)")
+    reproduce.add_argument("--solvers", default="numba-expansion,numba-swap,numba-icm,relaxed-gd",
+                           help="latent solvers of the ablation ('' to skip; default %(default)s)")
+    _add_training_arguments(reproduce, skip=("data",))
+    reproduce.set_defaults(handler=cmd_reproduce)
+
+    for sub in (train, evaluate, compare, reproduce):
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for sub in (segment, demo):

@@ -206,7 +206,9 @@ class Trainer:
         config = self.config
         for epoch in range(self.epoch + 1, config.total_epochs + 1):
             record = self.train_epoch(epoch)
+            began = time.perf_counter()
             record.update(self.evaluate(sheet=self.out / "predictions.png"))
+            record["eval_time"] = time.perf_counter() - began
             self.epoch = epoch
             self.records.append(record)
             self.save()
