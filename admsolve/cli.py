@@ -202,6 +202,7 @@ TRAINING_OPTIONS = {
     "seed": "seed of the network's initialisation, the crops and the generated scribbles",
     "device": "auto (CUDA when present), cpu or cuda",
     "workers": "ADM: parallel solves per batch (default: the CPU count)",
+    "loader_workers": "DataLoader worker processes preparing the batches (0: in the training process)",
 }
 
 

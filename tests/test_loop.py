@@ -141,3 +141,35 @@ def test_bad_settings_are_named(settings, match):
 def test_unknown_settings_in_a_stored_config_are_named():
     with pytest.raises(ValueError, match=r"unknown settings \['lamda'\]"):
         TrainConfig.from_dict({"lamda": 2})
+
+
+def test_loader_workers_give_the_same_batches(data):
+    from admsolve.training.batches import TrainingBatches
+    from admsolve.data import open_dataset
+
+    dataset = open_dataset("synthetic", "train")
+    kinds = [TrainingBatches(dataset, batch_size=6, crop_size=(32, 32), scale=(0.75, 1.25), seed=3,
+                             device=torch.device("cpu"), workers=workers) for workers in (0, 2)]
+    serial, parallel = (list(kind.epoch(2)) for kind in kinds)
+    assert len(serial) == len(parallel) == kinds[0].steps_per_epoch
+    for (s1, i1, c1), (s2, i2, c2) in zip(serial, parallel):
+        assert s1 == s2
+        np.testing.assert_array_equal(i1, i2)
+        assert torch.equal(c1, c2)
+    images, scribbles = kinds[0].batch(2, kinds[0].order(2)[:6])
+    np.testing.assert_array_equal(images, serial[0][1])
+
+
+def test_each_process_takes_its_share_of_every_batch():
+    from admsolve.training.batches import TrainingBatches
+    from admsolve.data import open_dataset
+
+    dataset = open_dataset("synthetic", "train")
+    whole = TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0, device=torch.device("cpu"))
+    halves = [TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
+                              device=torch.device("cpu"), rank=rank, world_size=2) for rank in (0, 1)]
+    for shares in zip(whole._shares(1), *(half._shares(1) for half in halves)):
+        assert sorted(shares[1] + shares[2]) == sorted(shares[0])
+    with pytest.raises(ValueError, match="batch_size: expected a multiple of the world size 3"):
+        TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
+                        device=torch.device("cpu"), world_size=3)

@@ -66,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None
+    loader_workers: int = 0
 
     def __post_init__(self):
         self.scale = tuple(self.scale)
@@ -77,7 +78,7 @@ class TrainConfig:
         for name in ("train_split", "val_split"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TypeError(f"{name}: expected a split name such as 'train', got {getattr(self, name)!r}")
-        for name in ("epochs", "pretrain_epochs", "max_iter", "seed"):
+        for name in ("epochs", "pretrain_epochs", "max_iter", "seed", "loader_workers"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
         if self.crop_size is not None:

@@ -14,6 +14,21 @@ from .metrics import SegmentationScores, prediction_sheet
 TRAIN_EVAL_IMAGES = 100
 #: Validation images drawn in predictions.png.
 SHEET_IMAGES = 6
+#: Most images of one size that go through the network together during evaluation.
+EVAL_BATCH = 8
+
+
+def _same_size_batches(dataset, indices):
+    """The samples of `indices`, in order, cut into runs of up to EVAL_BATCH images of one size."""
+    batch = []
+    for index in indices:
+        sample = dataset[index]
+        if batch and (len(batch) == EVAL_BATCH or batch[0].image.shape != sample.image.shape):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
 
 
 def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -56,27 +71,47 @@ class Evaluator:
         self.train_images = sorted(picked)
 
     @torch.no_grad()
-    def predict(self, model: torch.nn.Module, dataset, indices):
-        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode."""
+    def predict(self, model: torch.nn.Module, dataset, indices, *, progress=None):
+        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode; the
+        images go through the network in batches of up to :data:`EVAL_BATCH` of one size.
+        `progress(done, total)` is called after each batch."""
         model.eval()
-        for i in indices:
-            sample = dataset[i]
-            logits = model(image_tensor(sample.image[None], self.device))
-            yield logits.softmax(1).float().cpu(), sample
+        indices = list(indices)
+        done = 0
+        for batch in _same_size_batches(dataset, indices):
+            images = np.stack([sample.image for sample in batch])
+            probs = model(image_tensor(images, self.device)).softmax(1).float().cpu()
+            for i, sample in enumerate(batch):
+                yield probs[i:i + 1], sample
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(indices))
 
-    def __call__(self, model: torch.nn.Module, *, sheet=None) -> dict:
+    def __call__(self, model: torch.nn.Module, *, sheet=None, progress=None) -> dict:
         """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
-        prediction sheet in the file `sheet` when given."""
+        prediction sheet in the file `sheet` when given. `progress(done, total)` follows the images."""
+        total = len(self.val_set) + len(self.train_images)
+
+        def val_progress(done, _):
+            if progress is not None:
+                progress(done, total)
+
+        def train_progress(done, _):
+            if progress is not None:
+                progress(len(self.val_set) + done, total)
+
         scores = SegmentationScores(self.n_labels)
         val_losses, tiles = [], []
-        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, range(len(self.val_set)))):
+        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, range(len(self.val_set)),
+                                                                 progress=val_progress)):
             prediction = probs[0].argmax(0).numpy()
             scores.update(prediction, sample.mask)
             val_losses.append(grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity))
             if sheet is not None and i < SHEET_IMAGES:
                 tiles.append((sample, prediction))
         train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity)
-                        for probs, sample in self.predict(model, self.train_set, self.train_images)]
+                        for probs, sample in self.predict(model, self.train_set, self.train_images,
+                                                          progress=train_progress)]
         result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
         (result["grid_crf_loss_train"], result["grid_crf_energy_train"]) = np.mean(train_losses, axis=0).tolist()
         (result["grid_crf_loss_val"], result["grid_crf_energy_val"]) = np.mean(val_losses, axis=0).tolist()

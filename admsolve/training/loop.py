@@ -100,7 +100,7 @@ class Trainer:
         default_crop = 96 if config.data == "synthetic" else 224
         self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
                                        crop_size=(config.crop_size or default_crop,) * 2, scale=config.scale,
-                                       seed=config.seed, device=self.device)
+                                       seed=config.seed, device=self.device, workers=config.loader_workers)
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
                                    seed=config.seed, device=self.device)
         torch.manual_seed(config.seed)
@@ -181,7 +181,10 @@ class Trainer:
 
     def evaluate(self, *, sheet=None):
         """Scores on the validation set and grid-CRF losses on train and val (one dict)."""
-        return self.evaluator(self.model, sheet=sheet)
+        def shown(done, total):
+            self.progress.update(self.epoch + 1, self.config.total_epochs, done, total, "evaluating")
+
+        return self.evaluator(self.model, sheet=sheet, progress=shown)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -204,6 +207,8 @@ class Trainer:
     def run(self):
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
         config = self.config
+        if self.epoch < config.total_epochs:
+            self.progress.done(f"{describe_config(config)} on {config.data} -> {self.out}")
         for epoch in range(self.epoch + 1, config.total_epochs + 1):
             record = self.train_epoch(epoch)
             began = time.perf_counter()
