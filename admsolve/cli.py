@@ -207,9 +207,10 @@ TRAINING_OPTIONS = {
 
 
 def _add_training_arguments(parser, *, skip=()):
-    """One option per TrainConfig field (but those in `skip`); an option left out keeps TrainConfig's default."""
+    """One option per TrainConfig field (but those in `skip` and the recorded world_size); an option
+    left out keeps TrainConfig's default."""
     for field in dataclasses.fields(TrainConfig):
-        if field.name in skip:
+        if field.name in skip or field.name == "world_size":
             continue
         flag = "--" + field.name.replace("_", "-")
         help_text = TRAINING_OPTIONS[field.name]

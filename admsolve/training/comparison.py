@@ -50,7 +50,8 @@ def _run(config, folder, progress):
     """Train `config` in `folder`, or reuse / resume what an earlier call left there."""
     stored = folder / "config.json"
     if stored.is_file():
-        if json.loads(stored.read_text()) != json.loads(json.dumps(dataclasses.asdict(config))):
+        settings = {**json.loads(stored.read_text()), "world_size": config.world_size}  # any number of processes
+        if settings != json.loads(json.dumps(dataclasses.asdict(config))):
             raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
         records = read_metrics(folder)
         if records and records[-1]["epoch"] >= config.total_epochs:

@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     loader_workers: int = 0
+    world_size: int = 1  # recorded, not set: the number of processes that train the run (torchrun)
 
     def __post_init__(self):
         self.scale = tuple(self.scale)
@@ -78,6 +79,7 @@ class TrainConfig:
         for name in ("train_split", "val_split"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TypeError(f"{name}: expected a split name such as 'train', got {getattr(self, name)!r}")
+        as_scalar(self.world_size, "world_size", minimum=1, integer=True)
         for name in ("epochs", "pretrain_epochs", "max_iter", "seed", "loader_workers"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..energies import GridCRF, contrast_weights
+from .distributed import Processes
 from .metrics import SegmentationScores, prediction_sheet
 
 #: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
@@ -64,11 +65,15 @@ class Evaluator:
     device : torch.device
     """
 
-    def __init__(self, train_set, val_set, *, n_labels: int, connectivity: int, seed: int, device: torch.device):
+    def __init__(self, train_set, val_set, *, n_labels: int, connectivity: int, seed: int, device: torch.device,
+                 processes: Processes | None = None):
         self.train_set, self.val_set = train_set, val_set
         self.n_labels, self.connectivity, self.device = n_labels, connectivity, device
+        self.processes = Processes() if processes is None else processes
+        share = slice(self.processes.rank, None, self.processes.world_size)  # this process's images
         picked = np.random.default_rng(seed).permutation(len(train_set))[:TRAIN_EVAL_IMAGES]
-        self.train_images = sorted(picked)
+        self.train_images = sorted(picked)[share]
+        self.val_images = list(range(len(val_set)))[share]
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, dataset, indices, *, progress=None):
@@ -90,7 +95,7 @@ class Evaluator:
     def __call__(self, model: torch.nn.Module, *, sheet=None, progress=None) -> dict:
         """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
         prediction sheet in the file `sheet` when given. `progress(done, total)` follows the images."""
-        total = len(self.val_set) + len(self.train_images)
+        total = len(self.val_images) + len(self.train_images)
 
         def val_progress(done, _):
             if progress is not None:
@@ -98,11 +103,11 @@ class Evaluator:
 
         def train_progress(done, _):
             if progress is not None:
-                progress(len(self.val_set) + done, total)
+                progress(len(self.val_images) + done, total)
 
         scores = SegmentationScores(self.n_labels)
         val_losses, tiles = [], []
-        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, range(len(self.val_set)),
+        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, self.val_images,
                                                                  progress=val_progress)):
             prediction = probs[0].argmax(0).numpy()
             scores.update(prediction, sample.mask)
@@ -112,9 +117,11 @@ class Evaluator:
         train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity)
                         for probs, sample in self.predict(model, self.train_set, self.train_images,
                                                           progress=train_progress)]
+        scores.combine(self.processes.sum)
         result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
-        (result["grid_crf_loss_train"], result["grid_crf_energy_train"]) = np.mean(train_losses, axis=0).tolist()
-        (result["grid_crf_loss_val"], result["grid_crf_energy_val"]) = np.mean(val_losses, axis=0).tolist()
+        for split, losses in (("train", train_losses), ("val", val_losses)):
+            sums = self.processes.sum(np.concatenate([np.sum(losses, axis=0).reshape(2), [len(losses)]]))
+            result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()
         if sheet is not None and tiles:
             prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],
                              [p for _, p in tiles], [s.mask for s, _ in tiles], ids=[s.id for s, _ in tiles])

@@ -32,6 +32,7 @@ from .batches import TrainingBatches
 from .checkpoints import (atomic_save, load_model_state, read_config, read_metrics, write_config,
                           write_records)
 from .config import TrainConfig
+from .distributed import start
 from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
 from .models import build_model
@@ -65,12 +66,6 @@ class Progress:
             self.stream.flush()
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
     """One run: its parts (data, network, objective, evaluation, run files) and the schedule that
     drives them epoch after epoch.
@@ -90,7 +85,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, out, *, progress: bool = True):
         self.config = config
         self.out = Path(out)
-        self.device = pick_device(config.device)
+        self.processes = start(config.device)
+        self.device = self.processes.device
+        self.config = config = dataclasses.replace(config, world_size=self.processes.world_size)
         datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
                                  scribble_length=config.scribble_length, seed=config.seed)
                     for split in (config.train_split, config.val_split)]
@@ -100,15 +97,19 @@ class Trainer:
         default_crop = 96 if config.data == "synthetic" else 224
         self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
                                        crop_size=(config.crop_size or default_crop,) * 2, scale=config.scale,
-                                       seed=config.seed, device=self.device, workers=config.loader_workers)
+                                       seed=config.seed, device=self.device, workers=config.loader_workers,
+                                       rank=self.processes.rank, world_size=self.processes.world_size)
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
-                                   seed=config.seed, device=self.device)
+                                   seed=config.seed, device=self.device, processes=self.processes)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
         if config.init:
             self.model.load_state_dict(load_model_state(config.init))
-        self.objective = Objective(config)
-        self.progress = Progress(progress)
+        # the network that trains: the model itself, or its DistributedDataParallel wrapper under torchrun
+        self.network = self.model if self.processes.world_size == 1 else \
+            torch.nn.parallel.DistributedDataParallel(self.model)
+        self.objective = Objective(config, self.processes)
+        self.progress = Progress(progress and self.processes.main)
         self.epoch = 0
         self.iteration = 0
         self.records = []
@@ -144,24 +145,24 @@ class Trainer:
         phase = self.phase(epoch)
         if epoch == config.pretrain_epochs + 1 and epoch > 1:
             self._new_optimizer()  # the regularized phase starts with a fresh optimizer and schedule
-        self.model.train()
+        self.network.train()
         sums, solver_time, began = {}, 0.0, time.perf_counter()
         steps = self.batches.steps_per_epoch
         for step, images, scribbles in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, step)
-            logits = self.model(image_tensor(images, self.device))
+            logits = self.network(image_tensor(images, self.device))
             terms = self.objective(phase, logits, images, scribbles)
             if phase == "regularized":
                 solver_time += self.objective.solver_time()
-            values = {name: value.item() for name, value in terms.items()}
+            values = self._mean_over_processes({name: value.item() for name, value in terms.items()})
             if not all(math.isfinite(value) for value in values.values()):
                 self._diverged(epoch, step, values)
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             self.optimizer.step()
             self.iteration += 1
-            for name, value in {**values, **self.objective.diagnostics}.items():
+            for name, value in {**values, **self._mean_over_processes(self.objective.diagnostics)}.items():
                 sums[name] = sums.get(name, 0.0) + value
             self.progress.update(epoch, config.total_epochs, step + 1, steps, f"{phase} loss {values['loss']:.4f}")
         record = {"epoch": epoch, "iteration": self.iteration, "phase": phase,
@@ -171,9 +172,18 @@ class Trainer:
             record["solver_time"] = solver_time
         return record
 
+    def _mean_over_processes(self, values):
+        """The mean of each value over the processes (the value itself in one process): what one
+        process with the global batch would log; a NaN anywhere reaches every process."""
+        if self.processes.world_size == 1 or not values:
+            return values
+        means = self.processes.sum(list(values.values())) / self.processes.world_size
+        return dict(zip(values, means.tolist()))
+
     def _diverged(self, epoch, step, values):
         path = self.out / f"diverged-iteration-{self.iteration + 1}.pt"
-        atomic_save(self.state(), path)
+        if self.processes.main:
+            atomic_save(self.state(), path)
         shown = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
         raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step + 1} (iteration "
                                f"{self.iteration + 1}): {shown}; the network before this step is "
@@ -193,7 +203,8 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def save(self):
-        atomic_save(self.state(), self.out / "checkpoint.pt")
+        if self.processes.main:
+            atomic_save(self.state(), self.out / "checkpoint.pt")
 
     def restore(self):
         """Continue from ``checkpoint.pt``: network, optimizer, counters; later metrics lines dropped."""
@@ -217,8 +228,9 @@ class Trainer:
             self.epoch = epoch
             self.records.append(record)
             self.save()
-            write_records(self.out / "metrics.jsonl", self.records)
-            plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
+            if self.processes.main:
+                write_records(self.out / "metrics.jsonl", self.records)
+                plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
                                f"{record['train_loss']:.4f}, val mIoU {record['miou']:.3f}, accuracy "
                                f"{record['accuracy']:.3f}, grid-CRF loss train {record['grid_crf_loss_train']:.4f} "
@@ -259,7 +271,8 @@ def train(config, out, *, progress=True):
         raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
     trainer = Trainer(config, out, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, config)
+    if trainer.processes.main:
+        write_config(out, trainer.config)
     return trainer.run()
 
 

@@ -183,6 +183,16 @@ class SegmentationScores:
         self._band_total = np.zeros(len(self.trimap_widths), dtype=np.int64)
         self.images = 0
 
+    def combine(self, total):
+        """Replace the counts by ``total(counts)``, e.g. their sum over the processes of a
+        distributed evaluation, each of which scored its share of the images."""
+        counts = total(np.concatenate([self._confusion.ravel(), self._band_correct, self._band_total, [self.images]]))
+        counts = np.rint(counts).astype(np.int64)
+        k, w = self.n_labels * self.n_labels, len(self.trimap_widths)
+        self._confusion = counts[:k].reshape(self.n_labels, self.n_labels)
+        self._band_correct, self._band_total = counts[k:k + w], counts[k + w:k + 2 * w]
+        self.images = int(counts[-1])
+
     @property
     def confusion(self):
         """(K, K) int64 confusion matrix accumulated so far (a copy; rows = truth)."""

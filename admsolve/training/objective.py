@@ -5,11 +5,13 @@ phase, the regularizer's relaxation (GD, loss (4)) or the proximal term towards 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .._validation import UNLABELED
 from .adm import ADMStep
 from .config import TrainConfig
-from .losses import partial_cross_entropy, proximal_loss
+from .distributed import Processes
+from .losses import proximal_loss
 from .regularizers import REGULARIZERS
 
 
@@ -26,8 +28,9 @@ class Objective:
         X differs from argmax S).
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, processes: Processes | None = None):
         self.config = config
+        self.processes = Processes() if processes is None else processes
         self.regularizer = REGULARIZERS[config.regularizer]
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}
         self.adm_step = None
@@ -36,16 +39,14 @@ class Objective:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
-                                    workers=config.workers, max_iter=config.max_iter)
+                                    workers=config.workers or self.processes.solver_threads,
+                                    max_iter=config.max_iter)
 
     def __call__(self, phase: str, logits: torch.Tensor, images, scribbles: torch.Tensor) -> dict:
         """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum.
         ``self.diagnostics`` then holds the latent step's measures (empty without one)."""
         self.diagnostics = {}
-        if bool((scribbles != UNLABELED).any()):
-            terms = {"pce": partial_cross_entropy(logits, scribbles)}
-        else:  # a crop can miss every scribble; the regularizer still applies
-            terms = {"pce": logits.sum() * 0.0}
+        terms = {"pce": self._partial_cross_entropy(logits, scribbles)}
         if phase == "regularized":
             if self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
@@ -57,6 +58,16 @@ class Objective:
                                                                              lam=self.config.weight, **self.settings)
         terms["loss"] = sum(terms.values())
         return terms
+
+    def _partial_cross_entropy(self, logits, scribbles):
+        """The mean cross-entropy over the scribbled pixels of the global batch: this process's sum
+        divided by the count over every process, times their number (DistributedDataParallel
+        averages the gradients), so that any number of processes computes the one-process loss. A
+        batch without a scribbled pixel gives 0 (a crop can miss every scribble; the regularizer
+        still applies)."""
+        total = F.cross_entropy(logits, scribbles, ignore_index=UNLABELED, reduction="sum")
+        count = self.processes.sum(float((scribbles != UNLABELED).sum()))
+        return total * (self.processes.world_size / count) if count else logits.sum() * 0.0
 
     def _latent_diagnostics(self, logits, latent, scribbles, pixels):
         """How the latent step moved away from the network (issue 11's diagnosis), per pixel: the
