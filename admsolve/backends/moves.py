@@ -5,6 +5,8 @@ capacities on the grid. Convention: a node on the sink side of the cut takes y =
 import numpy as np
 from numba import njit
 
+from ._gridflow import SINK, max_flow
+
 
 def label_major_unary(problem):
     """The unaries as a contiguous (K, H, W) array, so each label's costs are one block."""
@@ -86,9 +88,38 @@ def binary_capacities(problem):
     return source_cap, sink_cap, scaled_weights
 
 
+@njit(nogil=True, cache=True)
 def improves(flow, current_cost, energy_scale):
     """True if a move whose cut costs `flow` strictly lowers the energy (beyond rounding)."""
     return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
+
+
+@njit(nogil=True, cache=True)
+def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
+                    graph):
+    """The alpha-expansion move from `labels`, solved on the Numba max-flow whose workspace is `graph`
+    (``GridMaxflow.graph``) and applied to `labels` if it lowers the energy; returns True if so.
+
+    The edge capacities go straight into the max-flow's residual array (its forward rows, in the
+    layout of expansion_capacities' `edge_cap`; the reverse edges have none), so no copy is made
+    between building the move and solving it. The other arguments are those of expansion_capacities
+    (`source_cap`, `sink_cap`, `pending` as buffers), and `energy_scale` that of improves.
+    """
+    n_directions, height, width = weights.shape
+    n = height * width
+    cap = graph[3]
+    cap[n_directions:] = 0.0
+    current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                                   cap[:n_directions].reshape((n_directions, height, width)), pending)
+    flow = max_flow(source_cap.reshape(n), sink_cap.reshape(n), graph)
+    if not improves(flow, current, energy_scale):
+        return False
+    tree = graph[5]
+    for y in range(height):
+        for x in range(width):
+            if tree[y * width + x] == SINK:
+                labels[y, x] = alpha
+    return True
 
 
 def move_labels(problem, labels):
@@ -103,7 +134,7 @@ def move_labels(problem, labels):
     return sorted(subset.tolist())
 
 
-def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
+def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_graph=None):
     """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
     until no move lowers the energy or `max_iter`; with two labels and no subset, one exact
     min-cut instead. A move is skipped when the labeling has not changed since that same move last
@@ -111,7 +142,9 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
 
     `min_cut(source_cap, sink_cap, edge_cap, symmetric)` returns the max-flow value and the (H, W)
     bool map of sink-side nodes; `edge_cap` is (D, H, W), and with ``symmetric=False`` the reverse
-    edges have no capacity. Returns the backend result dict.
+    edges have no capacity. With `flow_graph`, the workspace of a GridMaxflow of the problem's
+    shape, the moves are solved by expand_in_place instead (min_cut then serves only the two-label
+    cut). Returns the backend result dict.
     """
     alphas = move_labels(problem, labels)
     labels = init.copy()
@@ -126,6 +159,20 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     pinned, pin_cap = problem.seeded, pin_capacity(problem)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     edge_cap = np.empty_like(weights)
+
+    def expand(alpha, energy_scale):
+        """Perform the alpha-expansion move on `labels` if it lowers the energy; True if so."""
+        if flow_graph is not None:
+            return expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap,
+                                   sink_cap, pending, flow_graph)
+        current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                                       edge_cap, pending)
+        flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
+        if not improves(flow, current, energy_scale):
+            return False
+        labels[sink_side] = alpha
+        return True
+
     accepted = 0  # moves accepted so far
     useless_since = {}  # alpha -> value of `accepted` when its move last changed nothing
     converged = problem.n_labels == 1
@@ -134,11 +181,7 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
         for alpha in alphas:
             if useless_since.get(alpha) == accepted:
                 continue
-            current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
-                                           edge_cap, pending)
-            flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
-            if improves(flow, current, history[-1]):
-                labels[sink_side] = alpha
+            if expand(alpha, history[-1]):
                 accepted += 1
                 converged = False
             else:

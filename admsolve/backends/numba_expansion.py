@@ -20,10 +20,10 @@ def minimize(problem, init, *, max_iter=None, labels=None):
         network predicts); pixels may still keep other labels from `init`.
     """
     flow_solver = GridMaxflow(*problem.shape, problem.weights.shape[0])
-    no_capacity = np.zeros_like(problem.weights)
 
     def min_cut(source_cap, sink_cap, edge_cap, symmetric):
-        flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap if symmetric else no_capacity)
-        return flow, flow_solver.sink_side
+        bwd_cap = edge_cap if symmetric else np.zeros_like(edge_cap)
+        return flow_solver.solve(source_cap, sink_cap, edge_cap, bwd_cap), flow_solver.sink_side
 
-    return alpha_expansion(problem, init, max_iter, min_cut, labels)
+    # the moves are built and solved in place in the max-flow's arrays; min_cut serves the K = 2 cut
+    return alpha_expansion(problem, init, max_iter, min_cut, labels, flow_graph=flow_solver.graph)
