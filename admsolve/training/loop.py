@@ -186,16 +186,15 @@ class Trainer:
         else:  # a crop can miss every scribble; the regularizer still applies
             terms = {"pce": logits.sum() * 0.0}
         if phase == "regularized":
-            pixels = logits.shape[2] * logits.shape[3]
             if self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=config.gamma) / pixels
+                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=config.gamma, reduction="mean")
             elif config.regularizer == "grid":
                 terms["grid_crf"] = grid_crf_loss(logits.softmax(1), images, lam=config.weight,
-                                                  connectivity=config.connectivity) / pixels
+                                                  connectivity=config.connectivity, reduction="mean")
             else:
                 terms["dense_crf"] = dense_crf_loss(logits.softmax(1), images, sxy=config.sxy, srgb=config.srgb,
-                                                    weight=config.weight) / pixels
+                                                    lam=config.weight, reduction="mean")
         terms["loss"] = sum(terms.values())
         return terms
 
