@@ -50,9 +50,8 @@ class Objective:
         if phase == "regularized":
             if self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                pixels = logits.shape[2] * logits.shape[3]
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma) / pixels
-                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, pixels)
+                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma, reduction="mean")
+                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
             else:
                 terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images,
                                                                              lam=self.config.weight, **self.settings)
