@@ -153,8 +153,11 @@ TRAINING_OPTIONS = {
     "srgb": "dense CRF: colour kernel width",
     "max_sweeps": "ADM, grid CRF: solver sweeps per latent step (the paper: 5)",
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
-    "model": "network",
-    "weights": "local weights file: the backbone (DeepLabV3) or the whole network (fcn-small)",
+    "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
+             "nn.Module giving (N, K, h, w) logits) (default effnet-lite0 on a dataset folder, fcn-small on the "
+             "synthetic data)",
+    "weights": "local weights file: the backbone (DeepLabV3, effnet-lite0: instead of the pip package's) or the "
+               "whole network (fcn-small, a factory)",
     "init": "start the network from another run's checkpoint.pt",
     "epochs": "epochs of the regularized phase",
     "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
@@ -183,7 +186,7 @@ def _add_training_arguments(parser):
             help_text %= ", ".join(f"{name} {value:g}" for name, value in DEFAULT_LAM.items() if value)
         elif field.default is not None and field.type != "bool":
             help_text += f" (default {field.default})"
-        choices = {"optimizer": OPTIMIZERS, "regularizer": REGULARIZERS, "model": MODELS,
+        choices = {"optimizer": OPTIMIZERS, "regularizer": REGULARIZERS,
                    "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)

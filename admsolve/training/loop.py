@@ -36,7 +36,7 @@ from .config import PROBLEMS, TrainConfig
 from .adm import ADMStep
 from .losses import dense_crf_loss, grid_crf_loss, partial_cross_entropy, proximal_loss
 from .metrics import SegmentationScores, plot_curves, prediction_sheet
-from .models import build_model
+from .models import build_model, wrap_model
 
 #: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
 TRAIN_EVAL_IMAGES = 100
@@ -111,7 +111,7 @@ def _load_state(path):
 class Trainer:
     """The state of one run: data, network, optimizer, and the loss of each phase."""
 
-    def __init__(self, config, out, *, progress=True):
+    def __init__(self, config, out, *, progress=True, model=None):
         self.config = config
         self.out = Path(out)
         self.device = pick_device(config.device)
@@ -126,7 +126,8 @@ class Trainer:
         self.crop_size = (config.crop_size or default_crop,) * 2
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
+        self.model = (build_model(config.resolved_model, self.n_labels, weights=config.weights) if model is None
+                      else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
             self.model.load_state_dict(_load_state(config.init))
         self.adm_step = None
@@ -333,7 +334,7 @@ def describe_config(config):
     return f"{name} ({', '.join(details)})"
 
 
-def train(config, out, *, progress=True):
+def train(config, out, *, progress=True, model=None):
     """Train a network as `config` says, in the new run folder `out`; return the metric records.
 
     Parameters
@@ -343,6 +344,12 @@ def train(config, out, *, progress=True):
         The run folder (created); it must not hold another run.
     progress : bool, optional
         Show a progress bar and a line per epoch on stderr.
+    model : torch.nn.Module, optional
+        The network to train instead of building ``config.model`` (``config.weights`` is then not
+        read): (N, 3, H, W) images in [0, 1] -> (N, K, h, w) logits, see
+        :func:`admsolve.training.models.wrap_model`. It is trained in place. ``resume`` and
+        ``evaluate_run`` rebuild the network from ``config.model``: name a "package.module:factory"
+        there for a run to continue.
 
     Raises
     ------
@@ -352,7 +359,7 @@ def train(config, out, *, progress=True):
     out = Path(out)
     if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
         raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
-    trainer = Trainer(config, out, progress=progress)
+    trainer = Trainer(config, out, progress=progress, model=model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     return trainer.run()
