@@ -183,8 +183,11 @@ TRAINING_OPTIONS = {
     "srgb": "dense CRF: colour kernel width",
     "max_iter": "ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates)",
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
-    "model": "network",
-    "weights": "local weights file: the backbone (DeepLabV3) or the whole network (fcn-small)",
+    "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
+             "nn.Module giving (N, K, h, w) logits) (default effnet-lite0 on a dataset folder, fcn-small on the "
+             "synthetic data)",
+    "weights": "local weights file: the backbone (DeepLabV3, effnet-lite0: instead of the pip package's) or the "
+               "whole network (fcn-small, a factory)",
     "init": "start the network from another run's checkpoint.pt",
     "epochs": "epochs of the regularized phase",
     "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
@@ -218,7 +221,7 @@ def _add_training_arguments(parser, *, skip=()):
             help_text %= ", ".join(f"{name} {r.default_lam:g}" for name, r in REGULARIZERS.items() if r.default_lam)
         elif field.default is not None and field.type != "bool":
             help_text += f" (default {field.default})"
-        choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS), "model": MODELS,
+        choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS),
                    "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)

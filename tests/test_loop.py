@@ -14,7 +14,7 @@ from admsolve.training.objective import Objective  # noqa: E402
 
 
 def config(data, **settings):
-    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3)
+    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3, model="fcn-small")
     values.update(settings)
     return TrainConfig(**values)
 

@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .distributed import start
 from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
-from .models import build_model
+from .models import build_model, wrap_model
 from .objective import Objective
 
 __all__ = ["Progress", "Trainer", "TrainingDiverged", "evaluate_run", "read_metrics", "resume", "train"]
@@ -82,7 +82,7 @@ class Trainer:
         One per evaluated epoch (the lines of metrics.jsonl).
     """
 
-    def __init__(self, config: TrainConfig, out, *, progress: bool = True):
+    def __init__(self, config: TrainConfig, out, *, progress: bool = True, model: torch.nn.Module | None = None):
         self.config = config
         self.out = Path(out)
         self.processes = start(config.device)
@@ -102,7 +102,8 @@ class Trainer:
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
                                    seed=config.seed, device=self.device, processes=self.processes)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
+        self.model = (build_model(config.resolved_model, self.n_labels, weights=config.weights) if model is None
+                      else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
             self.model.load_state_dict(load_model_state(config.init))
         # the network that trains: the model itself, or its DistributedDataParallel wrapper under torchrun
@@ -250,7 +251,7 @@ def describe_config(config):
     return f"{name} ({', '.join(details)})"
 
 
-def train(config, out, *, progress=True):
+def train(config, out, *, progress=True, model=None):
     """Train a network as `config` says, in the new run folder `out`; return the metric records.
 
     Parameters
@@ -260,6 +261,12 @@ def train(config, out, *, progress=True):
         The run folder (created); it must not hold another run.
     progress : bool, optional
         Show a progress bar and a line per epoch on stderr.
+    model : torch.nn.Module, optional
+        The network to train instead of building ``config.model`` (``config.weights`` is then not
+        read): (N, 3, H, W) images in [0, 1] -> (N, K, h, w) logits, see
+        :func:`admsolve.training.models.wrap_model`. It is trained in place. ``resume`` and
+        ``evaluate_run`` rebuild the network from ``config.model``: name a "package.module:factory"
+        there for a run to continue.
 
     Raises
     ------
@@ -269,7 +276,7 @@ def train(config, out, *, progress=True):
     out = Path(out)
     if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
         raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
-    trainer = Trainer(config, out, progress=progress)
+    trainer = Trainer(config, out, progress=progress, model=model)
     out.mkdir(parents=True, exist_ok=True)
     if trainer.processes.main:
         write_config(out, trainer.config)
