@@ -206,6 +206,8 @@ TRAINING_OPTIONS = {
     "device": "auto (CUDA when present), cpu or cuda",
     "workers": "ADM: parallel solves per batch (default: the CPU count)",
     "loader_workers": "DataLoader worker processes preparing the batches (0: in the training process)",
+    "amp": "mixed precision on a CUDA GPU (bf16 where supported, else fp16 with loss scaling)",
+    "tensorboard": "also write TensorBoard event files (RUN/tensorboard; needs the tensorboard package)",
 }
 
 

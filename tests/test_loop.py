@@ -173,3 +173,28 @@ def test_each_process_takes_its_share_of_every_batch():
     with pytest.raises(ValueError, match="batch_size: expected a multiple of the world size 3"):
         TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
                         device=torch.device("cpu"), world_size=3)
+
+
+def test_steps_jsonl_holds_one_line_per_step_also_after_a_resume(data, tmp_path, monkeypatch):
+    settings = config(data, optimizer="adm", regularizer="grid", epochs=2)
+
+    def stop_after_epoch_2(self, line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "done", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, tmp_path / "run", progress=True)
+    monkeypatch.undo()
+    with (tmp_path / "run" / "steps.jsonl").open("a") as stream:  # a step of epoch 3 logged before a kill
+        stream.write(json.dumps({"iteration": 10 ** 6, "epoch": 3}) + "\n")
+    records = resume(tmp_path / "run", progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in steps] == list(range(1, records[-1]["iteration"] + 1))
+    assert {"lr", "loss", "pce", "epoch", "step"} <= set(steps[0])
+    assert "latent_changed" in steps[-1] and "proximal" in steps[-1]
+
+
+def test_amp_needs_a_gpu(data, tmp_path):
+    with pytest.raises(ValueError, match=r"amp: mixed precision runs on a CUDA GPU \(--device cuda\), got device 'cpu'"):
+        train(config(data, amp=True, device="cpu"), tmp_path / "run", progress=False)

@@ -78,6 +78,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     loader_workers: int = 0
+    amp: bool = False
+    tensorboard: bool = False
     world_size: int = 1  # recorded, not set: the number of processes that train the run (torchrun)
 
     def __post_init__(self):

@@ -29,7 +29,7 @@ import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (atomic_save, load_model_state, read_config, read_metrics, write_config,
+from .checkpoints import (StepLog, atomic_save, load_model_state, read_config, read_metrics, write_config,
                           write_records)
 from .config import TrainConfig
 from .distributed import start
@@ -110,6 +110,14 @@ class Trainer:
         self.network = self.model if self.processes.world_size == 1 else \
             torch.nn.parallel.DistributedDataParallel(self.model)
         self.objective = Objective(config, self.processes)
+        self.amp_dtype = None  # mixed precision: bf16 where the GPU has it, else fp16 with loss scaling
+        if config.amp:
+            if self.device.type != "cuda":
+                raise ValueError(f"amp: mixed precision runs on a CUDA GPU (--device cuda), got device "
+                                 f"{self.device.type!r}")
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.steps = StepLog(self.out, tensorboard=config.tensorboard, enabled=self.processes.main)
         self.progress = Progress(progress and self.processes.main)
         self.epoch = 0
         self.iteration = 0
@@ -152,19 +160,24 @@ class Trainer:
         for step, images, scribbles in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, step)
-            logits = self.network(image_tensor(images, self.device))
-            terms = self.objective(phase, logits, images, scribbles)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.network(image_tensor(images, self.device))
+                terms = self.objective(phase, logits, images, scribbles)
             if phase == "regularized":
                 solver_time += self.objective.solver_time()
             values = self._mean_over_processes({name: value.item() for name, value in terms.items()})
             if not all(math.isfinite(value) for value in values.values()):
                 self._diverged(epoch, step, values)
             self.optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.optimizer.step()
+            self.scaler.scale(terms["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.iteration += 1
-            for name, value in {**values, **self._mean_over_processes(self.objective.diagnostics)}.items():
+            values.update(self._mean_over_processes(self.objective.diagnostics))
+            for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
+            self.steps.write({"iteration": self.iteration, "epoch": epoch, "step": step + 1,
+                              "lr": self.optimizer.param_groups[0]["lr"], **values})
             self.progress.update(epoch, config.total_epochs, step + 1, steps, f"{phase} loss {values['loss']:.4f}")
         record = {"epoch": epoch, "iteration": self.iteration, "phase": phase,
                   "train_time": time.perf_counter() - began}
@@ -215,6 +228,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
         write_records(self.out / "metrics.jsonl", self.records)
+        self.steps.truncate(self.iteration)
 
     def run(self):
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
@@ -230,6 +244,7 @@ class Trainer:
             self.records.append(record)
             self.save()
             if self.processes.main:
+                self.steps.epoch(record)
                 write_records(self.out / "metrics.jsonl", self.records)
                 plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
