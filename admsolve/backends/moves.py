@@ -5,6 +5,8 @@ capacities on the grid. Convention: a node on the sink side of the cut takes y =
 import numpy as np
 from numba import njit
 
+from . import check_cancelled
+
 
 def label_major_unary(problem):
     """The unaries as a contiguous (K, H, W) array, so each label's costs are one block."""
@@ -132,6 +134,7 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha in alphas:
+            check_cancelled()
             if useless_since.get(alpha) == accepted:
                 continue
             current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,

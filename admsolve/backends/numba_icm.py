@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
+from . import check_cancelled
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
 
@@ -67,6 +68,7 @@ def minimize(problem, init, *, max_iter=None):
     history = [problem.energy(labels)]
     converged = False
     while not converged and (max_iter is None or len(history) <= max_iter):
+        check_cancelled()
         converged = _icm_sweep(problem.unary, problem.weights, problem.lam, free, labels) == 0
         history.append(problem.energy(labels))
     return {"labels": labels, "history": history, "converged": converged}

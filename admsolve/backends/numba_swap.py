@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
+from . import check_cancelled
 from ._gridflow import GridMaxflow
 from .moves import improves, label_major_unary, move_labels
 
@@ -82,6 +83,7 @@ def minimize(problem, init, *, max_iter=None, labels=None):
     while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha, beta in pairs:
+            check_cancelled()
             current = swap_capacities(unary, weights, labels, problem.seeds, problem.seeded, alpha, beta,
                                       source_cap, sink_cap, edge_cap)
             flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._array import device_module, to_numpy
 from .._validation import as_scalar
+from . import check_cancelled
 from ..energies.gridcrf import edge_slices, relaxed_energy_arrays
 
 #: Weight of the uniform distribution mixed into the one-hot initial labeling:
@@ -106,6 +107,7 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
     labels = init.copy()
     converged = False
     while len(history) <= cap:
+        check_cancelled()
         log_probs = log_probs - eta * xp.where(seeded, 0.0, grad)  # seeded pixels stay put
         log_probs = log_probs - log_probs.max(axis=2, keepdims=True)
         log_probs = log_probs - xp.log(xp.exp(log_probs).sum(axis=2, keepdims=True))

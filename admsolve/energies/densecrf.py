@@ -49,10 +49,11 @@ def _as_colour_image(image, shape):
     """`image` as a new float64 (H, W, 3) array with values in [0, 255], checked against (H, W)."""
     if isinstance(image, np.ndarray) and image.dtype == bool:
         raise TypeError(f"image: expected a uint8 or float array, got {describe(image)}")
+    arrived = image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype  # what came, not the float64 copy
     image = as_real_array(image, "image", 3)
     if image.shape != (*shape, 3):
         raise ValueError(f"image: expected shape ({shape[0]}, {shape[1]}, 3) to match unary, "
-                         f"got {describe(image)}")
+                         f"got array of shape {image.shape} and dtype {arrived}")
     if image.min() < 0 or image.max() > 255:
         raise ValueError(f"image: expected values in [0, 255], got range "
                          f"[{image.min():g}, {image.max():g}]")

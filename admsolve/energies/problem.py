@@ -37,7 +37,8 @@ class LabelingProblem:
         height, width, n_labels = unary.shape
         self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
         if 0 <= self.unlabeled < n_labels:
-            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
+            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled} (the labels "
+                             f"of unary, K = {n_labels}, include it: pass another unlabeled=)")
         if not -2**31 <= self.unlabeled < 2**31:
             raise ValueError(f"unlabeled: expected a 32-bit integer, got {unlabeled}")
         if seeds is None:
