@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import tracemalloc
 from pathlib import Path
@@ -222,3 +221,240 @@ def test_item11_solve_batch_init_points_to_inits():
 def test_item11_densecrf_names_the_image_that_arrived():
     with pytest.raises(ValueError, match=r"got array of shape \(4, 5, 4\) and dtype uint8"):
         adm.DenseCRF(np.zeros((4, 5, 2)), np.zeros((4, 5, 4), np.uint8))
+
+
+# --------------------------------------------------------------------------------------------- item 10
+
+DISCRETE = [name for name in ("maxflow", "numba-expansion", "numba-swap", "numba-icm")
+            if adm.available_backends()[name] is True]
+
+
+def scaled(problem, factor):
+    """`problem` with its unaries and lambda multiplied by `factor`."""
+    return adm.GridCRF(problem.unary * factor, problem.weights, lam=problem.lam * factor, seeds=problem.seeds,
+                       unlabeled=problem.unlabeled)
+
+
+@settings(max_examples=40)
+@given(problem=grid_problems(max_side=7, max_labels=4), exponent=st.floats(-12, 12), jitter=st.integers(0, 2**32 - 1))
+def test_item10_any_scale_of_the_energy_gives_the_same_labeling(problem, exponent, jitter):
+    """Unaries and lambda times any factor in [1e-12, 1e12]: the same labeling from every discrete backend.
+
+    The strategy's problems hold multiples of 1/4, hence exact ties between labelings; a factor that is
+    not a power of two rounds the scaled numbers differently and breaks such a tie one way or the other,
+    so those problems are scaled by the power of two nearest the factor (exact: any tolerance relative
+    to the energy gives the same moves, an absolute one does not), and by the factor itself once a
+    random jitter of the unaries has removed the ties."""
+    power_of_two = 2.0 ** round(exponent * np.log2(10.0))
+    untied = adm.GridCRF(problem.unary + np.random.default_rng(jitter).uniform(0, 0.01, problem.unary.shape),
+                         problem.weights, lam=problem.lam, seeds=problem.seeds, unlabeled=problem.unlabeled)
+    for original, factor in ((problem, power_of_two), (untied, 10.0 ** exponent)):
+        for backend in DISCRETE:
+            reference = adm.solve(original, backend, max_sweeps=50)
+            result = adm.solve(scaled(original, factor), backend, max_sweeps=50)
+            assert np.array_equal(result.labels, reference.labels), (backend, factor)
+            assert result.converged == reference.converged, (backend, factor)
+            assert result.energy == pytest.approx(reference.energy * factor, rel=1e-9, abs=1e-300), (backend, factor)
+
+
+def test_item10_tiny_energies_are_minimised_like_ordinary_ones():
+    """Energies of 1e-13 used to stop every backend at the initial labeling (absolute tolerances)."""
+    rng = np.random.default_rng(4)
+    image = np.kron(rng.integers(0, 256, (4, 5, 3)), np.ones((6, 6, 1)))
+    problem = adm.GridCRF(rng.exponential(1.0, (24, 30, 4)), adm.contrast_weights(image), lam=1.5)
+    for backend in DISCRETE + ["relaxed-gd"]:
+        reference = adm.solve(problem, backend, max_sweeps=300)
+        assert not np.array_equal(reference.labels, problem.initial_labels()), backend
+        for factor in (1e-13, 1e12):
+            result = adm.solve(scaled(problem, factor), backend, max_sweeps=300)
+            assert np.array_equal(result.labels, reference.labels), (backend, factor)
+
+
+def test_item10_overflowing_inputs_are_refused_or_computed_in_range():
+    with pytest.raises(ValueError, match="unary: the energy can reach inf"):
+        adm.GridCRF(np.full((3, 4, 2), 1.7e308), np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="unary, weights, lam: the energy can reach"):
+        adm.GridCRF(np.zeros((3, 4, 2)), np.full((2, 3, 4), 1e307), lam=100.0)
+    with pytest.raises(ValueError, match="unary, compat, gaussian_compat: the energy can reach"):
+        adm.DenseCRF(np.zeros((3, 4, 2)), np.zeros((3, 4, 3)), compat=1e307)
+    with pytest.raises(ValueError, match="gamma"):
+        adm.adm_unary(np.full((2, 2, 2), 0.5), gamma=1e308)
+    rng = np.random.default_rng(0)
+    image = rng.random((10, 12, 3))
+    for factor in (1e200, 1e-250):  # the Boykov-Jolly weights do not depend on the image's scale
+        np.testing.assert_allclose(adm.contrast_weights(image * factor), adm.contrast_weights(image), rtol=1e-12)
+    values, picture = rng.random((10, 12, 2)), rng.integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    huge = adm.bilateral_filter(values * 1e308, picture)
+    np.testing.assert_allclose(huge / 1e308, adm.bilateral_filter(values, picture), rtol=1e-12)
+    problem = adm.GridCRF(np.zeros((2, 3, 2)), np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="probs: the relaxed energy at these soft labels is not finite"):
+        problem.relaxed_energy(np.full((2, 3, 2), 1e200))
+    denormal = adm.GridCRF(rng.random((5, 6, 3)) * 1e-310, np.ones((2, 5, 6)) * 1e-310, lam=1.0)
+    with pytest.raises(ValueError, match="relaxed-gd: the step size eta .* is not a finite positive number"):
+        adm.solve(denormal, "relaxed-gd")
+
+
+# ------------------------------------------------------------------------------------ items 1, 2, 3, 7
+
+try:  # the training side needs torch and matplotlib (admsolve[train]); the items above do not
+    import matplotlib  # noqa: F401
+    import torch
+
+    from admsolve.training import TrainConfig, compare, resume, train
+    from admsolve.training.checkpoints import write_config
+    from admsolve.training.models import build_model
+except ImportError as missing:
+    torch, needs_training = None, pytest.mark.skip(reason=f"training needs admsolve[train] ({missing})")
+else:
+    needs_training = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny networks here run 10x faster on one thread on a busy machine (no spinning workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(data, **settings):
+    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3)
+    values.update(settings)
+    return TrainConfig(**values)
+
+
+def stored_run(folder, data, **settings):
+    """A run folder holding only config.json (no training), for the checkpoint tests."""
+    folder.mkdir()
+    write_config(folder, tiny(data, **settings))
+    return folder
+
+
+class Payload:
+    """Unpickling this creates `marker` (what a malicious checkpoint could do: run any code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+@needs_training
+def test_item1_a_checkpoint_that_would_run_code_is_refused(data, tmp_path, capsys):
+    run = stored_run(tmp_path / "run", data)
+    marker = tmp_path / "marker"
+    torch.save({"model": Payload(marker), "optimizer": {}, "epoch": 1, "iteration": 2}, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    one_line_error(capsys, str(run / "checkpoint.pt"), "cannot be loaded safely", "could run code")
+    assert not marker.exists()
+    assert main(["evaluate", str(run), "--quiet"]) == 2
+    one_line_error(capsys, "cannot be loaded safely")
+    assert main(["train", "--data", data, "--init", str(run / "checkpoint.pt"), "--out", str(tmp_path / "other"),
+                 "--quiet"]) == 2
+    one_line_error(capsys, "init:", "cannot be loaded safely")
+    assert not marker.exists()
+
+
+@needs_training
+def test_item1_checkpoints_load_with_weights_only_and_resume_exactly_with_dropout(data, tmp_path, monkeypatch):
+    """The checkpoint holds tensors, numbers and strings only, with the records and the random states:
+    a network with dropout continues exactly as if it had not stopped."""
+    from admsolve.training import loop
+
+    def with_dropout(name, n_labels, weights=None):  # the fcn-small network, then dropout on its logits
+        return torch.nn.Sequential(build_model(name, n_labels, weights=weights), torch.nn.Dropout2d(0.3))
+
+    monkeypatch.setattr(loop, "build_model", with_dropout)
+    settings = tiny(data, optimizer="gd")
+    first = loop.Trainer(settings, tmp_path, progress=False)
+    first.records.append(first.train_epoch(1))
+    first.epoch = 1
+    first.save()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["records"][0]["epoch"] == 1 and state["rng"]["torch"].dtype == torch.uint8
+    continued = first.train_epoch(2)["train_loss"]
+    torch.manual_seed(1234)  # whatever happened in between
+    second = loop.Trainer(settings, tmp_path, progress=False)
+    second.restore()
+    assert second.train_epoch(2)["train_loss"] == pytest.approx(continued, rel=1e-6)
+
+
+@needs_training
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random bytes", "another network", "not a checkpoint"])
+def test_item2_damaged_checkpoints_give_one_line(data, tmp_path, capsys, damage):
+    run = stored_run(tmp_path / "run", data)
+    path = run / "checkpoint.pt"
+    if damage == "another network":
+        model = build_model("fcn-small", 5)  # the data has 2 labels
+        torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 1, "iteration": 2}, path)
+    else:
+        torch.save({"model": build_model("fcn-small", 2).state_dict(), "epoch": 1}, path)
+        whole = path.read_bytes()
+        path.write_bytes({"truncated": whole[:len(whole) // 2], "empty": b"", "random bytes": os.urandom(4096),
+                          "not a checkpoint": whole}[damage])
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = one_line_error(capsys, str(path))
+    if damage == "another network":
+        assert "holds a network of another shape: classifier.weight is (5, 64, 1, 1) there, (2, 64, 1, 1) here" in err
+    elif damage == "not a checkpoint":
+        assert "not a checkpoint of admsolve train" in err
+    else:
+        assert "not a readable torch checkpoint" in err
+
+
+@needs_training
+@pytest.mark.parametrize("device,fragment", [("cuda", "finds no CUDA device"), ("tpu", "expected auto, cpu, cuda")])
+def test_item2_unusable_devices_give_one_line(data, tmp_path, capsys, device, fragment):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    assert main(["train", "--data", data, "--device", device, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    one_line_error(capsys, "device:", fragment)
+
+
+@needs_training
+def test_item3_metrics_are_never_lost(data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(data, optimizer="gd"), run, progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # a kill between the checkpoint's write and metrics.jsonl's: the last record is missing
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    assert [r["epoch"] for r in resume(run, progress=False)] == [1, 2]
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines  # each record once, as written
+    # a finished run without its records: read back from the checkpoint
+    (run / "metrics.jsonl").unlink()
+    assert [r["epoch"] for r in resume(run, progress=False)] == [1, 2]
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines
+
+
+@needs_training
+def test_item3_and_11_compare_reuses_runs_through_any_path_and_lost_metrics(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tiny(data, pretrain_epochs=1, epochs=1)
+    rows = compare(base, "cmp", configurations=("pce",), progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("admsolve.training.comparison.train", no_training)
+    (tmp_path / "cmp" / "pce" / "metrics.jsonl").unlink()  # lost: read back from the checkpoint
+    relative_data = os.path.relpath(data, tmp_path)
+    again = compare(tiny(relative_data, pretrain_epochs=1, epochs=1), tmp_path / "cmp", configurations=("pce",),
+                    progress=False)
+    assert again == rows
+
+
+@needs_training
+def test_item7_adm_divergence_is_reported_like_gd(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", data, "--optimizer", "adm", "--lr", "1e30", "--pretrain-epochs", "0",
+                 "--epochs", "2", "--batch-size", "2", "--crop-size", "32", "--workers", "1", "--out", str(run),
+                 "--quiet"])
+    assert code == 2
+    err = one_line_error(capsys, "loss is not finite at epoch", "proximal = nan", "diverged-iteration-")
+    assert "probs: expected finite values" not in err
+    saved = list(run.glob("diverged-iteration-*.pt"))
+    assert len(saved) == 1 and str(saved[0]) in err
+    assert torch.load(saved[0], weights_only=True)["iteration"] == int(saved[0].stem.rsplit("-", 1)[1]) - 1

@@ -17,7 +17,8 @@ def pin_capacity(problem):
     """A terminal capacity no expansion move can afford to cut: more than the unary ranges plus
     three times the edge weights, which bound the sum of every other capacity of a move."""
     unary_range = problem.unary.max(axis=2) - problem.unary.min(axis=2)
-    return 1.0 + float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    bound = float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    return 2.0 * bound if bound > 0 else 1.0  # relative to the energy: no absolute offset lost in rounding
 
 
 @njit(inline="always")
@@ -82,15 +83,18 @@ def binary_capacities(problem):
     delta = problem.unary[..., 1] - problem.unary[..., 0]
     source_cap = np.maximum(delta, 0.0)
     sink_cap = np.maximum(-delta, 0.0)
-    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum() + 1.0
+    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum()
+    big = 2.0 * big if big > 0 else 1.0
     source_cap[problem.seeds == 0] += big
     sink_cap[problem.seeds == 1] += big
     return source_cap, sink_cap, scaled_weights
 
 
 def improves(flow, current_cost, energy_scale):
-    """True if a move whose cut costs `flow` strictly lowers the energy (beyond rounding)."""
-    return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
+    """True if a move whose cut costs `flow` strictly lowers the energy beyond rounding, relative to
+    `energy_scale` (the problem's ``energy_scale``, a bound of |E|): no absolute floor, so that the
+    same moves are accepted at any scale of the energy."""
+    return flow < current_cost - 1e-10 * abs(energy_scale)
 
 
 def move_labels(problem, labels):
@@ -140,7 +144,7 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
             current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
                                            edge_cap, pending)
             flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
-            if improves(flow, current, history[-1]):
+            if improves(flow, current, problem.energy_scale):
                 labels[sink_side] = alpha
                 accepted += 1
                 converged = False

@@ -2,8 +2,9 @@
 
 Each sweep visits the free pixels in raster order and gives each the label that minimises its unary
 plus its Potts cost against the current neighbours, changing it only on a decrease larger than
-rounding (1e-12 relative): the energy never rises, the sweeps terminate, and the result is a local
-minimum for single-pixel changes.
+rounding (1e-12 relative to the pixel's cost and edge weights, with no absolute floor, so that any
+scale of the energy gives the same sweeps): the energy never rises, the sweeps terminate, and the
+result is a local minimum for single-pixel changes.
 """
 
 import numpy as np
@@ -47,7 +48,7 @@ def _icm_sweep(unary, weights, lam, free, labels):
             current = labels[y, x]
             best = current
             for k in range(n_labels):
-                if cost[k] < cost[best] - 1e-12 * (abs(cost[best]) + 1.0):
+                if cost[k] < cost[best] - 1e-12 * (abs(cost[best]) + incident):
                     best = k
             if best != current:
                 labels[y, x] = best

@@ -39,7 +39,7 @@ import numpy as np
 
 from .._validation import UNLABELED, as_positive, as_real_array, as_scalar, describe
 from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
-from .problem import LabelingProblem
+from .problem import LabelingProblem, check_relaxed
 
 #: The normalisation of every kernel: pydensecrf's default, NORMALIZE_SYMMETRIC.
 NORMALIZATION = "symmetric"
@@ -107,6 +107,10 @@ class DenseCRF(LabelingProblem):
         self.gaussian_compat = as_scalar(gaussian_compat, "gaussian_compat", minimum=0.0)
         self._freeze()
         self._build_kernels()
+        with np.errstate(over="ignore", invalid="ignore"):
+            pairwise = sum(0.5 * compat * float(ones.sum()) for (_, compat, _), ones in zip(self.kernels, self._kernel_ones))
+        self._check_energy_scale("unary, compat, gaussian_compat",
+                                 "sum of max |unary| per pixel + the kernels' weights times compat / 2", pairwise)
 
     def kernel_features(self):
         """``(name, compat, features)`` of each kernel in use: the bilateral one, then the Gaussian."""
@@ -204,4 +208,4 @@ class DenseCRF(LabelingProblem):
             ones = self._kernel_ones[m]
             value += 0.5 * compat * float(ones @ mass - np.sum(forward * flat))
             grad += 0.5 * compat * (ones[:, None] - forward - backward)
-        return value, grad.reshape(self.unary.shape)
+        return check_relaxed(value, grad.reshape(self.unary.shape))

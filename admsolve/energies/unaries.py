@@ -1,6 +1,8 @@
 """Unary terms: the ADM term of eq. 8 from network probabilities, and colour models fitted on
 scribbles for interactive ("shallow") segmentation."""
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -34,6 +36,8 @@ def adm_unary(probs, *, gamma=1.0, eps=1e-8):
     eps = as_scalar(eps, "eps")
     if not 0 < eps < 1:
         raise ValueError(f"eps: expected a value in (0, 1), got {eps!r}")
+    if not math.isfinite(gamma * -math.log(eps)):  # the largest unary
+        raise ValueError(f"gamma: expected gamma * -log(eps) to be finite, got gamma {gamma:g} and eps {eps:g}")
     return -gamma * np.log(np.maximum(probs, eps))
 
 

@@ -20,6 +20,7 @@ image), so ``resume`` continues a stopped run exactly.
 """
 
 import dataclasses
+import json
 import sys
 import math
 import time
@@ -29,8 +30,8 @@ import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (atomic_save, load_model_state, read_config, read_metrics, write_config,
-                          write_records)
+from .checkpoints import (atomic_save, check_model_state, load_checkpoint, load_model_state, read_config,
+                          read_metrics, rng_state, set_rng_state, write_config, write_records)
 from .config import TrainConfig
 from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
@@ -66,9 +67,25 @@ class Progress:
 
 
 def pick_device(name):
+    """The torch device of ``config.device``: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; a
+    ValueError for another name or for CUDA where torch finds none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device: {name!r} was asked for, but torch {torch.__version__} ({build}) finds no "
+                             f"CUDA device; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r} was asked for, but torch finds {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
+    return device
 
 
 class Trainer:
@@ -105,7 +122,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
         if config.init:
-            self.model.load_state_dict(load_model_state(config.init))
+            self.model.load_state_dict(load_model_state(config.init, self.model, "init"))
         self.objective = Objective(config)
         self.progress = Progress(progress)
         self.epoch = 0
@@ -185,19 +202,46 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self):
-        return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "iteration": self.iteration,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """What ``checkpoint.pt`` holds: only tensors, numbers, strings and plain containers, so that it
+        loads with ``weights_only=True``; the metric records and the random states travel with it."""
+        plain = json.loads(json.dumps({"config": dataclasses.asdict(self.config), "records": self.records}))
+        return {**plain, "epoch": self.epoch, "iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
     def save(self):
         atomic_save(self.state(), self.out / "checkpoint.pt")
 
     def restore(self):
-        """Continue from ``checkpoint.pt``: network, optimizer, counters; later metrics lines dropped."""
-        state = torch.load(self.out / "checkpoint.pt", map_location=self.device, weights_only=False)
+        """Continue from ``checkpoint.pt`` (loaded safely: weights_only): network, optimizer, counters,
+        random states, and the metric records, from which ``metrics.jsonl`` is rewritten (so a record
+        written to the checkpoint but not yet to metrics.jsonl is not lost, and none is doubled)."""
+        path = self.out / "checkpoint.pt"
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "iteration"} <= set(state):
+            raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint of admsolve train (expected model, "
+                             f"optimizer, epoch and iteration)")
+        check_model_state(self.model, state["model"], path)
         self.model.load_state_dict(state["model"])
-        self.epoch, self.iteration = state["epoch"], state["iteration"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
+        self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"checkpoint: {str(path)!r} holds an optimizer state that does not fit this run "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        records = state.get("records")
+        if records is None:  # a checkpoint written before the records travelled with it
+            records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
+        self.records = [dict(record) for record in records]
+        if self.epoch and (not self.records or self.records[-1]["epoch"] < self.epoch):
+            # the last completed epoch has no record (an older checkpoint whose metrics were lost): evaluate again
+            record = {"epoch": self.epoch, "iteration": self.iteration, "phase": self.phase(self.epoch),
+                      "train_time": 0.0, "reevaluated": True}
+            record.update(self.evaluate(sheet=self.out / "predictions.png"))
+            self.records.append(record)
+            self.save()
+        write_records(self.out / "metrics.jsonl", self.records)
         write_records(self.out / "metrics.jsonl", self.records)
 
     def run(self):
@@ -282,7 +326,7 @@ def evaluate_run(run, *, progress=True):
     if not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"run: no checkpoint.pt in {str(run)!r} (the run has not finished an epoch)")
     trainer = Trainer(config, run, progress=progress)
-    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt"))
+    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt", trainer.model, "checkpoint"))
     result = trainer.evaluate(sheet=run / "predictions.png")
     records = read_metrics(run)
     if records:
