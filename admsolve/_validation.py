@@ -8,6 +8,9 @@ from ._array import array_module, to_numpy
 #: The one value that marks a pixel as unlabeled: an unscribbled pixel in seeds and scribbles, a void
 #: pixel in ground-truth masks, the ignored target of the losses.
 UNLABELED = 255
+#: The most labels a label map read from a picture or a scribble image can define (K is bounded before
+#: anything of size K is allocated).
+MAX_LABELS = 256
 
 
 def describe(value):

@@ -12,7 +12,8 @@ import numpy as np
 from . import __version__, backends
 from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
-from .data.io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
+from .data.io import (check_image_path, check_label_map_path, colorize, overlay, read_image, read_label_map,
+                      save_sheet, write_label_map)
 from .solve import solve
 from .training.config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS, TrainConfig
 from .training.regularizers import REGULARIZERS
@@ -32,12 +33,15 @@ def scribble_problem(image, scribbles, *, kind=GridCRF, lam, connectivity):
 
 
 def cmd_segment(args):
+    check_label_map_path(args.output, "--output")  # before any work: a lossless label-map file
+    if args.overlay:
+        check_image_path(args.overlay, "--overlay")
     image = read_image(args.image)
     scribbles = read_label_map(args.scribbles, "scribbles")
     kind = backends.lookup(args.backend).problem if args.backend else GridCRF
     problem = scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
     result = solve(problem, args.backend, max_iter=args.max_iter)
-    write_label_map(args.output, result.labels)
+    write_label_map(args.output, result.labels, "--output")
     if args.overlay:
         save_sheet(args.overlay, [overlay(image, result.labels, scribbles)],
                    [f"{result.backend}: energy {result.energy:.1f}"], columns=1)
@@ -59,6 +63,8 @@ def cmd_backends(args):
 def cmd_demo(args):
     from .data.examples import synthetic_scene
 
+    if args.sheet:
+        check_image_path(args.sheet, "--sheet")
     image, scribbles, truth = synthetic_scene()
     problems = {kind: scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
                 for kind in (GridCRF, DenseCRF)}
@@ -242,7 +248,7 @@ def build_parser():
     segment = commands.add_parser("segment", help="segment an image from scribbles with a grid CRF")
     segment.add_argument("image", help="image file (any format Pillow reads)")
     segment.add_argument("scribbles", help="label PNG, same size: 0..K-1 scribbled labels, 255 unlabeled")
-    segment.add_argument("-o", "--output", required=True, help="label PNG to write (values 0..K-1)")
+    segment.add_argument("-o", "--output", required=True, help="label map to write (values 0..K-1): .png, .tif or .npy (lossless)")
     segment.add_argument("--overlay", help="also write the segmentation drawn over the image")
     segment.set_defaults(handler=cmd_segment)
 

@@ -84,7 +84,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_pat
     saved = run / "diverged-iteration-3.pt"
     assert str(saved) in str(caught.value) and saved.is_file()
     assert [r["epoch"] for r in read_metrics(run)] == [1]
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_a_run_folder_is_not_overwritten(data, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from ._gridflow import SINK, max_flow
+from . import check_cancelled
 
 
 def label_major_unary(problem):
@@ -17,7 +18,8 @@ def pin_capacity(problem):
     """A terminal capacity no expansion move can afford to cut: more than the unary ranges plus
     three times the edge weights, which bound the sum of every other capacity of a move."""
     unary_range = problem.unary.max(axis=2) - problem.unary.min(axis=2)
-    return 1.0 + float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    bound = float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    return 2.0 * bound if bound > 0 else 1.0  # relative to the energy: no absolute offset lost in rounding
 
 
 @njit(inline="always")
@@ -82,7 +84,8 @@ def binary_capacities(problem):
     delta = problem.unary[..., 1] - problem.unary[..., 0]
     source_cap = np.maximum(delta, 0.0)
     sink_cap = np.maximum(-delta, 0.0)
-    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum() + 1.0
+    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum()
+    big = 2.0 * big if big > 0 else 1.0
     source_cap[problem.seeds == 0] += big
     sink_cap[problem.seeds == 1] += big
     return source_cap, sink_cap, scaled_weights
@@ -90,8 +93,10 @@ def binary_capacities(problem):
 
 @njit(nogil=True, cache=True)
 def improves(flow, current_cost, energy_scale):
-    """True if a move whose cut costs `flow` strictly lowers the energy (beyond rounding)."""
-    return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
+    """True if a move whose cut costs `flow` strictly lowers the energy beyond rounding, relative to
+    `energy_scale` (the problem's ``energy_scale``, a bound of |E|): no absolute floor, so that the
+    same moves are accepted at any scale of the energy."""
+    return flow < current_cost - 1e-10 * abs(energy_scale)
 
 
 @njit(nogil=True, cache=True)
@@ -179,9 +184,10 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_graph=No
     while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha in alphas:
+            check_cancelled()
             if useless_since.get(alpha) == accepted:
                 continue
-            if expand(alpha, history[-1]):
+            if expand(alpha, problem.energy_scale):
                 accepted += 1
                 converged = False
             else:

@@ -21,10 +21,13 @@ follows its input's module). Each iteration brings the rounded labeling back to 
 reference energy.
 """
 
+import math
+
 import numpy as np
 
 from .._array import device_module, to_numpy
 from .._validation import as_scalar
+from . import check_cancelled
 from ..energies.gridcrf import edge_slices, relaxed_energy_arrays
 
 #: Weight of the uniform distribution mixed into the one-hot initial labeling:
@@ -66,7 +69,8 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
         weight)`` (see :func:`default_eta`). ``step <= 2`` keeps the relaxed energy non-increasing.
     tol : float, optional
         Converged when one iteration changes the relaxed energy by at most ``tol * scale``, scale =
-        ``sum_p max_k |U_pk| + lam * sum w`` (a bound on |R| over the simplex), at least 1.
+        ``problem.energy_scale`` = ``sum_p max_k |U_pk| + lam * sum w`` (a bound on |R| over the
+        simplex; no absolute floor, so that the iterations are the same at any scale of the energy).
     device : {"cpu", "cuda"}, optional
         NumPy or CuPy; by default where the problem's arrays came from (``problem.device``).
 
@@ -84,10 +88,13 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
     xp = device_module(problem.device if device is None else device)
     cap = DEFAULT_MAX_ITER if max_iter is None else int(max_iter)
     eta = default_eta(problem, step)
+    if not (math.isfinite(eta) and eta > 0):  # e.g. denormal unaries: step / scale overflows
+        raise ValueError(f"relaxed-gd: the step size eta = step / (largest unary range + 2 lam largest incident "
+                         f"weight) = {eta:g} is not a finite positive number; scale the unaries and lam up")
     n_labels = problem.n_labels
     unary_np = np.asarray(problem.unary, dtype=np.float64)
     weights_np = np.asarray(problem.weights, dtype=np.float64)
-    scale = max(1.0, float(np.abs(unary_np).max(axis=2).sum()) + problem.lam * float(weights_np.sum()))
+    scale = problem.energy_scale
     unary = xp.asarray(unary_np)
     weights = xp.asarray(weights_np)
     seeded_np = problem.seeded
@@ -106,6 +113,7 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
     labels = init.copy()
     converged = False
     while len(history) <= cap:
+        check_cancelled()
         log_probs = log_probs - eta * xp.where(seeded, 0.0, grad)  # seeded pixels stay put
         log_probs = log_probs - log_probs.max(axis=2, keepdims=True)
         log_probs = log_probs - xp.log(xp.exp(log_probs).sum(axis=2, keepdims=True))
@@ -115,6 +123,9 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None):
         previous = value
         value, grad = relaxed_energy_arrays(unary, weights, problem.lam, probs)
         relaxed_history.append(value)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"relaxed-gd: the relaxed energy became {value} at iteration {len(history) - 1} "
+                                     f"(eta = {eta:g}); try a smaller step=")
         if abs(previous - value) <= tol * scale:
             converged = True
             break

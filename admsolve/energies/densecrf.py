@@ -39,7 +39,7 @@ import numpy as np
 
 from .._validation import UNLABELED, as_positive, as_real_array, as_scalar, describe
 from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
-from .problem import LabelingProblem
+from .problem import LabelingProblem, check_relaxed
 
 #: The normalisation of every kernel: pydensecrf's default, NORMALIZE_SYMMETRIC.
 NORMALIZATION = "symmetric"
@@ -49,10 +49,11 @@ def _as_colour_image(image, shape):
     """`image` as a new float64 (H, W, 3) array with values in [0, 255], checked against (H, W)."""
     if isinstance(image, np.ndarray) and image.dtype == bool:
         raise TypeError(f"image: expected a uint8 or float array, got {describe(image)}")
+    arrived = image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype  # what came, not the float64 copy
     image = as_real_array(image, "image", 3)
     if image.shape != (*shape, 3):
         raise ValueError(f"image: expected shape ({shape[0]}, {shape[1]}, 3) to match unary, "
-                         f"got {describe(image)}")
+                         f"got array of shape {image.shape} and dtype {arrived}")
     if image.min() < 0 or image.max() > 255:
         raise ValueError(f"image: expected values in [0, 255], got range "
                          f"[{image.min():g}, {image.max():g}]")
@@ -106,6 +107,10 @@ class DenseCRF(LabelingProblem):
         self.gaussian_compat = as_scalar(gaussian_compat, "gaussian_compat", minimum=0.0)
         self._freeze()
         self._build_kernels()
+        with np.errstate(over="ignore", invalid="ignore"):
+            pairwise = sum(0.5 * compat * float(ones.sum()) for (_, compat, _), ones in zip(self.kernels, self._kernel_ones))
+        self._check_energy_scale("unary, compat, gaussian_compat",
+                                 "sum of max |unary| per pixel + the kernels' weights times compat / 2", pairwise)
 
     def kernel_features(self):
         """``(name, compat, features)`` of each kernel in use: the bilateral one, then the Gaussian."""
@@ -203,4 +208,4 @@ class DenseCRF(LabelingProblem):
             ones = self._kernel_ones[m]
             value += 0.5 * compat * float(ones @ mass - np.sum(forward * flat))
             grad += 0.5 * compat * (ones[:, None] - forward - backward)
-        return value, grad.reshape(self.unary.shape)
+        return check_relaxed(value, grad.reshape(self.unary.shape))

@@ -6,7 +6,7 @@ import numpy as np
 
 from .._array import array_module
 from .._validation import UNLABELED, as_connectivity, as_real_array, as_scalar, describe
-from .problem import LabelingProblem
+from .problem import LabelingProblem, check_relaxed
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
 #: (y + dy, x + dx); 4-connectivity uses the first two directions, 8-connectivity all four.
@@ -71,6 +71,10 @@ class GridCRF(LabelingProblem):
         weights[~inside_mask(weights.shape[0], height, width)] = 0.0
         self.weights = weights
         self.lam = as_scalar(lam, "lam", minimum=0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            pairwise = self.lam * float(weights.sum())
+        self._check_energy_scale("unary, weights, lam", "sum of max |unary| per pixel + lam * sum of weights",
+                                 0.0 if self.lam == 0 else pairwise)
         self._freeze()
 
     @property
@@ -125,7 +129,10 @@ class GridCRF(LabelingProblem):
         grad : (H, W, K) ndarray, dR/dS.
         """
         probs = self.check_probs(probs)
-        return relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value, grad = relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
+        return check_relaxed(value, grad)
+
 
 
 def relaxed_energy_arrays(unary, weights, lam, probs):
@@ -174,6 +181,19 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     image = as_real_array(image, "image", (2, 3))
     if image.ndim == 2:
         image = image[..., None]
+    if sigma2 is not None:
+        sigma2 = as_scalar(sigma2, "sigma2")
+        if sigma2 <= 0:
+            raise ValueError(f"sigma2: expected a positive number, got {sigma2!r}")
+    peak = float(np.abs(image).max())
+    if peak > 2.0**400 or 0 < peak < 2.0**-400:
+        # squared differences would overflow (or underflow): work in units of a power of two near the
+        # largest value, which is exact and leaves the ratios ||I_p - I_q||^2 / sigma^2 unchanged
+        exponent = int(np.frexp(peak)[1])
+        image = np.ldexp(image, -exponent)
+        if sigma2 is not None:
+            with np.errstate(over="ignore", under="ignore"):
+                sigma2 = float(np.ldexp(sigma2, -2 * exponent))
     height, width = image.shape[:2]
     n_directions = N_DIRECTIONS[connectivity]
     sq_diff = np.zeros((n_directions, height, width))
@@ -183,11 +203,13 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     inside = inside_mask(n_directions, height, width)
     if sigma2 is None:
         sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
-    else:
-        sigma2 = as_scalar(sigma2, "sigma2")
-        if sigma2 <= 0:
-            raise ValueError(f"sigma2: expected a positive number, got {sigma2!r}")
-    weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+        weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+    else:  # a given sigma^2 that underflowed or overflowed in the units above gives the limits, 0 or 1
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            weights = np.exp(-sq_diff / (2.0 * sigma2))
+        weights[sq_diff == 0] = 1.0
     weights[2:] /= np.sqrt(2.0)
     weights[~inside] = 0.0
+    if not np.all(np.isfinite(weights)):  # not expected: every step above stays in range
+        raise ValueError("image: the contrast weights are not finite; expected an image of moderate values")
     return weights

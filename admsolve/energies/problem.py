@@ -5,6 +5,18 @@ import numpy as np
 from .._array import device_of
 from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar, describe
 
+#: The largest energy bound a problem may have: the solvers add up to a dozen times the energy (the
+#: capacities of a graph-cut move), which must stay finite in float64.
+ENERGY_LIMIT = float(np.finfo(np.float64).max) / 64
+
+
+def check_relaxed(value, grad):
+    """(value, grad) of a relaxed energy, or a ValueError when they overflowed float64."""
+    if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+        raise ValueError(f"probs: the relaxed energy at these soft labels is not finite (got {value:g}): "
+                         f"expected soft labels of moderate size, e.g. on the probability simplex")
+    return value, grad
+
 
 class LabelingProblem:
     """Unaries and seeds of a labeling problem on an H x W image with K labels.
@@ -29,6 +41,10 @@ class LabelingProblem:
     ----------
     device : {"cpu", "cuda"}
         Where `unary` lived: the default device of the array-module backends.
+    energy_scale : float
+        An upper bound of ``|E(X)|`` over all labelings (``sum_p max_k |unary[p, k]|`` plus the
+        largest pairwise total, set by the subclass); the scale of the solvers' relative tolerances.
+        Problems whose bound exceeds :data:`ENERGY_LIMIT` (float64 overflow) are refused.
     """
 
     def __init__(self, unary, *, seeds=None, unlabeled=UNLABELED):
@@ -37,7 +53,8 @@ class LabelingProblem:
         height, width, n_labels = unary.shape
         self.unlabeled = as_scalar(unlabeled, "unlabeled", integer=True)
         if 0 <= self.unlabeled < n_labels:
-            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled}")
+            raise ValueError(f"unlabeled: expected a value outside [0, {n_labels}), got {unlabeled} (the labels "
+                             f"of unary, K = {n_labels}, include it: pass another unlabeled=)")
         if not -2**31 <= self.unlabeled < 2**31:
             raise ValueError(f"unlabeled: expected a 32-bit integer, got {unlabeled}")
         if seeds is None:
@@ -45,6 +62,19 @@ class LabelingProblem:
         else:
             seeds = as_label_map(seeds, "seeds", (height, width), n_labels, unlabeled=self.unlabeled)
         self.unary, self.seeds = unary, seeds
+        with np.errstate(over="ignore"):
+            self.energy_scale = float(np.abs(unary).max(axis=2).sum())
+        self._check_energy_scale("unary", "the unaries")
+
+    def _check_energy_scale(self, names, terms, pairwise=0.0):
+        """Add the bound of the pairwise terms to ``energy_scale`` and refuse a problem whose energy
+        can leave float64's range (`names`: the arguments to scale down; `terms`: what they sum)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            bound = self.energy_scale + float(pairwise)
+        if not bound <= ENERGY_LIMIT:  # also catches inf and NaN
+            raise ValueError(f"{names}: the energy can reach {bound:.4g} ({terms}), beyond the {ENERGY_LIMIT:.4g} "
+                             f"that float64 sums safely; scale them down")
+        self.energy_scale = bound
 
     def _freeze(self):
         """Make every array attribute read-only."""

@@ -1,10 +1,12 @@
 """Unary terms: the ADM term of eq. 8 from network probabilities, and colour models fitted on
 scribbles for interactive ("shallow") segmentation."""
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
-from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar
+from .._validation import MAX_LABELS, UNLABELED, as_label_map, as_real_array, as_scalar
 
 
 def adm_unary(probs, *, gamma=1.0, eps=1e-8):
@@ -34,6 +36,8 @@ def adm_unary(probs, *, gamma=1.0, eps=1e-8):
     eps = as_scalar(eps, "eps")
     if not 0 < eps < 1:
         raise ValueError(f"eps: expected a value in (0, 1), got {eps!r}")
+    if not math.isfinite(gamma * -math.log(eps)):  # the largest unary
+        raise ValueError(f"gamma: expected gamma * -log(eps) to be finite, got gamma {gamma:g} and eps {eps:g}")
     return -gamma * np.log(np.maximum(probs, eps))
 
 
@@ -51,7 +55,8 @@ def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, u
     scribbles : (H, W) array_like of int
         Label of each scribbled pixel, ``unlabeled`` elsewhere.
     n_labels : int, optional
-        K. By default the largest scribbled label plus one.
+        K, at most MAX_LABELS (256). By default the largest scribbled label plus one; the scribbles'
+        values are checked against that bound first.
     bins : int, optional
         Histogram bins per colour channel.
     smoothing : float, optional
@@ -77,8 +82,10 @@ def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, u
     smoothing = as_scalar(smoothing, "smoothing", minimum=0.0)
     if n_labels is not None:
         n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
-    scribbles = as_label_map(scribbles, "scribbles", (height, width),
-                             n_labels or np.iinfo(np.int32).max, unlabeled=unlabeled)
+        if n_labels > MAX_LABELS:
+            raise ValueError(f"n_labels: expected at most {MAX_LABELS} labels, got {n_labels}")
+    # the values are checked before K is derived from them: K (the unary's last axis) stays bounded
+    scribbles = as_label_map(scribbles, "scribbles", (height, width), n_labels or MAX_LABELS, unlabeled=unlabeled)
     scribbled = scribbles != unlabeled
     if not scribbled.any():
         raise ValueError(f"scribbles: expected at least one scribbled pixel, got only {unlabeled} (unlabeled)")

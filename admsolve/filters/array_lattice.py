@@ -21,7 +21,8 @@ import numpy as np
 
 from .._array import array_module
 from .._validation import describe
-from .features import MAX_ELEVATED, as_features, as_flag, as_values, check_normalization, normalization_scales
+from .features import (MAX_ELEVATED, as_features, as_flag, as_values, check_normalization, normalization_scales,
+                       within_range)
 
 __all__ = ["ArrayLattice"]
 
@@ -263,8 +264,9 @@ class ArrayLattice:
             if xp is np and np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
         in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
-        result = _filter(xp, self._vertices, self._barycentric, self._neighbours, self.n_lattice_points,
-                         array, in_scale, out_scale, transpose)
+        result = within_range(lambda values: _filter(xp, self._vertices, self._barycentric, self._neighbours,
+                                                     self.n_lattice_points, values, in_scale, out_scale, transpose),
+                              array, xp)
         if out is not None:
             out.reshape(result.shape)[...] = result
             return out

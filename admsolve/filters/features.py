@@ -3,6 +3,8 @@ scalings, and the feature spaces of pydensecrf's kernels (see :mod:`admsolve.fil
 algorithm). NumPy only (no Numba), so the array-module form and the energies can use them freely.
 """
 
+import math
+
 import numpy as np
 
 from .._validation import as_positive, as_real_array, describe
@@ -18,6 +20,7 @@ __all__ = [
     "check_normalization",
     "gaussian_features",
     "normalization_scales",
+    "within_range",
 ]
 
 #: The accepted values of ``normalization`` (see the module docstring).
@@ -94,6 +97,24 @@ def normalization_scales(ones_response, normalization, transpose):
     if (normalization == "after") != transpose:
         return ones, scale
     return scale, ones
+
+
+def within_range(run, values, xp):
+    """``run(values)``, the filter of (N, C) float64 `values` (an array of module `xp`), kept finite: a
+    sum inside the filter that overflowed float64 is redone on the values scaled by a power of two
+    (exact), the result scaled back; a result beyond float64's range raises a ValueError."""
+    result = run(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(xp.sum(result))):  # one reduction: finite entries, no overflow anywhere
+            return result
+        peak = float(xp.abs(values).max())
+        exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
+        result = run(xp.ascontiguousarray(xp.ldexp(values, -exponent)))
+        result = xp.ldexp(result, exponent, out=result)
+        if not bool(xp.all(xp.isfinite(result))):
+            raise ValueError(f"values: the filtered values exceed float64's range (largest |value| {peak:g}); "
+                             f"scale the values down")
+    return result
 
 
 def gaussian_features(shape, *, sxy):

@@ -44,7 +44,7 @@ from numba import njit
 
 from .._validation import as_real_array, describe
 from .features import (NORMALIZATIONS, as_features, as_flag, as_image, as_values, bilateral_features,
-                       check_normalization, gaussian_features, normalization_scales)
+                       check_normalization, gaussian_features, normalization_scales, within_range)
 
 __all__ = [
     "NORMALIZATIONS",
@@ -431,8 +431,13 @@ class PermutohedralLattice:
                 raise ValueError("out: expected an array that does not overlap values")
             result = out.reshape(array.shape)
         in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
-        _lattice_filter(self._vertices, self._barycentric, self._neighbours, array, in_scale, out_scale,
-                        transpose, result)
+
+        def run(values):
+            _lattice_filter(self._vertices, self._barycentric, self._neighbours, values, in_scale, out_scale,
+                            transpose, result)
+            return result
+
+        within_range(run, array, np)
         if out is not None:
             return out
         return result[:, 0] if flat else result

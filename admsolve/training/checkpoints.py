@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
@@ -20,12 +24,87 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def load_model_state(path) -> dict:
-    """A model state dict from a run's checkpoint or from a plain state-dict file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"init: no such file {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if isinstance(state, dict) and "model" in state else state
+def _first_line(exc) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_checkpoint(path, name: str = "checkpoint"):
+    """What a checkpoint or state-dict file holds, read with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings and plain containers only, so that loading runs no code from the file.
+
+    A file that holds anything else is refused, as is a damaged one (empty, truncated, not a torch
+    file), with a one-line ValueError naming the file; a missing one raises FileNotFoundError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such file {str(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsafe or "Weights only load failed" in str(exc) and zipfile.is_zipfile(path):
+            what = f"{unsafe.group(1)}, which is" if unsafe else "something that is"
+            raise ValueError(f"{name}: {str(path)!r} cannot be loaded safely: it holds {what} not a tensor, number, "
+                             f"string or plain container; refused, since loading it could run code") from None
+        raise ValueError(f"{name}: {str(path)!r} is not a readable torch checkpoint (damaged or truncated?): "
+                         f"{_first_line(exc)}") from None
+    except Exception as exc:  # empty (EOFError), truncated (RuntimeError), random bytes (anything)
+        reason = _first_line(exc) if str(exc).strip() else f"{type(exc).__name__}, the file is empty or cut short"
+        raise ValueError(f"{name}: {str(path)!r} is not a readable torch checkpoint (damaged or truncated?): "
+                         f"{reason}") from None
+
+
+def load_model_state(path, model=None, name: str = "init") -> dict:
+    """A model state dict from a run's checkpoint or from a plain state-dict file (loaded safely, see
+    :func:`load_checkpoint`); checked against `model` when given (see :func:`check_model_state`)."""
+    state = load_checkpoint(path, name)
+    state = state["model"] if isinstance(state, dict) and "model" in state else state
+    if model is not None:
+        check_model_state(model, state, path, name)
+    return state
+
+
+def check_model_state(model, state, path, name: str = "checkpoint") -> None:
+    """A ValueError naming `path` and the first tensor of `model` that `state` lacks or holds with
+    another shape (instead of load_state_dict's multi-line RuntimeError)."""
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise ValueError(f"{name}: {str(path)!r} holds no network state (a dict of tensors), got {type(state).__name__}")
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        got = state.get(key)
+        if got is None:
+            raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: it has no tensor {key!r} "
+                             f"(here {tuple(tensor.shape)})")
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: {key} is {shape} there, "
+                             f"{tuple(tensor.shape)} here")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: tensor {extra[0]!r} is not in "
+                         f"this network ({len(extra)} such)")
+
+
+def rng_state() -> dict:
+    """The torch (CPU and CUDA) and NumPy global random states, as tensors and numbers (weights_only-safe)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor.cpu() for tensor in state["cuda"]])
 
 
 def write_records(path: Path, records: list[dict]) -> None:

@@ -59,16 +59,27 @@ class Processes:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """The torch device for ``TrainConfig.device`` ("auto", "cpu", "cuda"), checked."""
+    """The torch device of ``TrainConfig.device``: "auto" (CUDA when present), "cpu", "cuda" or
+    "cuda:N" ("cuda" is GPU `local_rank` under torchrun); a ValueError for another name or for CUDA
+    where torch finds none."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda":
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' was asked for, but this torch finds no CUDA device")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device: {name!r} was asked for, but torch {torch.__version__} ({build}) finds no "
+                             f"CUDA device; use --device cpu or auto")
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r} was asked for, but torch finds {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
+    return device
 
 
 def start(device_name: str) -> Processes:

@@ -20,6 +20,7 @@ image), so ``resume`` continues a stopped run exactly.
 """
 
 import dataclasses
+import json
 import sys
 import math
 import time
@@ -29,8 +30,8 @@ import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (StepLog, atomic_save, load_model_state, read_config, read_metrics, write_config,
-                          write_records)
+from .checkpoints import (StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state, read_config,
+                          read_metrics, rng_state, set_rng_state, write_config, write_records)
 from .config import TrainConfig
 from .distributed import start
 from .evaluation import Evaluator, image_tensor
@@ -105,7 +106,7 @@ class Trainer:
         self.model = (build_model(config.resolved_model, self.n_labels, weights=config.weights) if model is None
                       else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
-            self.model.load_state_dict(load_model_state(config.init))
+            self.model.load_state_dict(load_model_state(config.init, self.model, "init"))
         # the network that trains: the model itself, or its DistributedDataParallel wrapper under torchrun
         self.network = self.model if self.processes.world_size == 1 else \
             torch.nn.parallel.DistributedDataParallel(self.model)
@@ -213,22 +214,49 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self):
-        return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "iteration": self.iteration,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """What ``checkpoint.pt`` holds: only tensors, numbers, strings and plain containers, so that it
+        loads with ``weights_only=True``; the metric records and the random states travel with it."""
+        plain = json.loads(json.dumps({"config": dataclasses.asdict(self.config), "records": self.records}))
+        return {**plain, "epoch": self.epoch, "iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
     def save(self):
         if self.processes.main:
             atomic_save(self.state(), self.out / "checkpoint.pt")
 
     def restore(self):
-        """Continue from ``checkpoint.pt``: network, optimizer, counters; later metrics lines dropped."""
-        state = torch.load(self.out / "checkpoint.pt", map_location=self.device, weights_only=False)
+        """Continue from ``checkpoint.pt`` (loaded safely: weights_only): network, optimizer, counters,
+        random states, and the metric records, from which ``metrics.jsonl`` is rewritten (so a record
+        written to the checkpoint but not yet to metrics.jsonl is not lost, and none is doubled)."""
+        path = self.out / "checkpoint.pt"
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "iteration"} <= set(state):
+            raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint of admsolve train (expected model, "
+                             f"optimizer, epoch and iteration)")
+        check_model_state(self.model, state["model"], path)
         self.model.load_state_dict(state["model"])
-        self.epoch, self.iteration = state["epoch"], state["iteration"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
-        write_records(self.out / "metrics.jsonl", self.records)
-        self.steps.truncate(self.iteration)
+        self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"checkpoint: {str(path)!r} holds an optimizer state that does not fit this run "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        records = state.get("records")
+        if records is None:  # a checkpoint written before the records travelled with it
+            records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
+        self.records = [dict(record) for record in records]
+        if self.epoch and (not self.records or self.records[-1]["epoch"] < self.epoch):
+            # the last completed epoch has no record (an older checkpoint whose metrics were lost): evaluate again
+            record = {"epoch": self.epoch, "iteration": self.iteration, "phase": self.phase(self.epoch),
+                      "train_time": 0.0, "reevaluated": True}
+            record.update(self.evaluate(sheet=self.out / "predictions.png"))
+            self.records.append(record)
+            self.save()
+        if self.processes.main:
+            write_records(self.out / "metrics.jsonl", self.records)
+            self.steps.truncate(self.iteration)
 
     def run(self):
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
@@ -325,7 +353,7 @@ def evaluate_run(run, *, progress=True):
     if not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"run: no checkpoint.pt in {str(run)!r} (the run has not finished an epoch)")
     trainer = Trainer(config, run, progress=progress)
-    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt"))
+    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt", trainer.model, "checkpoint"))
     result = trainer.evaluate(sheet=run / "predictions.png")
     records = read_metrics(run)
     if records:

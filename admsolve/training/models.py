@@ -540,14 +540,9 @@ def _torchvision_segmentation(name):
 
 
 def _load_state_dict(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights: no such file {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"weights: cannot read {str(path)!r} as a torch state_dict "
-                         f"({type(exc).__name__}: {exc})") from None
+    from .checkpoints import load_checkpoint  # weights_only, one-line errors naming the file
+
+    state = load_checkpoint(path, "weights")
     # Accept checkpoints wrapping the state dict as {"state_dict": ...} or {"model": ...}.
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("state_dict", "model"):

@@ -48,7 +48,11 @@ class Objective:
         self.diagnostics = {}
         terms = {"pce": self._partial_cross_entropy(logits, scribbles)}
         if phase == "regularized":
-            if self.adm_step is not None:
+            if self.adm_step is not None and not bool(torch.isfinite(logits).all()):
+                # the latent step needs finite probabilities: a non-finite term, so that the loop stops,
+                # saves the network and reports the step, as for any diverged loss
+                terms["proximal"] = logits.sum() * float("nan")
+            elif self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
                 terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma, reduction="mean")
                 self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
