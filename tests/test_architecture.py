@@ -90,6 +90,22 @@ def test_importing_the_core_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("modules", ["admsolve", "admsolve.cli"])
+def test_importing_the_core_does_not_import_numba_or_scipy(modules):
+    """Numba and SciPy (a few tenths of a second each) load on first use only: the lattice kernels, the
+    Numba backends, the colour-model smoothing, the datasets (issue 13 item 4)."""
+    code = (f"import sys, {modules}; print(sorted(m for m in ('numba', 'scipy', 'torch', 'PIL') "
+            f"if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("[]" if modules == "admsolve" else "['PIL']")
+
+
+def test_the_lattice_loads_numba_on_first_use():
+    code = ("import sys, numpy as np, admsolve as adm; assert 'numba' not in sys.modules; "
+            "adm.PermutohedralLattice(np.zeros((4, 2))); print('numba' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
 # --------------------------------------------------------------------------- the backend contract
 
 class MyGrid(adm.GridCRF):
