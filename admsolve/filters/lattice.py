@@ -116,6 +116,7 @@ class PermutohedralLattice:
                                 False, response)
         self._ones_response = response[:, 0]
         self._ones_response.flags.writeable = False
+        self._scale_cache = {}
 
     def __repr__(self):
         return (f"PermutohedralLattice(n_points={self.n_points}, dim={self.dim}, "
@@ -161,12 +162,67 @@ class PermutohedralLattice:
             if np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
             result = out.reshape(array.shape)
-        in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
+        in_scale, out_scale = self.scales(normalization, transpose)
         _kernels()._lattice_filter(self._vertices, self._barycentric, self._neighbours, array, in_scale,
                                    out_scale, transpose, result)
         if out is not None:
             return out
         return result[:, 0] if flat else result
+
+    def disagreement(self, labels, *, normalization="symmetric", transpose=False):
+        """The filter of the indicator of the labels other than each point's own, read at that point.
+
+        ``out_p = sum_q F[p, q] [labels_q != labels_p]`` with F the operator of :meth:`filter` (the
+        Potts term of a labeling at each point), in O((N + M K) d) instead of the O((N + M) d K) of
+        filtering the K indicator vectors: each point splats into its own label only.
+
+        Parameters
+        ----------
+        labels : (N,) array_like of int
+            Non-negative labels, one per feature point.
+        normalization, transpose
+            As in :meth:`filter`.
+
+        Returns
+        -------
+        (N,) ndarray of float64
+        """
+        normalization = check_normalization(normalization)
+        transpose = as_flag(transpose, "transpose")
+        labels = np.asarray(labels)
+        if labels.shape != (self.n_points,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels: expected an integer array of shape ({self.n_points},), got {describe(labels)}")
+        if labels.min() < 0:
+            raise ValueError(f"labels: expected non-negative values, got minimum {labels.min()}")
+        out = np.empty(self.n_points)
+        in_scale, out_scale = self.scales(normalization, transpose)
+        _kernels()._disagreement(self._vertices, self._barycentric, self._neighbours, labels, int(labels.max()) + 1,
+                                 in_scale, out_scale, transpose, out)
+        return out
+
+    def scales(self, normalization="symmetric", transpose=False):
+        """``(in_scale, out_scale)``, read-only (N,) arrays: the diagonal scalings around the raw
+        operator that give `normalization` (or its transpose), computed once per case."""
+        normalization = check_normalization(normalization)
+        transpose = as_flag(transpose, "transpose")
+        key = (normalization, transpose)
+        if key not in self._scale_cache:
+            scales = normalization_scales(self._ones_response, normalization, transpose)
+            for array in scales:
+                array.flags.writeable = False
+            self._scale_cache[key] = scales
+        return self._scale_cache[key]
+
+    @property
+    def structure(self):
+        """``(vertices, barycentric, neighbours)``, the read-only arrays of the operator, for fused
+        kernels (the mean-field backend): (N, d+1) int32 lattice points of each point's simplex and
+        (N, d+1) float64 barycentric weights (the splat S and slice S^T), (d+1, M, 2) int32 blur
+        neighbours (M where none). The filter is ``alpha S^T B S`` with ``alpha = 1 / (1 + 2^-d)``
+        and B the blur, taps (1/2, 1, 1/2) along directions 0..d, a missing neighbour counting 0."""
+        for array in (self._vertices, self._barycentric, self._neighbours):
+            array.flags.writeable = False
+        return self._vertices, self._barycentric, self._neighbours
 
 
 def bilateral_filter(values, image, *, sxy=80, srgb=13, normalization="symmetric"):
