@@ -24,9 +24,11 @@ class SolveResult(dict):
     energy : float
         ``problem.energy(labels)``, the reference energy.
     history : list of float
-        Reference energy of the initial labeling, then after each sweep.
+        Reference energy of the initial labeling, then after each sweep (mean-field records only the
+        first and the last by default: its ``history`` option).
     sweeps : int
-        Number of sweeps run.
+        Number of sweeps (iterations) run: the backend's ``iterations`` when it returns one, else
+        ``len(history) - 1``.
     converged : bool
         True if the last sweep changed nothing (a local minimum for the backend's moves).
     message : str
@@ -95,11 +97,18 @@ def check_options(name, minimize, options):
     return options
 
 
+def iterations_run(outcome):
+    """The number of iterations a backend ran: its ``iterations`` when it says (a backend may record
+    fewer energies than iterations), else one per history entry after the first."""
+    count = outcome.get("iterations")
+    return len(outcome["history"]) - 1 if count is None else int(count)
+
+
 def stop_message(outcome, max_iter):
     """Why a backend stopped, when it does not say itself."""
     if outcome["converged"]:
         return "converged: the last iteration changed nothing"
-    iterations = len(outcome["history"]) - 1
+    iterations = iterations_run(outcome)
     if max_iter is not None and iterations >= max_iter:
         return f"stopped: {iterations} iterations (max_iter) reached"
     return f"stopped after {iterations} iterations without converging"
@@ -139,8 +148,10 @@ def solve(problem, backend=None, *, init=None, **options):
     elapsed = time.perf_counter() - began
     labels = outcome.pop("labels")
     outcome.setdefault("message", stop_message(outcome, options.get("max_iter")))
+    sweeps = iterations_run(outcome)
+    outcome.pop("iterations", None)
     return SolveResult(labels=labels, energy=problem.energy(labels), backend=name,
-                       time=elapsed, sweeps=len(outcome["history"]) - 1, **outcome)
+                       time=elapsed, sweeps=sweeps, **outcome)
 
 
 def _solve_job(job):

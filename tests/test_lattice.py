@@ -119,6 +119,42 @@ def test_transpose_is_exact(normalization):
     assert abs(forward - backward) <= 1e-12 * scale  # measured: at most 2.5e-17
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("kind", ["noisy", "blocks"])
+def test_disagreement_is_the_filter_of_the_other_labels(kind, normalization, transpose):
+    """disagreement(labels)[p] = sum_q F[p, q] [labels_q != labels_p], computed by filtering one-hot
+    labels; the labels need not be consecutive, and a constant labeling gives zeros."""
+    rng = np.random.default_rng(4)
+    image = make_image(kind, 13, 11, rng)
+    lattice = PermutohedralLattice(bilateral_features(image, sxy=3, srgb=13))
+    for labels in (rng.integers(0, 4, 143), rng.choice([0, 2, 7], 143), np.full(143, 3)):
+        onehot = np.eye(labels.max() + 1)[labels]
+        filtered = lattice.filter(onehot, normalization=normalization, transpose=transpose)
+        expected = filtered.sum(axis=1) - filtered[np.arange(143), labels]
+        got = lattice.disagreement(labels, normalization=normalization, transpose=transpose)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12 * np.abs(filtered).max())
+    np.testing.assert_array_equal(lattice.disagreement(np.full(143, 3)), 0.0)
+    with pytest.raises(ValueError, match="labels: expected non-negative"):
+        lattice.disagreement(np.full(143, -1))
+    with pytest.raises(ValueError, match=r"labels: expected an integer array of shape \(143,\)"):
+        lattice.disagreement(np.zeros(143))
+
+
+def test_scales_are_the_normalisation_and_read_only():
+    rng = np.random.default_rng(5)
+    lattice = PermutohedralLattice(rng.normal(size=(40, 3)))
+    values = rng.random(40)
+    n = lattice.ones_response
+    for normalization in NORMALIZATIONS:
+        in_scale, out_scale = lattice.scales(normalization)
+        assert not in_scale.flags.writeable and not out_scale.flags.writeable
+        raw = lattice.filter(values * in_scale, normalization="none") * out_scale
+        np.testing.assert_allclose(lattice.filter(values, normalization=normalization), raw, rtol=1e-13)
+    np.testing.assert_allclose(lattice.scales("symmetric")[0], 1 / np.sqrt(n), rtol=1e-12)
+    assert lattice.scales("after", True)[0] is lattice.scales("after", True)[0]  # computed once
+
+
 def test_channels_are_independent_and_flat_values():
     rng = np.random.default_rng(3)
     lattice = PermutohedralLattice(rng.normal(size=(50, 5)))

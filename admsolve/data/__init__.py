@@ -6,12 +6,32 @@ Layer: imports only NumPy, SciPy, Pillow and :mod:`admsolve._validation`; never 
 the backends or the training side.
 """
 
-from .augment import augment
-from .datasets import (DERIVED_SPLITS, VOC_CLASSES, FolderDataset, MaskSupervision, Sample, Subset, SyntheticDataset,
-                       VOCDataset, held_out, open_dataset)
-from .examples import synthetic_scene
-from .io import read_image, read_label_map, write_label_map
-from .scribbles import generate_scribbles
+import importlib
+
+#: Where each public name lives, imported on first access (PEP 562), so that importing one module of
+#: this package (e.g. :mod:`.io` for the command line) does not import SciPy through the others.
+_HOMES = {
+    "augment": "augment",
+    "VOC_CLASSES": "datasets", "FolderDataset": "datasets", "Sample": "datasets", "SyntheticDataset": "datasets",
+    "VOCDataset": "datasets", "open_dataset": "datasets", "DERIVED_SPLITS": "datasets", "MaskSupervision": "datasets",
+    "Subset": "datasets", "held_out": "datasets",
+    "synthetic_scene": "examples",
+    "read_image": "io", "read_label_map": "io", "write_label_map": "io",
+    "generate_scribbles": "scribbles",
+}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'admsolve.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "DERIVED_SPLITS",

@@ -40,7 +40,6 @@ ones, for some bandwidths (measured in tests/test_bilateral.py).
 """
 
 import numpy as np
-from numba import njit
 
 from .._validation import as_real_array, describe
 from .features import (NORMALIZATIONS, as_features, as_flag, as_image, as_values, bilateral_features,
@@ -55,283 +54,14 @@ __all__ = [
     "gaussian_features",
 ]
 
-# --------------------------------------------------------------------------- Numba kernels
-
-
-# Hash tables: open addressing with linear probing, in one (size, 1 + width) int32 array whose
-# row holds the index of an entry (-1 for an empty slot) and its key, so a probe reads one row.
-# The size is a power of two and the table is kept at most half full.
-
-
-@njit(nogil=True, cache=True)
-def _hash_key(key):
-    """Hash of an int32 key (FNV-1a over its entries, then a shift to mix the high bits down)."""
-    h = np.uint64(14695981039346656037)
-    for k in range(key.shape[0]):
-        h = (h ^ np.uint64(np.int64(key[k]) & 0xFFFFFFFF)) * np.uint64(1099511628211)
-    return h ^ (h >> np.uint64(29))
-
-
-@njit(nogil=True, cache=True)
-def _find_slot(table, key):
-    """Row of `table` that holds `key`, or the empty row where it would go."""
-    mask = np.uint64(table.shape[0] - 1)
-    slot = _hash_key(key) & mask
-    width = key.shape[0]
-    while True:
-        if table[slot, 0] < 0:
-            return slot
-        same = True
-        for k in range(width):
-            if table[slot, k + 1] != key[k]:
-                same = False
-                break
-        if same:
-            return slot
-        slot = (slot + np.uint64(1)) & mask
-
-
-@njit(nogil=True, cache=True)
-def _new_table(size, width):
-    return np.full((size, 1 + width), -1, dtype=np.int32)
-
-
-@njit(nogil=True, cache=True)
-def _insert(table, slot, key, index):
-    """Store `key` with `index` in the empty row `slot`; returns the table, doubled when it gets
-    more than half full."""
-    table[slot, 0] = index
-    table[slot, 1:] = key
-    if 2 * (index + 1) <= table.shape[0]:
-        return table
-    grown = _new_table(2 * table.shape[0], key.shape[0])
-    for row in range(table.shape[0]):
-        if table[row, 0] >= 0:
-            grown[_find_slot(grown, table[row, 1:])] = table[row]
-    return grown
-
-
-@njit(nogil=True, cache=True)
-def _append_row(rows, count, row):
-    """rows[count] = row, doubling `rows` first when it is full; returns `rows`."""
-    if count == rows.shape[0]:
-        grown = np.empty((2 * count, rows.shape[1]), dtype=rows.dtype)
-        grown[:count] = rows
-        rows = grown
-    rows[count] = row
-    return rows
-
-
-@njit(nogil=True, cache=True)
-def _build_lattice(features):
-    """The lattice of (N, d) float32 features.
-
-    Returns ``(vertices, barycentric, keys, neighbours)``: (N, d+1) int32 lattice point of each
-    vertex of the simplex enclosing each pixel, (N, d+1) float64 barycentric weights (summing to 1),
-    (M, d) int32 coordinates of the M lattice points (the last coordinate is minus the sum of the
-    others), and (d+1, M, 2) int32 indices of the two neighbours of each point along each blur
-    direction, M where the neighbour does not exist.
-    """
-    n, d = features.shape
-    dp1 = d + 1
-    # The simplex search runs in float32 with pydensecrf's operations and rounding, so that points
-    # on (or within float32 rounding of) a simplex boundary land on the same lattice points.
-    # Scale so that the blur (taps 1/2, 1, 1/2 along each of the d+1 directions) matches a
-    # unit-variance Gaussian: the variance of the blur is 2/3 (d+1)^2 in lattice units.
-    inv_std = np.float32(np.sqrt(2.0 / 3.0) * dp1)
-    scale = np.empty(d, dtype=np.float32)
-    for i in range(d):
-        scale[i] = np.float32(1.0 / np.sqrt((i + 1.0) * (i + 2.0)) * np.float64(inv_std))
-    down = np.float32(1.0) / np.float32(dp1)
-    up = np.float32(dp1)
-    # canonical[r, i]: coordinate i of the remainder-r vertex of the canonical simplex.
-    canonical = np.empty((dp1, dp1), dtype=np.int32)
-    for r in range(dp1):
-        for i in range(dp1):
-            canonical[r, i] = r if i <= d - r else r - dp1
-
-    # The lattice points found so far, keyed by their first d coordinates, and the simplices,
-    # keyed by their remainder-0 vertex and the ranks, with their d+1 lattice points: most pixels
-    # share their simplex with others and need a single look-up.
-    point_table = _new_table(2048, d)
-    keys = np.empty((1024, d), dtype=np.int32)
-    n_points = 0
-    simplex_table = _new_table(2048, 2 * d)
-    simplex_points = np.empty((1024, dp1), dtype=np.int32)
-    n_simplices = 0
-
-    vertices = np.empty((n, dp1), dtype=np.int32)
-    barycentric = np.empty((n, dp1))
-    elevated = np.empty(dp1, dtype=np.float32)
-    rem0 = np.empty(dp1, dtype=np.float32)
-    rank = np.empty(dp1, dtype=np.int64)
-    bary = np.empty(dp1 + 1, dtype=np.float32)
-    key = np.empty(d, dtype=np.int32)
-    simplex_key = np.empty(2 * d, dtype=np.int32)
-    found = np.empty(dp1, dtype=np.int32)
-    slot = np.uint64(0)
-    for p in range(n):
-        # Elevate onto the hyperplane x_0 + ... + x_d = 0 (E f, p. 5 of Adams et al.).
-        total = np.float32(0.0)
-        for j in range(d, 0, -1):
-            cf = features[p, j - 1] * scale[j - 1]
-            elevated[j] = total - np.float32(j) * cf
-            total += cf
-        elevated[0] = total
-        # The nearest remainder-0 point: every coordinate rounded to a multiple of d+1 (half to even).
-        coord_sum = 0
-        for i in range(dp1):
-            v = np.rint(down * elevated[i])
-            rem0[i] = v * up
-            coord_sum += np.int64(v)
-        # Rank of each coordinate of the residual, largest first: this picks the simplex.
-        for i in range(dp1):
-            rank[i] = 0
-        for i in range(d):
-            di = elevated[i] - rem0[i]
-            for j in range(i + 1, dp1):
-                below = np.int64(di < elevated[j] - rem0[j])
-                rank[i] += below
-                rank[j] += 1 - below
-        # Bring the rounded point back onto the hyperplane.
-        for i in range(dp1):
-            rank[i] += coord_sum
-            if rank[i] < 0:
-                rank[i] += dp1
-                rem0[i] += up
-            elif rank[i] > d:
-                rank[i] -= dp1
-                rem0[i] -= up
-        # Barycentric coordinates (p. 10 of Adams et al.).
-        for i in range(dp1 + 1):
-            bary[i] = 0.0
-        for i in range(dp1):
-            v = (elevated[i] - rem0[i]) * down
-            bary[d - rank[i]] += v
-            bary[d - rank[i] + 1] -= v
-        bary[0] += np.float32(1.0) + bary[dp1]
-        # The d+1 lattice points of the simplex.
-        for i in range(d):
-            simplex_key[i] = np.int32(rem0[i])
-            simplex_key[d + i] = rank[i]
-        # (often the simplex of the previous pixel)
-        same = p > 0
-        for i in range(2 * d):
-            if simplex_table[slot, i + 1] != simplex_key[i]:
-                same = False
-                break
-        if not same:
-            slot = _find_slot(simplex_table, simplex_key)
-        s = simplex_table[slot, 0]
-        if s < 0:
-            for r in range(dp1):
-                for i in range(d):
-                    key[i] = np.int32(rem0[i]) + canonical[r, rank[i]]
-                point_slot = _find_slot(point_table, key)
-                index = point_table[point_slot, 0]
-                if index < 0:
-                    index = n_points
-                    keys = _append_row(keys, n_points, key)
-                    point_table = _insert(point_table, point_slot, key, index)
-                    n_points += 1
-                found[r] = index
-            s = n_simplices
-            simplex_points = _append_row(simplex_points, n_simplices, found)
-            simplex_table = _insert(simplex_table, slot, simplex_key, s)
-            n_simplices += 1
-        for r in range(dp1):
-            vertices[p, r] = simplex_points[s, r]
-            barycentric[p, r] = bary[r]
-
-    # Blur neighbours: along direction j a point moves by +-(d+1) in coordinate j and -+1 in the
-    # others (direction d changes only the implicit coordinate d).
-    m = n_points
-    neighbours = np.empty((dp1, m, 2), dtype=np.int32)
-    n1 = np.empty(d, dtype=np.int32)
-    n2 = np.empty(d, dtype=np.int32)
-    for j in range(dp1):
-        for index in range(m):
-            for k in range(d):
-                n1[k] = keys[index, k] - 1
-                n2[k] = keys[index, k] + 1
-            if j < d:
-                n1[j] = keys[index, j] + d
-                n2[j] = keys[index, j] - d
-            a = point_table[_find_slot(point_table, n1), 0]
-            b = point_table[_find_slot(point_table, n2), 0]
-            neighbours[j, index, 0] = a if a >= 0 else m
-            neighbours[j, index, 1] = b if b >= 0 else m
-    return vertices, barycentric, keys[:m].copy(), neighbours
-
-
-@njit(nogil=True, cache=True)
-def _lattice_filter(vertices, barycentric, neighbours, values, in_scale, out_scale, reverse, out):
-    """out = diag(out_scale) alpha S^T B S diag(in_scale) values.
-
-    Splat with the barycentric weights (S), blur along the d+1 directions 0..d (B; d..0 when
-    `reverse`, which gives the transpose), slice with the same weights (S^T), times the constant
-    alpha = 1 / (1 + 2^-d) of Adams et al. (the weight a lattice point gets back from itself).
-    """
-    n, dp1 = vertices.shape
-    m = neighbours.shape[1]
-    c = values.shape[1]
-    # Row m stays zero: the value of every missing neighbour.
-    current = np.zeros((m + 1, c))
-    scratch = np.zeros((m + 1, c))
-    row = np.empty(c)
-    for p in range(n):
-        s = in_scale[p]
-        for k in range(c):
-            row[k] = s * values[p, k]
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for k in range(c):
-                current[v, k] += w * row[k]
-    for step in range(dp1):
-        j = dp1 - 1 - step if reverse else step
-        for index in range(m):
-            a = neighbours[j, index, 0]
-            b = neighbours[j, index, 1]
-            for k in range(c):
-                scratch[index, k] = current[index, k] + 0.5 * (current[a, k] + current[b, k])
-        current, scratch = scratch, current
-    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
-    for p in range(n):
-        for k in range(c):
-            row[k] = 0.0
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for k in range(c):
-                row[k] += w * current[v, k]
-        s = alpha * out_scale[p]
-        for k in range(c):
-            out[p, k] = s * row[k]
-
-
-@njit(nogil=True, cache=True)
-def _exact_filter(values, features, out):
-    """out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j over every j, i included."""
-    n, d = features.shape
-    c = values.shape[1]
-    for i in range(n):
-        for k in range(c):
-            out[i, k] = 0.0
-        for j in range(n):
-            dist = 0.0
-            for t in range(d):
-                diff = features[i, t] - features[j, t]
-                dist += diff * diff
-            w = np.exp(-0.5 * dist)
-            for k in range(c):
-                out[i, k] += w * values[j, k]
-
-
-# --------------------------------------------------------------------------- input checks
-
-
 # --------------------------------------------------------------------------- public API
+
+
+def _kernels():
+    """The Numba kernels, imported on first use (so that importing this module does not import Numba)."""
+    from . import _lattice_kernels
+
+    return _lattice_kernels
 
 
 class PermutohedralLattice:
@@ -376,15 +106,17 @@ class PermutohedralLattice:
     def __init__(self, features):
         features = as_features(features)
         self.n_points, self.dim = features.shape
-        self._vertices, self._barycentric, self._keys, self._neighbours = _build_lattice(
+        kernels = _kernels()
+        self._vertices, self._barycentric, self._keys, self._neighbours = kernels._build_lattice(
             features.astype(np.float32))
         self.n_lattice_points = self._keys.shape[0]
         ones = np.ones(self.n_points)
         response = np.empty((self.n_points, 1))
-        _lattice_filter(self._vertices, self._barycentric, self._neighbours, ones[:, None], ones, ones,
-                        False, response)
+        kernels._lattice_filter(self._vertices, self._barycentric, self._neighbours, ones[:, None], ones, ones,
+                                False, response)
         self._ones_response = response[:, 0]
         self._ones_response.flags.writeable = False
+        self._scale_cache = {}
 
     def __repr__(self):
         return (f"PermutohedralLattice(n_points={self.n_points}, dim={self.dim}, "
@@ -430,17 +162,72 @@ class PermutohedralLattice:
             if np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
             result = out.reshape(array.shape)
-        in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
+        in_scale, out_scale = self.scales(normalization, transpose)
 
         def run(values):
-            _lattice_filter(self._vertices, self._barycentric, self._neighbours, values, in_scale, out_scale,
-                            transpose, result)
+            _kernels()._lattice_filter(self._vertices, self._barycentric, self._neighbours, values, in_scale,
+                                       out_scale, transpose, result)
             return result
 
         within_range(run, array, np)
         if out is not None:
             return out
         return result[:, 0] if flat else result
+
+    def disagreement(self, labels, *, normalization="symmetric", transpose=False):
+        """The filter of the indicator of the labels other than each point's own, read at that point.
+
+        ``out_p = sum_q F[p, q] [labels_q != labels_p]`` with F the operator of :meth:`filter` (the
+        Potts term of a labeling at each point), in O((N + M K) d) instead of the O((N + M) d K) of
+        filtering the K indicator vectors: each point splats into its own label only.
+
+        Parameters
+        ----------
+        labels : (N,) array_like of int
+            Non-negative labels, one per feature point.
+        normalization, transpose
+            As in :meth:`filter`.
+
+        Returns
+        -------
+        (N,) ndarray of float64
+        """
+        normalization = check_normalization(normalization)
+        transpose = as_flag(transpose, "transpose")
+        labels = np.asarray(labels)
+        if labels.shape != (self.n_points,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels: expected an integer array of shape ({self.n_points},), got {describe(labels)}")
+        if labels.min() < 0:
+            raise ValueError(f"labels: expected non-negative values, got minimum {labels.min()}")
+        out = np.empty(self.n_points)
+        in_scale, out_scale = self.scales(normalization, transpose)
+        _kernels()._disagreement(self._vertices, self._barycentric, self._neighbours, labels, int(labels.max()) + 1,
+                                 in_scale, out_scale, transpose, out)
+        return out
+
+    def scales(self, normalization="symmetric", transpose=False):
+        """``(in_scale, out_scale)``, read-only (N,) arrays: the diagonal scalings around the raw
+        operator that give `normalization` (or its transpose), computed once per case."""
+        normalization = check_normalization(normalization)
+        transpose = as_flag(transpose, "transpose")
+        key = (normalization, transpose)
+        if key not in self._scale_cache:
+            scales = normalization_scales(self._ones_response, normalization, transpose)
+            for array in scales:
+                array.flags.writeable = False
+            self._scale_cache[key] = scales
+        return self._scale_cache[key]
+
+    @property
+    def structure(self):
+        """``(vertices, barycentric, neighbours)``, the read-only arrays of the operator, for fused
+        kernels (the mean-field backend): (N, d+1) int32 lattice points of each point's simplex and
+        (N, d+1) float64 barycentric weights (the splat S and slice S^T), (d+1, M, 2) int32 blur
+        neighbours (M where none). The filter is ``alpha S^T B S`` with ``alpha = 1 / (1 + 2^-d)``
+        and B the blur, taps (1/2, 1, 1/2) along directions 0..d, a missing neighbour counting 0."""
+        for array in (self._vertices, self._barycentric, self._neighbours):
+            array.flags.writeable = False
+        return self._vertices, self._barycentric, self._neighbours
 
 
 def bilateral_filter(values, image, *, sxy=80, srgb=13, normalization="symmetric"):
@@ -504,7 +291,7 @@ def exact_filter(values, features, *, normalization="symmetric"):
 
     def raw(v):
         result = np.empty_like(v)
-        _exact_filter(np.ascontiguousarray(v), features, result)
+        _kernels()._exact_filter(np.ascontiguousarray(v), features, result)
         return result
 
     ones_response = raw(np.ones((features.shape[0], 1)))[:, 0]

@@ -49,7 +49,8 @@ from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
 from ..filters.array_lattice import ArrayLattice
 from ..filters.features import normalization_scales
-from ..filters.lattice import PermutohedralLattice, _lattice_filter
+from ..filters._lattice_kernels import _lattice_filter
+from ..filters.lattice import PermutohedralLattice
 
 __all__ = [
     "REDUCTIONS",
