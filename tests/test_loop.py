@@ -168,7 +168,7 @@ def test_each_process_takes_its_share_of_every_batch():
     whole = TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0, device=torch.device("cpu"))
     halves = [TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
                               device=torch.device("cpu"), rank=rank, world_size=2) for rank in (0, 1)]
-    for shares in zip(whole._shares(1), *(half._shares(1) for half in halves)):
+    for shares in zip(whole.shares(1), *(half.shares(1) for half in halves)):
         assert sorted(shares[1] + shares[2]) == sorted(shares[0])
     with pytest.raises(ValueError, match="batch_size: expected a multiple of the world size 3"):
         TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,

@@ -73,7 +73,7 @@ class TrainingBatches:
         """The permutation of the training images in `epoch`."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
 
-    def _shares(self, epoch):
+    def shares(self, epoch):
         """This process's indices of each global batch of `epoch`."""
         order = self.order(epoch)
         return [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world_size].tolist()
@@ -89,7 +89,7 @@ class TrainingBatches:
     def epoch(self, epoch: int):
         """The batches of `epoch`, in order: ``(step, images, scribbles)``."""
         crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
-        loader = DataLoader(crops, batch_sampler=self._shares(epoch), num_workers=self.workers, collate_fn=_collate,
+        loader = DataLoader(crops, batch_sampler=self.shares(epoch), num_workers=self.workers, collate_fn=_collate,
                             pin_memory=self.device.type == "cuda")
         for step, (images, scribbles) in enumerate(loader):
             yield step, images, scribbles.to(self.device, non_blocking=True)
