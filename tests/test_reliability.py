@@ -59,6 +59,25 @@ def test_item4_16_bit_images_segment_like_their_8_bit_original(scene, capsys):
     labels8 = read_label_map(folder / "grey8-labels.png", "labels")
     assert np.array_equal(labels8, read_label_map(folder / "grey16-labels.png", "labels"))
     assert len(np.unique(labels8)) > 1
+    for channels in (3, 4):  # 16-bit RGB and RGBA (Pillow cannot write them: a minimal PNG by hand)
+        wide = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)[..., :channels]
+        (folder / "rgb16.png").write_bytes(png16(wide.astype(np.uint16) * 257))
+        assert np.array_equal(read_image(folder / "rgb16.png"), image)
+
+
+def png16(array):
+    """PNG bytes of an (H, W, C) uint16 array, C = 3 (RGB) or 4 (RGBA), 16 bits per channel."""
+    import struct
+    import zlib
+
+    height, width, channels = array.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 # ---------------------------------------------------------------------------------------------- item 5
