@@ -164,6 +164,10 @@ MAIN_GUARD = ('a script that calls solve_batch with a backend run in processes (
               '`if __name__ == "__main__":`, since each worker process imports the script again')
 
 
+#: Set when worker processes could not start in this session: later calls go straight to threads.
+_processes_failed = False
+
+
 def _ignore_sigint():
     """Worker processes leave Ctrl-C to the caller, which terminates them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -203,6 +207,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
     -------
     list of SolveResult
     """
+    global _processes_failed
     if "init" in options:
         raise TypeError("solve_batch: init= is solve()'s option; pass inits=[...], one starting labeling per "
                         "problem (or None)")
@@ -231,7 +236,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
             except Exception as exc:
                 raise _with_index(exc, index)
         return results
-    if callable(chosen) or backends.BACKENDS[chosen].releases_gil:  # a callable may not pickle
+    if callable(chosen) or backends.BACKENDS[chosen].releases_gil or _processes_failed:  # a callable may not pickle
         return _run_in_threads(jobs, workers)
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
@@ -239,9 +244,10 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
     try:
         executor.submit(_worker_ready).result()
     except BrokenProcessPool:
+        _processes_failed = True
         _terminate(executor)
-        warnings.warn(f"solve_batch: the worker processes could not start; solving in threads instead "
-                      f"({MAIN_GUARD})", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"solve_batch: the worker processes could not start; solving in threads instead, now and "
+                      f"in later calls ({MAIN_GUARD})", RuntimeWarning, stacklevel=2)
         return _run_in_threads(jobs, workers)
     except BaseException:
         _terminate(executor)

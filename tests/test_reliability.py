@@ -1,6 +1,7 @@
 """Issue 12 (Reliability): every item gives a correct result or a one-line error. One test (or a few
 parametrized cases) per item, named after it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -58,6 +59,25 @@ def test_item4_16_bit_images_segment_like_their_8_bit_original(scene, capsys):
     labels8 = read_label_map(folder / "grey8-labels.png", "labels")
     assert np.array_equal(labels8, read_label_map(folder / "grey16-labels.png", "labels"))
     assert len(np.unique(labels8)) > 1
+    for channels in (3, 4):  # 16-bit RGB and RGBA (Pillow cannot write them: a minimal PNG by hand)
+        wide = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)[..., :channels]
+        (folder / "rgb16.png").write_bytes(png16(wide.astype(np.uint16) * 257))
+        assert np.array_equal(read_image(folder / "rgb16.png"), image)
+
+
+def png16(array):
+    """PNG bytes of an (H, W, C) uint16 array, C = 3 (RGB) or 4 (RGBA), 16 bits per channel."""
+    import struct
+    import zlib
+
+    height, width, channels = array.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 # ---------------------------------------------------------------------------------------------- item 5
@@ -189,7 +209,9 @@ print("script body", flush=True)
 rng = np.random.default_rng(0)
 problems = [adm.GridCRF(rng.random((12, 12, 3)), np.ones((2, 12, 12)), lam=0.5) for _ in range(3)]
 results = adm.solve_batch(problems, backend="maxflow", workers=2)
+again = adm.solve_batch(problems, backend="maxflow", workers=2)  # straight to threads, no second warning
 print("energies", [round(r.energy, 6) for r in results])
+print("again", [round(r.energy, 6) for r in again])
 print("expected", [round(adm.solve(p, "maxflow").energy, 6) for p in problems])
 """
 
@@ -203,7 +225,8 @@ def test_item11_solve_batch_without_a_main_guard_falls_back_to_threads(tmp_path)
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
-    assert lines["energies"] == lines["expected"]
+    assert lines["energies"] == lines["expected"] == lines["again"]
+    assert done.stderr.count("could not start") == 1
     assert "BrokenProcessPool" not in done.stderr and "Traceback" not in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr  # the warning says how to fix it
     # the child that imports the script (the forkserver, or a spawned worker) stops at solve_batch
@@ -245,10 +268,11 @@ def test_item10_any_scale_of_the_energy_gives_the_same_labeling(problem, exponen
     so those problems are scaled by the power of two nearest the factor (exact: any tolerance relative
     to the energy gives the same moves, an absolute one does not), and by the factor itself once a
     random jitter of the unaries has removed the ties."""
-    power_of_two = 2.0 ** round(exponent * np.log2(10.0))
     untied = adm.GridCRF(problem.unary + np.random.default_rng(jitter).uniform(0, 0.01, problem.unary.shape),
                          problem.weights, lam=problem.lam, seeds=problem.seeds, unlabeled=problem.unlabeled)
-    for original, factor in ((problem, power_of_two), (untied, 10.0 ** exponent)):
+    cases = [(problem, 2.0 ** round(e * np.log2(10.0))) for e in (exponent, -12, 12)]  # the ends every time
+    cases += [(untied, 10.0 ** e) for e in (exponent, -12, 12)]
+    for original, factor in cases:
         for backend in DISCRETE:
             reference = adm.solve(original, backend, max_sweeps=50)
             result = adm.solve(scaled(original, factor), backend, max_sweeps=50)
@@ -427,6 +451,14 @@ def test_item3_metrics_are_never_lost(data, tmp_path):
     (run / "metrics.jsonl").unlink()
     assert [r["epoch"] for r in resume(run, progress=False)] == [1, 2]
     assert (run / "metrics.jsonl").read_text().splitlines() == lines
+    # a checkpoint from before the records travelled with it, its metrics lost: the last epoch is evaluated again
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["records"], state["rng"]
+    torch.save(state, run / "checkpoint.pt")
+    (run / "metrics.jsonl").unlink()
+    records = resume(run, progress=False)
+    assert [r["epoch"] for r in records] == [2] and records[0]["reevaluated"]
+    assert records[0]["miou"] == pytest.approx(json.loads(lines[1])["miou"], rel=1e-6)
 
 
 @needs_training

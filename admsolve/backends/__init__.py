@@ -67,7 +67,8 @@ BACKENDS: dict[str, Backend] = {
 
 #: Set by :func:`admsolve.solve_batch` when it is interrupted (Ctrl-C) or one of its problems fails:
 #: the backends' Python loops check it between moves and sweeps (:func:`check_cancelled`), so that
-#: worker threads stop after their current move instead of finishing their problem.
+#: worker threads stop after their current move instead of finishing their problem. It is process-wide:
+#: a solve running in another thread at that moment stops too (with SolveCancelled).
 CANCEL = threading.Event()
 
 

@@ -296,5 +296,5 @@ def exact_filter(values, features, *, normalization="symmetric"):
 
     ones_response = raw(np.ones((features.shape[0], 1)))[:, 0]
     in_scale, out_scale = normalization_scales(ones_response, normalization, False)
-    out = out_scale[:, None] * raw(values * in_scale[:, None])
+    out = within_range(lambda v: out_scale[:, None] * raw(v * in_scale[:, None]), values, np)
     return out[:, 0] if flat else out

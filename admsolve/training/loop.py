@@ -12,11 +12,14 @@ pixel count, then averaged over the batch. GD minimises ``pCE + lam R(S) / |Omeg
 ``min_X lam R(X) + gamma KL(X || S)`` (both sums over pixels, as in eq. 8) with
 ``pCE + gamma sum_{unscribbled} CE(S, X) / |Omega|``.
 
-The run folder holds ``config.json``, ``checkpoint.pt`` (written atomically after every epoch),
-``metrics.jsonl`` (one JSON object per epoch), ``curves.png`` (losses and mIoU against iterations,
+The run folder holds ``config.json``, ``checkpoint.pt`` (written atomically after every epoch; only
+tensors, numbers, strings and plain containers, read with ``weights_only=True``, holding the metric
+records and the random states too), ``metrics.jsonl`` (one JSON object per epoch, rewritten from the
+checkpoint on resume), ``curves.png`` (losses and mIoU against iterations,
 Fig. 3) and ``predictions.png`` (image / scribbles / prediction / ground truth, Fig. 5).
 Randomness (crops, flips, scaling, batch order) is drawn from generators seeded by (seed, epoch,
-image), so ``resume`` continues a stopped run exactly.
+image), and the global torch / NumPy states (dropout) are restored from the checkpoint, so ``resume``
+continues a stopped run exactly.
 """
 
 import dataclasses
