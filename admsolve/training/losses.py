@@ -35,6 +35,7 @@ Precision: a float64 input is computed in float64; float32, float16 and bfloat16
 :func:`torch.autocast`) in float32, and the loss is returned in that dtype.
 """
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from .._array import array_module
 from .._validation import as_connectivity, as_positive, as_scalar, describe
 from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
@@ -296,6 +299,42 @@ def _contrast_weights(images, connectivity, sigma2=None):
     return [w / math.sqrt(2.0) if d >= 2 else w for d, w in enumerate(weights)]
 
 
+class _GridCRFFunction(torch.autograd.Function):
+    """Per-image ``sum_{pq} w_pq (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)`` of (N, K, H, W) soft labels
+    S, given the edge weights of each direction (no gradient).
+
+    The backward adds ``w_pq (1/2 - S_q)`` at p and ``w_pq (1/2 - S_p)`` at q in place, direction
+    by direction, into one gradient (autograd through the slices of S would make and add a
+    full-size gradient for every slice); it is made of differentiable torch operations, so second
+    derivatives hold too.
+    """
+
+    @staticmethod
+    def forward(ctx, soft, *weights):
+        n, _, height, width = soft.shape
+        mass = soft.sum(dim=1)
+        per_image = soft.new_zeros(n)
+        for d, w in enumerate(weights):
+            (rp, cp), (rq, cq) = edge_slices(d, height, width)
+            overlap = torch.linalg.vecdot(soft[:, :, rp, cp], soft[:, :, rq, cq], dim=1)
+            cut = 0.5 * (mass[:, rp, cp] + mass[:, rq, cq]) - overlap
+            per_image = per_image + (w * cut).sum(dim=(1, 2))
+        ctx.save_for_backward(soft, *weights)
+        return per_image
+
+    @staticmethod
+    def backward(ctx, grad):
+        soft, *weights = ctx.saved_tensors
+        height, width = soft.shape[2:]
+        grad_soft = torch.zeros_like(soft)
+        for d, w in enumerate(weights):
+            (rp, cp), (rq, cq) = edge_slices(d, height, width)
+            scaled = (grad[:, None, None] * w)[:, None]
+            grad_soft[:, :, rp, cp].add_(0.5 * scaled).addcmul_(scaled, soft[:, :, rq, cq], value=-1.0)
+            grad_soft[:, :, rq, cq].add_(0.5 * scaled).addcmul_(scaled, soft[:, :, rp, cp], value=-1.0)
+        return grad_soft, *(None for _ in weights)
+
+
 def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity: int = 8,
                   sigma2: float | None = None, reduction: str = "mean") -> torch.Tensor:
     r"""Relaxed grid-CRF (Potts) loss of soft labels.
@@ -344,14 +383,7 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     with torch.no_grad():
         weights = _contrast_weights(_images_as_tensor(images, (n, height, width), probs.device, dtype),
                                     connectivity, sigma2)
-    mass = soft.sum(dim=1)
-    per_image = soft.new_zeros(n)
-    for d, w in enumerate(weights):
-        (rp, cp), (rq, cq) = edge_slices(d, height, width)
-        overlap = (soft[:, :, rp, cp] * soft[:, :, rq, cq]).sum(dim=1)
-        cut = 0.5 * mass[:, rp, cp] + 0.5 * mass[:, rq, cq] - overlap
-        per_image = per_image + (w * cut).sum(dim=(1, 2))
-    return _reduce(lam * per_image, reduction, n * height * width)
+    return _reduce(lam * _GridCRFFunction.apply(soft, *weights), reduction, n * height * width)
 
 
 class GridCRFLoss(nn.Module):
@@ -387,58 +419,73 @@ class GridCRFLoss(nn.Module):
 # --------------------------------------------------------------------------- dense CRF
 
 
-def _bilateral_features(images, sxy, srgb):
-    """(N, H*W, 5) features ``[x / sxy, y / sxy, r / srgb, g / srgb, b / srgb]`` of (N, 3, H, W)
-    images, in raster order: :func:`admsolve.filters.bilateral_features` of each image, in torch."""
-    n, _, height, width = images.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=images.dtype, device=images.device),
-                            torch.arange(width, dtype=images.dtype, device=images.device), indexing="ij")
-    position = torch.stack([xs.reshape(-1) / sxy, ys.reshape(-1) / sxy], dim=1)
-    colour = images.reshape(n, 3, height * width).transpose(1, 2) / srgb
-    return torch.cat([position.expand(n, -1, -1), colour], dim=2).contiguous()
+def _bilateral_features(image, sxy, srgb):
+    """(H*W, 5) float64 features ``[x / sxy, y / sxy, r / srgb, g / srgb, b / srgb]`` of an (H, W, 3)
+    NumPy or CuPy image, in raster order, on its array module: :func:`admsolve.filters.bilateral_features`."""
+    xp = array_module(image)
+    height, width, _ = image.shape
+    features = xp.empty((height * width, 5))
+    features[:, 0] = xp.tile(xp.arange(width, dtype=xp.float64), height) / sxy
+    features[:, 1] = xp.repeat(xp.arange(height, dtype=xp.float64), width) / sxy
+    features[:, 2:] = image.reshape(height * width, 3) / srgb
+    return features
 
 
 class _LatticeOperator:
-    """W of one image on the CPU: a :class:`PermutohedralLattice` built once, applied to (P, C)
-    float32 or float64 CPU tensors through its Numba kernel, read and written in place (zero-copy
-    ``.numpy()`` views; the kernel sums in float64)."""
+    """W of one image on the CPU: a :class:`PermutohedralLattice` built once, applied to C-contiguous
+    (P, C) float32 or float64 NumPy arrays through its Numba kernel, which writes `out` (and sums in
+    float64)."""
 
     def __init__(self, features):
-        self.lattice = PermutohedralLattice(features.numpy())
+        self.lattice = PermutohedralLattice(features)
 
     def __call__(self, values, out, transpose):
         lattice = self.lattice
         in_scale, out_scale = normalization_scales(lattice.ones_response, NORMALIZATION, transpose)
-        _lattice_filter(lattice._vertices, lattice._barycentric, lattice._neighbours,
-                        values.detach().numpy(), in_scale, out_scale, transpose, out.numpy())
-
-
-def _as_array(tensor):
-    """A NumPy (CPU tensor) or CuPy (CUDA tensor) array sharing the memory of `tensor` (DLPack)."""
-    if tensor.device.type == "cpu":
-        return np.from_dlpack(tensor.detach())
-    try:
-        import cupy
-    except ImportError:
-        raise ImportError("dense_crf_loss on CUDA tensors needs CuPy: pip install 'admsolve[cuda]'") from None
-    return cupy.from_dlpack(tensor.detach())
+        _lattice_filter(lattice._vertices, lattice._barycentric, lattice._neighbours, values, in_scale, out_scale,
+                        transpose, out)
 
 
 class _ArrayLatticeOperator:
-    """W of one image through an :class:`ArrayLattice` on the array module of the tensors: CuPy for
-    CUDA tensors, NumPy for CPU ones (the same code), shared with torch through DLPack, no host copy.
-    The lattice filters in float64."""
+    """W of one image through an :class:`ArrayLattice` on the array module of the features: CuPy for
+    CUDA tensors, NumPy for CPU ones (the same code); it filters in float64 and writes `out`."""
 
     def __init__(self, features):
-        self.lattice = ArrayLattice(_as_array(features))
+        self.lattice = ArrayLattice(features)
 
     def __call__(self, values, out, transpose):
-        result = self.lattice.filter(_as_array(values), normalization=NORMALIZATION, transpose=transpose)
-        out.copy_(torch.from_dlpack(result))
+        out[...] = self.lattice.filter(values, normalization=NORMALIZATION, transpose=transpose)
 
 
 #: The lattice operator for each device type: the Numba lattice on the CPU, the array lattice (CuPy) on CUDA.
 _OPERATORS = {"cpu": _LatticeOperator, "cuda": _ArrayLatticeOperator}
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError("dense_crf_loss on CUDA tensors needs CuPy: pip install 'admsolve[cuda]'") from None
+    return cupy
+
+
+def _as_array(tensor):
+    """The NumPy (CPU tensor) or CuPy (CUDA tensor, through DLPack) array sharing the memory of `tensor`."""
+    tensor = tensor.detach()
+    return tensor.numpy() if tensor.device.type == "cpu" else _cupy().from_dlpack(tensor)
+
+
+@contextlib.contextmanager
+def _on_device(tensor):
+    """For a CUDA tensor, CuPy's current device and stream set to the tensor's device and its current
+    torch stream, so that CuPy's work is ordered with torch's; nothing for a CPU tensor."""
+    if tensor.device.type == "cpu":
+        yield
+        return
+    cupy = _cupy()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream)
+    with cupy.cuda.Device(tensor.device.index), stream:
+        yield
 
 
 def _map(function, count, workers):
@@ -450,40 +497,63 @@ def _map(function, count, workers):
 
 
 class _DenseCRFFunction(torch.autograd.Function):
-    """Per-image ``sum_k T_k^T W (r - T_k)`` of (N, P, K) masked soft labels T and (N, P) ROI
-    weights r (no gradient), W the bilateral operator of each image.
+    """Per-image ``sum_k T_k^T W (r - T_k)`` of (N, K, H, W) masked soft labels T, given the
+    (N, H, W) ROI weights r (no gradient; None: ones) and the (N, H, W, 3) images (an array of the
+    module of T's device), W the bilateral operator of each image (`make` builds it from the
+    image's features).
 
-    The forward builds the operator of each image from its (P, 5) features (`make`), filters
-    ``[T | r]`` (K + 1 channels) with it and keeps it, with ``W T`` and ``W r``, for the backward,
-    which filters T with the transpose: ``dL/dT = W r - W T - W^T T``. The images run on `workers`
-    threads (the Numba kernels release the GIL), each independently, so any number of workers gives
-    the same bits.
+    The tensors are read and written as arrays of their device's module (NumPy or CuPy) sharing
+    their memory, image by image, on `workers` threads (the Numba kernels and NumPy's large
+    operations release the GIL; each image is computed on its own, so the result does not depend on
+    `workers`). The forward lays T out pixel-major, (P, K), builds the operator, filters r and T,
+    and keeps the operator, T and ``D = W r - W T`` for the backward, which filters T with the
+    transpose: ``dL/dT = D - W^T T``.
     """
 
     @staticmethod
-    def forward(ctx, segments, roi, features, make, workers):
-        n, _, k = segments.shape
-        values = torch.cat([segments, roi[..., None]], dim=2)
-        filtered = torch.empty_like(values)
+    def forward(ctx, segments, roi, images, sxy, srgb, make, workers):
+        n, k, height, width = segments.shape
+        pixels = height * width
+        per_image = segments.new_empty(n)
+        with _on_device(segments):
+            soft, values = _as_array(segments), _as_array(per_image)
+            weights = None if roi is None else _as_array(roi)
+            xp = array_module(soft)
 
-        def first_pass(i):
-            operator = make(features[i])
-            operator(values[i], filtered[i], False)
-            return operator
+            def first_pass(i):
+                operator = make(_bilateral_features(images[i], sxy, srgb))
+                mine = xp.ascontiguousarray(soft[i].reshape(k, pixels).T)
+                difference, kernel_roi = xp.empty_like(mine), xp.empty((pixels, 1), dtype=mine.dtype)
+                inside = xp.ones_like(kernel_roi) if weights is None else \
+                    xp.ascontiguousarray(weights[i].reshape(pixels, 1))
+                operator(inside, kernel_roi, False)
+                operator(mine, difference, False)
+                xp.subtract(kernel_roi, difference, out=difference)
+                values[i] = xp.einsum("pk,pk->p", mine, difference).sum()  # (a pairwise sum over the pixels)
+                return operator, mine, difference
 
-        ctx.operators = _map(first_pass, n, workers)
-        ctx.workers = workers
-        kernel_segments, kernel_roi = filtered[..., :k], filtered[..., k]
-        ctx.save_for_backward(segments, kernel_segments, kernel_roi)
-        return (segments * (kernel_roi[..., None] - kernel_segments)).sum(dim=(1, 2))
+            ctx.saved = _map(first_pass, n, workers)
+        ctx.shape, ctx.workers = segments.shape, workers
+        return per_image
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        segments, kernel_segments, kernel_roi = ctx.saved_tensors
-        transposed = torch.empty_like(segments)
-        _map(lambda i: ctx.operators[i](segments[i], transposed[i], True), segments.shape[0], ctx.workers)
-        grad_segments = grad[:, None, None] * (kernel_roi[..., None] - kernel_segments - transposed)
-        return grad_segments, None, None, None, None
+        n, k = ctx.shape[:2]
+        grad_segments = grad.new_empty(ctx.shape)
+        with _on_device(grad_segments):
+            scale, out = _as_array(grad.contiguous()), _as_array(grad_segments)
+            xp = array_module(out)
+
+            def second_pass(i):
+                operator, mine, difference = ctx.saved[i]
+                transposed = xp.empty_like(mine)
+                operator(mine, transposed, True)
+                xp.subtract(difference, transposed, out=transposed)
+                xp.multiply(transposed.T, scale[i], out=out[i].reshape(k, -1))
+
+            _map(second_pass, n, ctx.workers)
+        return grad_segments, None, None, None, None, None, None
 
 
 def _check_roi(roi, shape):
@@ -498,6 +568,21 @@ def _check_roi(roi, shape):
     return roi
 
 
+def _image_array(images, shape, device, scale_factor):
+    """The images as an (N, h, w, 3) array of the module of `device` (NumPy for the CPU, CuPy for
+    CUDA), downscaled by `scale_factor` (nearest, as ``F.interpolate``): a NumPy array itself for
+    the CPU at scale 1, else through a float64 tensor."""
+    images = _check_images(images, shape)
+    if isinstance(images, np.ndarray) and device.type == "cpu" and scale_factor == 1:
+        if not np.all(np.isfinite(images)):
+            raise ValueError("images: expected finite values")
+        return images
+    pictures = _images_as_tensor(images, shape, device, torch.float64)
+    if scale_factor != 1:
+        pictures = F.interpolate(pictures, scale_factor=scale_factor)
+    return _as_array(pictures.permute(0, 2, 3, 1))
+
+
 def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float = 80, srgb: float = 13,
                    roi: torch.Tensor | None = None, scale_factor: float = 1.0, reduction: str = "mean",
                    workers: int | None = None) -> torch.Tensor:
@@ -508,11 +593,14 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
     once per image and call and used for the forward (``W``) and backward (``W^T``) passes of a
     custom :class:`torch.autograd.Function`; everything else is torch.
 
-    * CPU tensors: the Numba :class:`~admsolve.filters.PermutohedralLattice`, reading and writing
-      the tensors in place in their dtype (float32 or float64; the kernel sums in float64), the
+    * CPU tensors: the Numba :class:`~admsolve.filters.PermutohedralLattice`, on zero-copy NumPy
+      views of the tensors, in their dtype (float32 or float64; the kernel sums in float64), the
       images of the batch on `workers` threads. The result does not depend on `workers`.
     * CUDA tensors: the :class:`~admsolve.filters.ArrayLattice` on CuPy arrays that share the
-      tensors' memory (DLPack), in float64, one image after the other (needs CuPy).
+      tensors' memory (DLPack) on torch's current stream, filtering in float64, one image after the
+      other (needs CuPy). This is the array-module code of the CPU path (the arrays' module taken
+      from the tensors) with the array lattice in place of the Numba one; on the CPU it is tested
+      with NumPy, and has not yet run on a GPU.
 
     At one-hot S (labels X), without ROI and scale, the value of an image equals
     ``DenseCRF(zeros, image, sxy=sxy, srgb=srgb, compat=2 * lam, gaussian_compat=0).energy(X)``,
@@ -566,21 +654,18 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
                          f"{height} x {width} predictions, got {scale_factor!r}")
     dtype = _compute_dtype(probs)
     soft = probs.to(dtype)
-    pictures = _images_as_tensor(images, (n, height, width), probs.device, torch.float64)
-    weights = torch.ones_like(soft[:, 0]) if roi is None else \
-        _check_roi(roi, (n, height, width)).to(device=probs.device, dtype=dtype)
-    if scale_factor != 1:
-        pictures = F.interpolate(pictures, scale_factor=scale_factor)
-        soft = F.interpolate(soft, scale_factor=scale_factor, mode="bilinear", align_corners=False)
-        weights = F.interpolate(weights[:, None], scale_factor=scale_factor)[:, 0]
-        height, width = soft.shape[2:]
+    pictures = _image_array(images, (n, height, width), probs.device, scale_factor)
+    weights = None
     if roi is not None:
-        soft = soft * weights[:, None]
-    segments = soft.flatten(2).transpose(1, 2).contiguous()
-    features = _bilateral_features(pictures, sxy * scale_factor, srgb)
-    per_image = _DenseCRFFunction.apply(segments, weights.flatten(1), features,
-                                        _OPERATORS[probs.device.type],
-                                        workers if probs.device.type == "cpu" else 1)
+        weights = _check_roi(roi, (n, height, width)).to(device=probs.device, dtype=dtype)
+    if scale_factor != 1:
+        soft = F.interpolate(soft, scale_factor=scale_factor, mode="bilinear", align_corners=False)
+        if weights is not None:
+            weights = F.interpolate(weights[:, None], scale_factor=scale_factor)[:, 0]
+        height, width = soft.shape[2:]
+    segments = soft if weights is None else soft * weights[:, None]
+    per_image = _DenseCRFFunction.apply(segments, weights, pictures, sxy * scale_factor, srgb,
+                                        _OPERATORS[probs.device.type], workers if probs.device.type == "cpu" else 1)
     return _reduce(lam * per_image, reduction, n * height * width)
 
 
