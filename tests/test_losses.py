@@ -277,7 +277,7 @@ def test_dense_crf_array_lattice_path_equals_numba(monkeypatch):
         return dense_crf_loss(s, images, sxy=6, roi=roi, reduction="sum")
 
     numba = _value_and_grad(loss, probs)
-    monkeypatch.setitem(losses._OPERATORS, "cpu", losses._ArrayLatticeOperator)
+    monkeypatch.setitem(losses._IMAGES, "cpu", losses._ArrayImage)
     array = _value_and_grad(loss, probs)
     assert array[0].item() == pytest.approx(numba[0].item(), rel=1e-12)
     np.testing.assert_allclose(array[1].numpy(), numba[1].numpy(), rtol=1e-10, atol=1e-14)

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -52,7 +53,7 @@ from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
 from ..filters.array_lattice import ArrayLattice
 from ..filters.features import normalization_scales
-from ..filters.lattice import PermutohedralLattice, _lattice_filter
+from ..filters.lattice import PermutohedralLattice
 
 __all__ = [
     "REDUCTIONS",
@@ -299,39 +300,49 @@ def _contrast_weights(images, connectivity, sigma2=None):
     return [w / math.sqrt(2.0) if d >= 2 else w for d, w in enumerate(weights)]
 
 
+def _half_degrees(weights, height, width):
+    """(N, H, W): half the sum of the weights of each pixel's edges, ``sum_q w_pq / 2``."""
+    half = weights[0].new_zeros((weights[0].shape[0], height, width))
+    for d, w in enumerate(weights):
+        (rp, cp), (rq, cq) = edge_slices(d, height, width)
+        half[:, rp, cp] += 0.5 * w
+        half[:, rq, cq] += 0.5 * w
+    return half
+
+
 class _GridCRFFunction(torch.autograd.Function):
     """Per-image ``sum_{pq} w_pq (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)`` of (N, K, H, W) soft labels
-    S, given the edge weights of each direction (no gradient).
+    S, given the edge weights of each direction (no gradient): ``sum_p <1, S_p> h_p - sum_{pq} w_pq
+    <S_p, S_q>`` with ``h_p = sum_q w_pq / 2``.
 
-    The backward adds ``w_pq (1/2 - S_q)`` at p and ``w_pq (1/2 - S_p)`` at q in place, direction
-    by direction, into one gradient (autograd through the slices of S would make and add a
+    The backward starts from ``h_p`` at every label and subtracts ``w_pq S_q`` at p and ``w_pq S_p``
+    at q in place, direction by direction (autograd through the slices of S would make and add a
     full-size gradient for every slice); it is made of differentiable torch operations, so second
     derivatives hold too.
     """
 
     @staticmethod
     def forward(ctx, soft, *weights):
-        n, _, height, width = soft.shape
-        mass = soft.sum(dim=1)
-        per_image = soft.new_zeros(n)
+        height, width = soft.shape[2:]
+        half = _half_degrees(weights, height, width)
+        per_image = (soft.sum(dim=1) * half).sum(dim=(1, 2))
         for d, w in enumerate(weights):
             (rp, cp), (rq, cq) = edge_slices(d, height, width)
             overlap = torch.linalg.vecdot(soft[:, :, rp, cp], soft[:, :, rq, cq], dim=1)
-            cut = 0.5 * (mass[:, rp, cp] + mass[:, rq, cq]) - overlap
-            per_image = per_image + (w * cut).sum(dim=(1, 2))
-        ctx.save_for_backward(soft, *weights)
+            per_image = per_image - (w * overlap).sum(dim=(1, 2))
+        ctx.save_for_backward(soft, half, *weights)
         return per_image
 
     @staticmethod
     def backward(ctx, grad):
-        soft, *weights = ctx.saved_tensors
+        soft, half, *weights = ctx.saved_tensors
         height, width = soft.shape[2:]
-        grad_soft = torch.zeros_like(soft)
+        grad_soft = (grad[:, None, None] * half)[:, None].expand_as(soft).clone()
         for d, w in enumerate(weights):
             (rp, cp), (rq, cq) = edge_slices(d, height, width)
             scaled = (grad[:, None, None] * w)[:, None]
-            grad_soft[:, :, rp, cp].add_(0.5 * scaled).addcmul_(scaled, soft[:, :, rq, cq], value=-1.0)
-            grad_soft[:, :, rq, cq].add_(0.5 * scaled).addcmul_(scaled, soft[:, :, rp, cp], value=-1.0)
+            grad_soft[:, :, rp, cp].addcmul_(scaled, soft[:, :, rq, cq], value=-1.0)
+            grad_soft[:, :, rq, cq].addcmul_(scaled, soft[:, :, rp, cp], value=-1.0)
         return grad_soft, *(None for _ in weights)
 
 
@@ -431,34 +442,161 @@ def _bilateral_features(image, sxy, srgb):
     return features
 
 
-class _LatticeOperator:
-    """W of one image on the CPU: a :class:`PermutohedralLattice` built once, applied to C-contiguous
-    (P, C) float32 or float64 NumPy arrays through its Numba kernel, which writes `out` (and sums in
-    float64)."""
+# The dense loss of one image on the CPU runs the lattice filter of admsolve.filters.lattice in its
+# three stages (splat, blur, slice: the operations of its kernel, in the same order), so that the
+# backward reuses the forward's splat and the slices give the loss's terms directly.
+
+
+@njit(nogil=True, cache=True)
+def _splat(vertices, barycentric, scale, segments, roi, n_lattice_points):
+    """(M + 1, K + 1) float64 lattice values of ``[T | r]`` (T (P, K), r (P,)), each pixel's row
+    times ``scale[p]``; row M (the missing neighbour) stays zero."""
+    n, dp1 = vertices.shape
+    k = segments.shape[1]
+    lattice = np.zeros((n_lattice_points + 1, k + 1))
+    row = np.empty(k + 1)
+    for p in range(n):
+        s = scale[p]
+        for c in range(k):
+            row[c] = s * segments[p, c]
+        row[k] = s * roi[p]
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k + 1):
+                lattice[v, c] += w * row[c]
+    return lattice
+
+
+@njit(nogil=True, cache=True)
+def _blur(neighbours, lattice, channels, reverse):
+    """The blur of the first `channels` columns of the lattice values, along the directions 0..d
+    (d..0 when `reverse`, for the transpose)."""
+    dp1, m = neighbours.shape[0], neighbours.shape[1]
+    current = lattice[:, :channels].copy()
+    scratch = np.zeros_like(current)
+    for step in range(dp1):
+        j = dp1 - 1 - step if reverse else step
+        for index in range(m):
+            a = neighbours[j, index, 0]
+            b = neighbours[j, index, 1]
+            for c in range(channels):
+                scratch[index, c] = current[index, c] + 0.5 * (current[a, c] + current[b, c])
+        current, scratch = scratch, current
+    return current
+
+
+@njit(nogil=True, cache=True)
+def _slice_loss(vertices, barycentric, scale, blurred, segments, difference):
+    """Slice the blurred ``[T | r]`` into ``difference = W r - W T`` (P, K); returns
+    ``sum(T * difference)``, summed in float64."""
+    n, dp1 = vertices.shape
+    k = segments.shape[1]
+    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    row = np.empty(k + 1)
+    total = 0.0
+    for p in range(n):
+        for c in range(k + 1):
+            row[c] = 0.0
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k + 1):
+                row[c] += w * blurred[v, c]
+        s = alpha * scale[p]
+        kernel_roi = s * row[k]
+        for c in range(k):
+            d = kernel_roi - s * row[c]
+            difference[p, c] = d
+            total += segments[p, c] * d
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _slice_gradient(vertices, barycentric, scale, blurred, difference, gradient):
+    """Slice the reverse-blurred T into ``gradient = difference - W^T T`` (P, K)."""
+    n, dp1 = vertices.shape
+    k = difference.shape[1]
+    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    row = np.empty(k)
+    for p in range(n):
+        for c in range(k):
+            row[c] = 0.0
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k):
+                row[c] += w * blurred[v, c]
+        s = alpha * scale[p]
+        for c in range(k):
+            gradient[p, c] = difference[p, c] - s * row[c]
+
+
+#: Pixels per block of the (P, K) -> (K, P) transposition of the dense loss's gradient: NumPy's
+#: strided copy of a whole image is about 4x slower (it misses the cache).
+_TRANSPOSE_BLOCK = 4096
+
+
+class _LatticeImage:
+    """The dense loss of one image on the CPU, through a :class:`PermutohedralLattice` built once
+    for the forward and the backward.
+
+    W is symmetric-normalised, ``W = n^-1/2 alpha S^T B S n^-1/2`` (splat S, blur B, slice S^T),
+    so ``W^T = n^-1/2 alpha S^T B^T S n^-1/2`` differs only in the order of the blur: the backward
+    reuses the forward's splat of T. Arrays are read in their dtype (float32 or float64); the
+    kernels sum in float64.
+    """
 
     def __init__(self, features):
         self.lattice = PermutohedralLattice(features)
+        self.scale, _ = normalization_scales(self.lattice.ones_response, NORMALIZATION, False)
 
-    def __call__(self, values, out, transpose):
+    def forward(self, soft, roi):
+        """``sum_k T_k^T W (r - T_k)`` of the (K, P) soft labels T and the (P,) ROI weights r."""
         lattice = self.lattice
-        in_scale, out_scale = normalization_scales(lattice.ones_response, NORMALIZATION, transpose)
-        _lattice_filter(lattice._vertices, lattice._barycentric, lattice._neighbours, values, in_scale, out_scale,
-                        transpose, out)
+        segments = np.ascontiguousarray(soft.T)
+        self.splatted = _splat(lattice._vertices, lattice._barycentric, self.scale, segments, roi,
+                               lattice.n_lattice_points)
+        blurred = _blur(lattice._neighbours, self.splatted, self.splatted.shape[1], False)
+        self.difference = np.empty_like(segments)
+        return _slice_loss(lattice._vertices, lattice._barycentric, self.scale, blurred, segments,
+                           self.difference)
+
+    def backward(self, factor, out):
+        """``out = factor (W r - W T - W^T T)``, the (K, P) gradient with respect to T."""
+        lattice = self.lattice
+        blurred = _blur(lattice._neighbours, self.splatted, self.difference.shape[1], True)
+        gradient = np.empty_like(self.difference)
+        _slice_gradient(lattice._vertices, lattice._barycentric, self.scale, blurred, self.difference, gradient)
+        for start in range(0, gradient.shape[0], _TRANSPOSE_BLOCK):
+            block = slice(start, start + _TRANSPOSE_BLOCK)
+            np.multiply(gradient[block].T, factor, out=out[:, block])
 
 
-class _ArrayLatticeOperator:
-    """W of one image through an :class:`ArrayLattice` on the array module of the features: CuPy for
-    CUDA tensors, NumPy for CPU ones (the same code); it filters in float64 and writes `out`."""
+class _ArrayImage:
+    """The dense loss of one image through an :class:`ArrayLattice` and its filter (float64), on
+    the array module of the arrays: CuPy for CUDA tensors, NumPy for CPU ones (the same code)."""
 
     def __init__(self, features):
         self.lattice = ArrayLattice(features)
 
-    def __call__(self, values, out, transpose):
-        out[...] = self.lattice.filter(values, normalization=NORMALIZATION, transpose=transpose)
+    def forward(self, soft, roi):
+        """``sum_k T_k^T W (r - T_k)`` of the (K, P) soft labels T and the (P,) ROI weights r."""
+        xp = self.lattice.xp
+        self.segments = xp.ascontiguousarray(soft.T)
+        filtered = self.lattice.filter(xp.concatenate([self.segments, roi[:, None]], axis=1),
+                                       normalization=NORMALIZATION)
+        self.difference = filtered[:, -1:] - filtered[:, :-1]
+        return xp.einsum("pk,pk->p", self.segments, self.difference).sum()
+
+    def backward(self, factor, out):
+        """``out = factor (W r - W T - W^T T)``, the (K, P) gradient with respect to T."""
+        transposed = self.lattice.filter(self.segments, normalization=NORMALIZATION, transpose=True)
+        out[...] = factor * (self.difference - transposed).T
 
 
-#: The lattice operator for each device type: the Numba lattice on the CPU, the array lattice (CuPy) on CUDA.
-_OPERATORS = {"cpu": _LatticeOperator, "cuda": _ArrayLatticeOperator}
+#: The dense loss of one image on each device type: the Numba lattice on the CPU, the array lattice (CuPy) on CUDA.
+_IMAGES = {"cpu": _LatticeImage, "cuda": _ArrayImage}
 
 
 def _cupy():
@@ -499,21 +637,18 @@ def _map(function, count, workers):
 class _DenseCRFFunction(torch.autograd.Function):
     """Per-image ``sum_k T_k^T W (r - T_k)`` of (N, K, H, W) masked soft labels T, given the
     (N, H, W) ROI weights r (no gradient; None: ones) and the (N, H, W, 3) images (an array of the
-    module of T's device), W the bilateral operator of each image (`make` builds it from the
-    image's features).
+    module of T's device); `make` (:class:`_LatticeImage` or :class:`_ArrayImage`) builds the loss
+    of one image from its features, and keeps it for the backward, ``dL/dT = W r - W T - W^T T``.
 
     The tensors are read and written as arrays of their device's module (NumPy or CuPy) sharing
-    their memory, image by image, on `workers` threads (the Numba kernels and NumPy's large
-    operations release the GIL; each image is computed on its own, so the result does not depend on
-    `workers`). The forward lays T out pixel-major, (P, K), builds the operator, filters r and T,
-    and keeps the operator, T and ``D = W r - W T`` for the backward, which filters T with the
-    transpose: ``dL/dT = D - W^T T``.
+    their memory, image by image on `workers` threads (the Numba kernels and NumPy's large
+    operations release the GIL; each image is computed on its own, so the result does not depend
+    on `workers`).
     """
 
     @staticmethod
     def forward(ctx, segments, roi, images, sxy, srgb, make, workers):
-        n, k, height, width = segments.shape
-        pixels = height * width
+        n, k = segments.shape[:2]
         per_image = segments.new_empty(n)
         with _on_device(segments):
             soft, values = _as_array(segments), _as_array(per_image)
@@ -521,18 +656,14 @@ class _DenseCRFFunction(torch.autograd.Function):
             xp = array_module(soft)
 
             def first_pass(i):
-                operator = make(_bilateral_features(images[i], sxy, srgb))
-                mine = xp.ascontiguousarray(soft[i].reshape(k, pixels).T)
-                difference, kernel_roi = xp.empty_like(mine), xp.empty((pixels, 1), dtype=mine.dtype)
-                inside = xp.ones_like(kernel_roi) if weights is None else \
-                    xp.ascontiguousarray(weights[i].reshape(pixels, 1))
-                operator(inside, kernel_roi, False)
-                operator(mine, difference, False)
-                xp.subtract(kernel_roi, difference, out=difference)
-                values[i] = xp.einsum("pk,pk->p", mine, difference).sum()  # (a pairwise sum over the pixels)
-                return operator, mine, difference
+                image = make(_bilateral_features(images[i], sxy, srgb))
+                channels = soft[i].reshape(k, -1)
+                inside = xp.ones(channels.shape[1], dtype=soft.dtype) if weights is None else \
+                    xp.ascontiguousarray(weights[i].reshape(-1))
+                values[i] = image.forward(channels, inside)
+                return image
 
-            ctx.saved = _map(first_pass, n, workers)
+            ctx.images = _map(first_pass, n, workers)
         ctx.shape, ctx.workers = segments.shape, workers
         return per_image
 
@@ -543,16 +674,7 @@ class _DenseCRFFunction(torch.autograd.Function):
         grad_segments = grad.new_empty(ctx.shape)
         with _on_device(grad_segments):
             scale, out = _as_array(grad.contiguous()), _as_array(grad_segments)
-            xp = array_module(out)
-
-            def second_pass(i):
-                operator, mine, difference = ctx.saved[i]
-                transposed = xp.empty_like(mine)
-                operator(mine, transposed, True)
-                xp.subtract(difference, transposed, out=transposed)
-                xp.multiply(transposed.T, scale[i], out=out[i].reshape(k, -1))
-
-            _map(second_pass, n, ctx.workers)
+            _map(lambda i: ctx.images[i].backward(scale[i], out[i].reshape(k, -1)), n, ctx.workers)
         return grad_segments, None, None, None, None, None, None
 
 
@@ -646,7 +768,7 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
         raise ValueError(f"scale_factor: expected a value in (0, 1], got {scale_factor!r}")
     reduction = _check_reduction(reduction)
     workers = (os.cpu_count() or 1) if workers is None else as_scalar(workers, "workers", minimum=1, integer=True)
-    if probs.device.type not in _OPERATORS:
+    if probs.device.type not in _IMAGES:
         raise ValueError(f"probs: expected a CPU or CUDA tensor, got a tensor on {probs.device}")
     n, _, height, width = probs.shape
     if math.floor(height * scale_factor) < 1 or math.floor(width * scale_factor) < 1:
@@ -665,7 +787,7 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
         height, width = soft.shape[2:]
     segments = soft if weights is None else soft * weights[:, None]
     per_image = _DenseCRFFunction.apply(segments, weights, pictures, sxy * scale_factor, srgb,
-                                        _OPERATORS[probs.device.type], workers if probs.device.type == "cpu" else 1)
+                                        _IMAGES[probs.device.type], workers if probs.device.type == "cpu" else 1)
     return _reduce(lam * per_image, reduction, n * height * width)
 
 
