@@ -177,6 +177,11 @@ def test_grid_crf_one_hot_equals_potts_energy(connectivity):
         assert values[i].item() == pytest.approx(problem.energy(labels[i].numpy()), rel=1e-12, abs=1e-12)
 
 
+def test_grid_crf_second_derivatives():
+    probs = _probs(2, 3, 4, 5, seed=4)
+    assert torch.autograd.gradgradcheck(lambda s: grid_crf_loss(s, IMAGES, lam=1.5, reduction="none"), (probs,))
+
+
 def test_grid_crf_matches_relaxed_energy_and_tensor_images():
     n, k, h, w = 1, 2, 4, 4
     images = _images(n, h, w, seed=5)
@@ -256,6 +261,14 @@ def test_dense_crf_threads_give_the_serial_bits():
     serial = _value_and_grad(lambda s: dense_crf_loss(s, images, sxy=10, reduction="none", workers=1).sum(), probs)
     threaded = _value_and_grad(lambda s: dense_crf_loss(s, images, sxy=10, reduction="none", workers=3).sum(), probs)
     assert torch.equal(serial[0], threaded[0]) and torch.equal(serial[1], threaded[1])
+
+
+def test_dense_crf_backward_twice_with_retain_graph():
+    probs = _probs(2, 3, 6, 7, seed=12)
+    value = dense_crf_loss(probs, _photos(2, 7, seed=12)[:, :6], sxy=5)
+    first, = torch.autograd.grad(value, probs, retain_graph=True)
+    second, = torch.autograd.grad(value, probs)
+    assert torch.equal(first, second)
 
 
 def test_dense_crf_float32_within_1e4_of_float64():

@@ -31,8 +31,8 @@ change of the default scale: formerly the grid, dense and proximal losses return
 averaged over the batch (``reduction="sum"`` divided by N); for that value with ``reduction="mean"``,
 multiply ``lam`` (or ``gamma``) by H * W.
 
-Precision: a float64 input is computed in float64; float32, float16 and bfloat16 inputs (e.g. under
-:func:`torch.autocast`) in float32, and the loss is returned in that dtype.
+Precision: a float64 input is computed in float64 and gives a float64 loss; float32, float16 and
+bfloat16 inputs (e.g. under :func:`torch.autocast`) are computed in float32 and give a float32 loss.
 """
 
 import contextlib
@@ -56,7 +56,6 @@ from ..filters.features import normalization_scales
 from ..filters.lattice import PermutohedralLattice
 
 __all__ = [
-    "REDUCTIONS",
     "DenseCRFLoss",
     "GridCRFLoss",
     "PartialCrossEntropyLoss",
@@ -354,10 +353,11 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     of the grid (eq. 9 of the paper halved: at one-hot S this is the discrete Potts energy
     ``lam * sum_{pq} w_pq [X_p != X_q]`` of :class:`admsolve.GridCRF`, each edge counted once).
     The weights ``w_pq`` are those of :func:`admsolve.contrast_weights`, computed in torch from the
-    images on the device of `probs`, without gradient. Everything runs in torch operations, so
-    autograd gives the gradient, and the function compiles with ``torch.compile(fullgraph=True)``
-    (with the images as a tensor). While torch.compile traces it, `lam` and `sigma2` are not
-    checked (a traced Python number can be symbolic): :class:`GridCRFLoss` checks them when made.
+    images on the device of `probs`, without gradient. Everything runs in torch operations (the
+    gradient is added in place by a custom autograd function, itself differentiable), and the
+    function compiles with ``torch.compile(fullgraph=True)`` (with the images as a tensor). While
+    torch.compile traces it, `lam` and `sigma2` are not checked (a traced Python number can be
+    symbolic): :class:`GridCRFLoss` checks them when made.
 
     Parameters
     ----------
