@@ -73,10 +73,10 @@ IMAGES = _images(N, H, W, seed=21)
 LATENT = torch.randint(0, K, (N, H, W), generator=torch.Generator().manual_seed(21))
 SCRIBBLES = _scribbles(N, H, W, K, seed=21)
 LOSSES = {
-    "pce": lambda s, **kw: partial_cross_entropy(s, SCRIBBLES, **kw),
+    "pce": lambda s, **kw: partial_cross_entropy(s, SCRIBBLES.to(s.device), **kw),
     "grid": lambda s, **kw: grid_crf_loss(s, IMAGES, lam=1.5, **kw),
     "dense": lambda s, **kw: dense_crf_loss(s, IMAGES, lam=1.5, sxy=3, srgb=20, **kw),
-    "proximal": lambda s, **kw: proximal_loss(s, LATENT, SCRIBBLES, gamma=0.5, **kw),
+    "proximal": lambda s, **kw: proximal_loss(s, LATENT.to(s.device), SCRIBBLES.to(s.device), gamma=0.5, **kw),
 }
 
 
