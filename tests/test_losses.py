@@ -73,10 +73,10 @@ IMAGES = _images(N, H, W, seed=21)
 LATENT = torch.randint(0, K, (N, H, W), generator=torch.Generator().manual_seed(21))
 SCRIBBLES = _scribbles(N, H, W, K, seed=21)
 LOSSES = {
-    "pce": lambda s, **kw: partial_cross_entropy(s, SCRIBBLES, **kw),
+    "pce": lambda s, **kw: partial_cross_entropy(s, SCRIBBLES.to(s.device), **kw),
     "grid": lambda s, **kw: grid_crf_loss(s, IMAGES, lam=1.5, **kw),
     "dense": lambda s, **kw: dense_crf_loss(s, IMAGES, lam=1.5, sxy=3, srgb=20, **kw),
-    "proximal": lambda s, **kw: proximal_loss(s, LATENT, SCRIBBLES, gamma=0.5, **kw),
+    "proximal": lambda s, **kw: proximal_loss(s, LATENT.to(s.device), SCRIBBLES.to(s.device), gamma=0.5, **kw),
 }
 
 
@@ -177,6 +177,11 @@ def test_grid_crf_one_hot_equals_potts_energy(connectivity):
         assert values[i].item() == pytest.approx(problem.energy(labels[i].numpy()), rel=1e-12, abs=1e-12)
 
 
+def test_grid_crf_second_derivatives():
+    probs = _probs(2, 3, 4, 5, seed=4)
+    assert torch.autograd.gradgradcheck(lambda s: grid_crf_loss(s, IMAGES, lam=1.5, reduction="none"), (probs,))
+
+
 def test_grid_crf_matches_relaxed_energy_and_tensor_images():
     n, k, h, w = 1, 2, 4, 4
     images = _images(n, h, w, seed=5)
@@ -221,11 +226,9 @@ def test_grid_crf_compiles_without_graph_breaks():
 
 
 def test_dense_features_equal_bilateral_features():
-    images = _images(2, 5, 7, seed=9)
-    features = losses._bilateral_features(torch.as_tensor(images, dtype=torch.float64).permute(0, 3, 1, 2),
-                                          6.5, 11.0)
-    for i in range(2):
-        assert np.array_equal(features[i].numpy(), bilateral_features(images[i], sxy=6.5, srgb=11.0))
+    image = _images(1, 5, 7, seed=9)[0]
+    features = losses._bilateral_features(image, 6.5, 11.0)
+    assert np.array_equal(features, bilateral_features(image, sxy=6.5, srgb=11.0))
 
 
 def test_dense_crf_one_hot_equals_densecrf_energy():
@@ -260,6 +263,14 @@ def test_dense_crf_threads_give_the_serial_bits():
     assert torch.equal(serial[0], threaded[0]) and torch.equal(serial[1], threaded[1])
 
 
+def test_dense_crf_backward_twice_with_retain_graph():
+    probs = _probs(2, 3, 6, 7, seed=12)
+    value = dense_crf_loss(probs, _photos(2, 7, seed=12)[:, :6], sxy=5)
+    first, = torch.autograd.grad(value, probs, retain_graph=True)
+    second, = torch.autograd.grad(value, probs)
+    assert torch.equal(first, second)
+
+
 def test_dense_crf_float32_within_1e4_of_float64():
     images = _photos(2, 64, seed=13)
     logits = 4 * torch.randn(2, 21, 64, 64, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
@@ -279,7 +290,7 @@ def test_dense_crf_array_lattice_path_equals_numba(monkeypatch):
         return dense_crf_loss(s, images, sxy=6, roi=roi, reduction="sum")
 
     numba = _value_and_grad(loss, probs)
-    monkeypatch.setitem(losses._OPERATORS, "cpu", losses._ArrayLatticeOperator)
+    monkeypatch.setitem(losses._IMAGES, "cpu", losses._ArrayImage)
     array = _value_and_grad(loss, probs)
     assert array[0].item() == pytest.approx(numba[0].item(), rel=1e-12)
     np.testing.assert_allclose(array[1].numpy(), numba[1].numpy(), rtol=1e-10, atol=1e-14)

@@ -31,10 +31,11 @@ change of the default scale: formerly the grid, dense and proximal losses return
 averaged over the batch (``reduction="sum"`` divided by N); for that value with ``reduction="mean"``,
 multiply ``lam`` (or ``gamma``) by H * W.
 
-Precision: a float64 input is computed in float64; float32, float16 and bfloat16 inputs (e.g. under
-:func:`torch.autocast`) in float32, and the loss is returned in that dtype.
+Precision: a float64 input is computed in float64 and gives a float64 loss; float32, float16 and
+bfloat16 inputs (e.g. under :func:`torch.autocast`) are computed in float32 and give a float32 loss.
 """
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -42,18 +43,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from .._validation import as_connectivity, as_positive, as_scalar, describe
+from .._array import array_module
+from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar, describe
 from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
 from ..filters.array_lattice import ArrayLattice
 from ..filters.features import normalization_scales
-from ..filters._lattice_kernels import _lattice_filter
 from ..filters.lattice import PermutohedralLattice
 
 __all__ = [
-    "REDUCTIONS",
     "DenseCRFLoss",
     "GridCRFLoss",
     "PartialCrossEntropyLoss",
@@ -193,7 +195,7 @@ def _reduce(per_image, reduction, count):
 # --------------------------------------------------------------------------- partial cross-entropy
 
 
-def partial_cross_entropy(logits: torch.Tensor, scribbles: torch.Tensor, *, ignore_index: int = 255,
+def partial_cross_entropy(logits: torch.Tensor, scribbles: torch.Tensor, *, ignore_index: int = UNLABELED,
                           reduction: str = "mean") -> torch.Tensor:
     r"""Partial cross-entropy over the scribbled pixels.
 
@@ -259,7 +261,7 @@ class PartialCrossEntropyLoss(nn.Module):
     0.6931
     """
 
-    def __init__(self, ignore_index: int = 255, *, reduction: str = "mean"):
+    def __init__(self, ignore_index: int = UNLABELED, *, reduction: str = "mean"):
         super().__init__()
         self.ignore_index = _check_ignore_index(ignore_index)
         self.reduction = _check_reduction(reduction)
@@ -297,6 +299,52 @@ def _contrast_weights(images, connectivity, sigma2=None):
     return [w / math.sqrt(2.0) if d >= 2 else w for d, w in enumerate(weights)]
 
 
+def _half_degrees(weights, height, width):
+    """(N, H, W): half the sum of the weights of each pixel's edges, ``sum_q w_pq / 2``."""
+    half = weights[0].new_zeros((weights[0].shape[0], height, width))
+    for d, w in enumerate(weights):
+        (rp, cp), (rq, cq) = edge_slices(d, height, width)
+        half[:, rp, cp] += 0.5 * w
+        half[:, rq, cq] += 0.5 * w
+    return half
+
+
+class _GridCRFFunction(torch.autograd.Function):
+    """Per-image ``sum_{pq} w_pq (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)`` of (N, K, H, W) soft labels
+    S, given the edge weights of each direction (no gradient): ``sum_p <1, S_p> h_p - sum_{pq} w_pq
+    <S_p, S_q>`` with ``h_p = sum_q w_pq / 2``.
+
+    The backward starts from ``h_p`` at every label and subtracts ``w_pq S_q`` at p and ``w_pq S_p``
+    at q in place, direction by direction (autograd through the slices of S would make and add a
+    full-size gradient for every slice); it is made of differentiable torch operations, so second
+    derivatives hold too.
+    """
+
+    @staticmethod
+    def forward(ctx, soft, *weights):
+        height, width = soft.shape[2:]
+        half = _half_degrees(weights, height, width)
+        per_image = (soft.sum(dim=1) * half).sum(dim=(1, 2))
+        for d, w in enumerate(weights):
+            (rp, cp), (rq, cq) = edge_slices(d, height, width)
+            overlap = torch.linalg.vecdot(soft[:, :, rp, cp], soft[:, :, rq, cq], dim=1)
+            per_image = per_image - (w * overlap).sum(dim=(1, 2))
+        ctx.save_for_backward(soft, half, *weights)
+        return per_image
+
+    @staticmethod
+    def backward(ctx, grad):
+        soft, half, *weights = ctx.saved_tensors
+        height, width = soft.shape[2:]
+        grad_soft = (grad[:, None, None] * half)[:, None].expand_as(soft).clone()
+        for d, w in enumerate(weights):
+            (rp, cp), (rq, cq) = edge_slices(d, height, width)
+            scaled = (grad[:, None, None] * w)[:, None]
+            grad_soft[:, :, rp, cp].addcmul_(scaled, soft[:, :, rq, cq], value=-1.0)
+            grad_soft[:, :, rq, cq].addcmul_(scaled, soft[:, :, rp, cp], value=-1.0)
+        return grad_soft, *(None for _ in weights)
+
+
 def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity: int = 8,
                   sigma2: float | None = None, reduction: str = "mean") -> torch.Tensor:
     r"""Relaxed grid-CRF (Potts) loss of soft labels.
@@ -305,10 +353,11 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     of the grid (eq. 9 of the paper halved: at one-hot S this is the discrete Potts energy
     ``lam * sum_{pq} w_pq [X_p != X_q]`` of :class:`admsolve.GridCRF`, each edge counted once).
     The weights ``w_pq`` are those of :func:`admsolve.contrast_weights`, computed in torch from the
-    images on the device of `probs`, without gradient. Everything runs in torch operations, so
-    autograd gives the gradient, and the function compiles with ``torch.compile(fullgraph=True)``
-    (with the images as a tensor). While torch.compile traces it, `lam` and `sigma2` are not
-    checked (a traced Python number can be symbolic): :class:`GridCRFLoss` checks them when made.
+    images on the device of `probs`, without gradient. Everything runs in torch operations (the
+    gradient is added in place by a custom autograd function, itself differentiable), and the
+    function compiles with ``torch.compile(fullgraph=True)`` (with the images as a tensor). While
+    torch.compile traces it, `lam` and `sigma2` are not checked (a traced Python number can be
+    symbolic): :class:`GridCRFLoss` checks them when made.
 
     Parameters
     ----------
@@ -345,14 +394,7 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     with torch.no_grad():
         weights = _contrast_weights(_images_as_tensor(images, (n, height, width), probs.device, dtype),
                                     connectivity, sigma2)
-    mass = soft.sum(dim=1)
-    per_image = soft.new_zeros(n)
-    for d, w in enumerate(weights):
-        (rp, cp), (rq, cq) = edge_slices(d, height, width)
-        overlap = (soft[:, :, rp, cp] * soft[:, :, rq, cq]).sum(dim=1)
-        cut = 0.5 * mass[:, rp, cp] + 0.5 * mass[:, rq, cq] - overlap
-        per_image = per_image + (w * cut).sum(dim=(1, 2))
-    return _reduce(lam * per_image, reduction, n * height * width)
+    return _reduce(lam * _GridCRFFunction.apply(soft, *weights), reduction, n * height * width)
 
 
 class GridCRFLoss(nn.Module):
@@ -388,58 +430,200 @@ class GridCRFLoss(nn.Module):
 # --------------------------------------------------------------------------- dense CRF
 
 
-def _bilateral_features(images, sxy, srgb):
-    """(N, H*W, 5) features ``[x / sxy, y / sxy, r / srgb, g / srgb, b / srgb]`` of (N, 3, H, W)
-    images, in raster order: :func:`admsolve.filters.bilateral_features` of each image, in torch."""
-    n, _, height, width = images.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=images.dtype, device=images.device),
-                            torch.arange(width, dtype=images.dtype, device=images.device), indexing="ij")
-    position = torch.stack([xs.reshape(-1) / sxy, ys.reshape(-1) / sxy], dim=1)
-    colour = images.reshape(n, 3, height * width).transpose(1, 2) / srgb
-    return torch.cat([position.expand(n, -1, -1), colour], dim=2).contiguous()
+def _bilateral_features(image, sxy, srgb):
+    """(H*W, 5) float64 features ``[x / sxy, y / sxy, r / srgb, g / srgb, b / srgb]`` of an (H, W, 3)
+    NumPy or CuPy image, in raster order, on its array module: :func:`admsolve.filters.bilateral_features`."""
+    xp = array_module(image)
+    height, width, _ = image.shape
+    features = xp.empty((height * width, 5))
+    features[:, 0] = xp.tile(xp.arange(width, dtype=xp.float64), height) / sxy
+    features[:, 1] = xp.repeat(xp.arange(height, dtype=xp.float64), width) / sxy
+    features[:, 2:] = image.reshape(height * width, 3) / srgb
+    return features
 
 
-class _LatticeOperator:
-    """W of one image on the CPU: a :class:`PermutohedralLattice` built once, applied to (P, C)
-    float32 or float64 CPU tensors through its Numba kernel, read and written in place (zero-copy
-    ``.numpy()`` views; the kernel sums in float64)."""
+# The dense loss of one image on the CPU runs the lattice filter of admsolve.filters.lattice in its
+# three stages (splat, blur, slice: the operations of its kernel, in the same order), so that the
+# backward reuses the forward's splat and the slices give the loss's terms directly.
+
+
+@njit(nogil=True, cache=True)
+def _splat(vertices, barycentric, scale, segments, roi, n_lattice_points):
+    """(M + 1, K + 1) float64 lattice values of ``[T | r]`` (T (P, K), r (P,)), each pixel's row
+    times ``scale[p]``; row M (the missing neighbour) stays zero."""
+    n, dp1 = vertices.shape
+    k = segments.shape[1]
+    lattice = np.zeros((n_lattice_points + 1, k + 1))
+    row = np.empty(k + 1)
+    for p in range(n):
+        s = scale[p]
+        for c in range(k):
+            row[c] = s * segments[p, c]
+        row[k] = s * roi[p]
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k + 1):
+                lattice[v, c] += w * row[c]
+    return lattice
+
+
+@njit(nogil=True, cache=True)
+def _blur(neighbours, lattice, channels, reverse):
+    """The blur of the first `channels` columns of the lattice values, along the directions 0..d
+    (d..0 when `reverse`, for the transpose)."""
+    dp1, m = neighbours.shape[0], neighbours.shape[1]
+    current = lattice[:, :channels].copy()
+    scratch = np.zeros_like(current)
+    for step in range(dp1):
+        j = dp1 - 1 - step if reverse else step
+        for index in range(m):
+            a = neighbours[j, index, 0]
+            b = neighbours[j, index, 1]
+            for c in range(channels):
+                scratch[index, c] = current[index, c] + 0.5 * (current[a, c] + current[b, c])
+        current, scratch = scratch, current
+    return current
+
+
+@njit(nogil=True, cache=True)
+def _slice_loss(vertices, barycentric, scale, blurred, segments, difference):
+    """Slice the blurred ``[T | r]`` into ``difference = W r - W T`` (P, K); returns
+    ``sum(T * difference)``, summed in float64."""
+    n, dp1 = vertices.shape
+    k = segments.shape[1]
+    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    row = np.empty(k + 1)
+    total = 0.0
+    for p in range(n):
+        for c in range(k + 1):
+            row[c] = 0.0
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k + 1):
+                row[c] += w * blurred[v, c]
+        s = alpha * scale[p]
+        kernel_roi = s * row[k]
+        for c in range(k):
+            d = kernel_roi - s * row[c]
+            difference[p, c] = d
+            total += segments[p, c] * d
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _slice_gradient(vertices, barycentric, scale, blurred, difference, gradient):
+    """Slice the reverse-blurred T into ``gradient = difference - W^T T`` (P, K)."""
+    n, dp1 = vertices.shape
+    k = difference.shape[1]
+    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    row = np.empty(k)
+    for p in range(n):
+        for c in range(k):
+            row[c] = 0.0
+        for r in range(dp1):
+            v = vertices[p, r]
+            w = barycentric[p, r]
+            for c in range(k):
+                row[c] += w * blurred[v, c]
+        s = alpha * scale[p]
+        for c in range(k):
+            gradient[p, c] = difference[p, c] - s * row[c]
+
+
+#: Pixels per block of the (P, K) -> (K, P) transposition of the dense loss's gradient: NumPy's
+#: strided copy of a whole image is about 4x slower (it misses the cache).
+_TRANSPOSE_BLOCK = 4096
+
+
+class _LatticeImage:
+    """The dense loss of one image on the CPU, through a :class:`PermutohedralLattice` built once
+    for the forward and the backward.
+
+    W is symmetric-normalised, ``W = n^-1/2 alpha S^T B S n^-1/2`` (splat S, blur B, slice S^T),
+    so ``W^T = n^-1/2 alpha S^T B^T S n^-1/2`` differs only in the order of the blur: the backward
+    reuses the forward's splat of T. Arrays are read in their dtype (float32 or float64); the
+    kernels sum in float64.
+    """
 
     def __init__(self, features):
-        self.lattice = PermutohedralLattice(features.numpy())
+        self.lattice = PermutohedralLattice(features)
+        self.scale, _ = normalization_scales(self.lattice.ones_response, NORMALIZATION, False)
 
-    def __call__(self, values, out, transpose):
+    def forward(self, soft, roi):
+        """``sum_k T_k^T W (r - T_k)`` of the (K, P) soft labels T and the (P,) ROI weights r."""
         lattice = self.lattice
-        in_scale, out_scale = normalization_scales(lattice.ones_response, NORMALIZATION, transpose)
-        _lattice_filter(lattice._vertices, lattice._barycentric, lattice._neighbours,
-                        values.detach().numpy(), in_scale, out_scale, transpose, out.numpy())
+        segments = np.ascontiguousarray(soft.T)
+        self.splatted = _splat(lattice._vertices, lattice._barycentric, self.scale, segments, roi,
+                               lattice.n_lattice_points)
+        blurred = _blur(lattice._neighbours, self.splatted, self.splatted.shape[1], False)
+        self.difference = np.empty_like(segments)
+        return _slice_loss(lattice._vertices, lattice._barycentric, self.scale, blurred, segments,
+                           self.difference)
+
+    def backward(self, factor, out):
+        """``out = factor (W r - W T - W^T T)``, the (K, P) gradient with respect to T."""
+        lattice = self.lattice
+        blurred = _blur(lattice._neighbours, self.splatted, self.difference.shape[1], True)
+        gradient = np.empty_like(self.difference)
+        _slice_gradient(lattice._vertices, lattice._barycentric, self.scale, blurred, self.difference, gradient)
+        for start in range(0, gradient.shape[0], _TRANSPOSE_BLOCK):
+            block = slice(start, start + _TRANSPOSE_BLOCK)
+            np.multiply(gradient[block].T, factor, out=out[:, block])
 
 
-def _as_array(tensor):
-    """A NumPy (CPU tensor) or CuPy (CUDA tensor) array sharing the memory of `tensor` (DLPack)."""
-    if tensor.device.type == "cpu":
-        return np.from_dlpack(tensor.detach())
+class _ArrayImage:
+    """The dense loss of one image through an :class:`ArrayLattice` and its filter (float64), on
+    the array module of the arrays: CuPy for CUDA tensors, NumPy for CPU ones (the same code)."""
+
+    def __init__(self, features):
+        self.lattice = ArrayLattice(features)
+
+    def forward(self, soft, roi):
+        """``sum_k T_k^T W (r - T_k)`` of the (K, P) soft labels T and the (P,) ROI weights r."""
+        xp = self.lattice.xp
+        self.segments = xp.ascontiguousarray(soft.T)
+        filtered = self.lattice.filter(xp.concatenate([self.segments, roi[:, None]], axis=1),
+                                       normalization=NORMALIZATION)
+        self.difference = filtered[:, -1:] - filtered[:, :-1]
+        return xp.einsum("pk,pk->p", self.segments, self.difference).sum()
+
+    def backward(self, factor, out):
+        """``out = factor (W r - W T - W^T T)``, the (K, P) gradient with respect to T."""
+        transposed = self.lattice.filter(self.segments, normalization=NORMALIZATION, transpose=True)
+        out[...] = factor * (self.difference - transposed).T
+
+
+#: The dense loss of one image on each device type: the Numba lattice on the CPU, the array lattice (CuPy) on CUDA.
+_IMAGES = {"cpu": _LatticeImage, "cuda": _ArrayImage}
+
+
+def _cupy():
     try:
         import cupy
     except ImportError:
         raise ImportError("dense_crf_loss on CUDA tensors needs CuPy: pip install 'admsolve[cuda]'") from None
-    return cupy.from_dlpack(tensor.detach())
+    return cupy
 
 
-class _ArrayLatticeOperator:
-    """W of one image through an :class:`ArrayLattice` on the array module of the tensors: CuPy for
-    CUDA tensors, NumPy for CPU ones (the same code), shared with torch through DLPack, no host copy.
-    The lattice filters in float64."""
-
-    def __init__(self, features):
-        self.lattice = ArrayLattice(_as_array(features))
-
-    def __call__(self, values, out, transpose):
-        result = self.lattice.filter(_as_array(values), normalization=NORMALIZATION, transpose=transpose)
-        out.copy_(torch.from_dlpack(result))
+def _as_array(tensor):
+    """The NumPy (CPU tensor) or CuPy (CUDA tensor, through DLPack) array sharing the memory of `tensor`."""
+    tensor = tensor.detach()
+    return tensor.numpy() if tensor.device.type == "cpu" else _cupy().from_dlpack(tensor)
 
 
-#: The lattice operator for each device type: the Numba lattice on the CPU, the array lattice (CuPy) on CUDA.
-_OPERATORS = {"cpu": _LatticeOperator, "cuda": _ArrayLatticeOperator}
+@contextlib.contextmanager
+def _on_device(tensor):
+    """For a CUDA tensor, CuPy's current device and stream set to the tensor's device and its current
+    torch stream, so that CuPy's work is ordered with torch's; nothing for a CPU tensor."""
+    if tensor.device.type == "cpu":
+        yield
+        return
+    cupy = _cupy()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(tensor.device).cuda_stream)
+    with cupy.cuda.Device(tensor.device.index), stream:
+        yield
 
 
 def _map(function, count, workers):
@@ -451,40 +635,47 @@ def _map(function, count, workers):
 
 
 class _DenseCRFFunction(torch.autograd.Function):
-    """Per-image ``sum_k T_k^T W (r - T_k)`` of (N, P, K) masked soft labels T and (N, P) ROI
-    weights r (no gradient), W the bilateral operator of each image.
+    """Per-image ``sum_k T_k^T W (r - T_k)`` of (N, K, H, W) masked soft labels T, given the
+    (N, H, W) ROI weights r (no gradient; None: ones) and the (N, H, W, 3) images (an array of the
+    module of T's device); `make` (:class:`_LatticeImage` or :class:`_ArrayImage`) builds the loss
+    of one image from its features, and keeps it for the backward, ``dL/dT = W r - W T - W^T T``.
 
-    The forward builds the operator of each image from its (P, 5) features (`make`), filters
-    ``[T | r]`` (K + 1 channels) with it and keeps it, with ``W T`` and ``W r``, for the backward,
-    which filters T with the transpose: ``dL/dT = W r - W T - W^T T``. The images run on `workers`
-    threads (the Numba kernels release the GIL), each independently, so any number of workers gives
-    the same bits.
+    The tensors are read and written as arrays of their device's module (NumPy or CuPy) sharing
+    their memory, image by image on `workers` threads (the Numba kernels and NumPy's large
+    operations release the GIL; each image is computed on its own, so the result does not depend
+    on `workers`).
     """
 
     @staticmethod
-    def forward(ctx, segments, roi, features, make, workers):
-        n, _, k = segments.shape
-        values = torch.cat([segments, roi[..., None]], dim=2)
-        filtered = torch.empty_like(values)
+    def forward(ctx, segments, roi, images, sxy, srgb, make, workers):
+        n, k = segments.shape[:2]
+        per_image = segments.new_empty(n)
+        with _on_device(segments):
+            soft, values = _as_array(segments), _as_array(per_image)
+            weights = None if roi is None else _as_array(roi)
+            xp = array_module(soft)
 
-        def first_pass(i):
-            operator = make(features[i])
-            operator(values[i], filtered[i], False)
-            return operator
+            def first_pass(i):
+                image = make(_bilateral_features(images[i], sxy, srgb))
+                channels = soft[i].reshape(k, -1)
+                inside = xp.ones(channels.shape[1], dtype=soft.dtype) if weights is None else \
+                    xp.ascontiguousarray(weights[i].reshape(-1))
+                values[i] = image.forward(channels, inside)
+                return image
 
-        ctx.operators = _map(first_pass, n, workers)
-        ctx.workers = workers
-        kernel_segments, kernel_roi = filtered[..., :k], filtered[..., k]
-        ctx.save_for_backward(segments, kernel_segments, kernel_roi)
-        return (segments * (kernel_roi[..., None] - kernel_segments)).sum(dim=(1, 2))
+            ctx.images = _map(first_pass, n, workers)
+        ctx.shape, ctx.workers = segments.shape, workers
+        return per_image
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        segments, kernel_segments, kernel_roi = ctx.saved_tensors
-        transposed = torch.empty_like(segments)
-        _map(lambda i: ctx.operators[i](segments[i], transposed[i], True), segments.shape[0], ctx.workers)
-        grad_segments = grad[:, None, None] * (kernel_roi[..., None] - kernel_segments - transposed)
-        return grad_segments, None, None, None, None
+        n, k = ctx.shape[:2]
+        grad_segments = grad.new_empty(ctx.shape)
+        with _on_device(grad_segments):
+            scale, out = _as_array(grad.contiguous()), _as_array(grad_segments)
+            _map(lambda i: ctx.images[i].backward(scale[i], out[i].reshape(k, -1)), n, ctx.workers)
+        return grad_segments, None, None, None, None, None, None
 
 
 def _check_roi(roi, shape):
@@ -499,6 +690,21 @@ def _check_roi(roi, shape):
     return roi
 
 
+def _image_array(images, shape, device, scale_factor):
+    """The images as an (N, h, w, 3) array of the module of `device` (NumPy for the CPU, CuPy for
+    CUDA), downscaled by `scale_factor` (nearest, as ``F.interpolate``): a NumPy array itself for
+    the CPU at scale 1, else through a float64 tensor."""
+    images = _check_images(images, shape)
+    if isinstance(images, np.ndarray) and device.type == "cpu" and scale_factor == 1:
+        if not np.all(np.isfinite(images)):
+            raise ValueError("images: expected finite values")
+        return images
+    pictures = _images_as_tensor(images, shape, device, torch.float64)
+    if scale_factor != 1:
+        pictures = F.interpolate(pictures, scale_factor=scale_factor)
+    return _as_array(pictures.permute(0, 2, 3, 1))
+
+
 def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float = 80, srgb: float = 13,
                    roi: torch.Tensor | None = None, scale_factor: float = 1.0, reduction: str = "mean",
                    workers: int | None = None) -> torch.Tensor:
@@ -509,11 +715,14 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
     once per image and call and used for the forward (``W``) and backward (``W^T``) passes of a
     custom :class:`torch.autograd.Function`; everything else is torch.
 
-    * CPU tensors: the Numba :class:`~admsolve.filters.PermutohedralLattice`, reading and writing
-      the tensors in place in their dtype (float32 or float64; the kernel sums in float64), the
+    * CPU tensors: the Numba :class:`~admsolve.filters.PermutohedralLattice`, on zero-copy NumPy
+      views of the tensors, in their dtype (float32 or float64; the kernel sums in float64), the
       images of the batch on `workers` threads. The result does not depend on `workers`.
     * CUDA tensors: the :class:`~admsolve.filters.ArrayLattice` on CuPy arrays that share the
-      tensors' memory (DLPack), in float64, one image after the other (needs CuPy).
+      tensors' memory (DLPack) on torch's current stream, filtering in float64, one image after the
+      other (needs CuPy). This is the array-module code of the CPU path (the arrays' module taken
+      from the tensors) with the array lattice in place of the Numba one; on the CPU it is tested
+      with NumPy, and has not yet run on a GPU.
 
     At one-hot S (labels X), without ROI and scale, the value of an image equals
     ``DenseCRF(zeros, image, sxy=sxy, srgb=srgb, compat=2 * lam, gaussian_compat=0).energy(X)``,
@@ -559,7 +768,7 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
         raise ValueError(f"scale_factor: expected a value in (0, 1], got {scale_factor!r}")
     reduction = _check_reduction(reduction)
     workers = (os.cpu_count() or 1) if workers is None else as_scalar(workers, "workers", minimum=1, integer=True)
-    if probs.device.type not in _OPERATORS:
+    if probs.device.type not in _IMAGES:
         raise ValueError(f"probs: expected a CPU or CUDA tensor, got a tensor on {probs.device}")
     n, _, height, width = probs.shape
     if math.floor(height * scale_factor) < 1 or math.floor(width * scale_factor) < 1:
@@ -567,21 +776,18 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
                          f"{height} x {width} predictions, got {scale_factor!r}")
     dtype = _compute_dtype(probs)
     soft = probs.to(dtype)
-    pictures = _images_as_tensor(images, (n, height, width), probs.device, torch.float64)
-    weights = torch.ones_like(soft[:, 0]) if roi is None else \
-        _check_roi(roi, (n, height, width)).to(device=probs.device, dtype=dtype)
-    if scale_factor != 1:
-        pictures = F.interpolate(pictures, scale_factor=scale_factor)
-        soft = F.interpolate(soft, scale_factor=scale_factor, mode="bilinear", align_corners=False)
-        weights = F.interpolate(weights[:, None], scale_factor=scale_factor)[:, 0]
-        height, width = soft.shape[2:]
+    pictures = _image_array(images, (n, height, width), probs.device, scale_factor)
+    weights = None
     if roi is not None:
-        soft = soft * weights[:, None]
-    segments = soft.flatten(2).transpose(1, 2).contiguous()
-    features = _bilateral_features(pictures, sxy * scale_factor, srgb)
-    per_image = _DenseCRFFunction.apply(segments, weights.flatten(1), features,
-                                        _OPERATORS[probs.device.type],
-                                        workers if probs.device.type == "cpu" else 1)
+        weights = _check_roi(roi, (n, height, width)).to(device=probs.device, dtype=dtype)
+    if scale_factor != 1:
+        soft = F.interpolate(soft, scale_factor=scale_factor, mode="bilinear", align_corners=False)
+        if weights is not None:
+            weights = F.interpolate(weights[:, None], scale_factor=scale_factor)[:, 0]
+        height, width = soft.shape[2:]
+    segments = soft if weights is None else soft * weights[:, None]
+    per_image = _DenseCRFFunction.apply(segments, weights, pictures, sxy * scale_factor, srgb,
+                                        _IMAGES[probs.device.type], workers if probs.device.type == "cpu" else 1)
     return _reduce(lam * per_image, reduction, n * height * width)
 
 
@@ -632,7 +838,7 @@ class DenseCRFLoss(nn.Module):
 
 
 def proximal_loss(logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.Tensor, *, gamma: float = 1.0,
-                  ignore_index: int = 255, reduction: str = "mean") -> torch.Tensor:
+                  ignore_index: int = UNLABELED, reduction: str = "mean") -> torch.Tensor:
     r"""Proximal term of eq. 7: ``gamma * sum_{p in Omega_H} D(X_p | S_p)`` of each image.
 
     ``D(X_p | S_p) = -log S_p[X_p]`` is the cross-entropy of ``S = softmax(logits)`` towards the
@@ -683,7 +889,7 @@ class ProximalLoss(nn.Module):
         "mean" (the default) is per pixel; see :func:`proximal_loss`.
     """
 
-    def __init__(self, gamma: float = 1.0, ignore_index: int = 255, *, reduction: str = "mean"):
+    def __init__(self, gamma: float = 1.0, ignore_index: int = UNLABELED, *, reduction: str = "mean"):
         super().__init__()
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
         self.ignore_index = _check_ignore_index(ignore_index)
