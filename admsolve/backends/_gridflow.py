@@ -419,14 +419,13 @@ class GridMaxflow:
         offset = all_dy * width + all_dx  # flat index shift per direction
         reverse = (np.arange(n_dir, dtype=np.int64) + n_directions) % n_dir
 
-        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image
-        ys, xs = np.divmod(np.arange(n, dtype=np.int64), width)
-        mask = np.zeros(n, dtype=np.uint8)
+        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image:
+        # for offset (dy, dx), the nodes in rows max(0, -dy) .. H - max(0, dy) - 1, likewise columns
+        mask = np.zeros((height, width), dtype=np.uint8)
         for k in range(n_dir):
-            qy = ys + all_dy[k]
-            qx = xs + all_dx[k]
-            inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
-            mask |= (inside.astype(np.uint8) << k).astype(np.uint8)
+            dy, dx = all_dy[k], all_dx[k]
+            mask[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] |= np.uint8(1 << k)
+        mask = mask.reshape(n)
 
         # the residual capacities and the search trees, in the order max_flow unpacks them
         self.graph = (offset, reverse, mask, np.zeros((n_dir, n), dtype=np.float64),
