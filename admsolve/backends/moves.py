@@ -128,6 +128,15 @@ def improves(flow, current_cost, energy_scale):
 
 
 @njit(nogil=True, cache=True)
+def _copy(source, target):
+    """target[...] = source for (H, W) arrays; a slice assignment would add seconds of JIT compile."""
+    height, width = source.shape
+    for y in range(height):
+        for x in range(width):
+            target[y, x] = source[y, x]
+
+
+@njit(nogil=True, cache=True)
 def _update_residuals(unary, weights, snapshot, labels, alpha, graph):
     """Turn `graph`, the residual graph left by the max-flow of alpha's expansion move from the labels
     `snapshot`, into a residual graph of the move from `labels` (Kohli & Torr 2007), and set
@@ -175,7 +184,7 @@ def _update_residuals(unary, weights, snapshot, labels, alpha, graph):
                     cap[n_directions + d, b] = new_cap
                     tr[a] += flow - new_cap
                     tr[b] -= flow - new_cap
-    snapshot[:, :] = labels
+    _copy(labels, snapshot)
 
 
 @njit(nogil=True, cache=True)
@@ -231,7 +240,7 @@ def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale
         expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
                              graph[3][:n_directions].reshape((n_directions, height, width)), pending)
         max_flow(source_cap.reshape(n), sink_cap.reshape(n), graph)
-        snapshot[:, :] = labels
+        _copy(labels, snapshot)
     else:
         _update_residuals(unary, weights, snapshot, labels, alpha, graph)
         resume_max_flow(graph)
