@@ -277,21 +277,39 @@ def max_flow(source_cap, sink_cap, graph):
     ``cap`` of `graph` (``GridMaxflow.graph``). Returns the flow; afterwards tree[p] == SINK marks the
     sink side of the minimum cut (the nodes that can reach the sink in the final residual graph).
     """
-    offset, reverse, nbr_mask, cap, tr, tree, parent, stamp, dist, active_queue, in_active, orphan_queue = graph
-    n = tr.shape[0]
-    n_dir = offset.shape[0]
-
-    # cancel min(source, sink) through every node; each node with terminal capacity left starts as
-    # an active root of its tree
+    tr = graph[4]
+    # cancel min(source, sink) through every node
     flow = 0.0
-    a_head = 0  # active nodes: FIFO ring buffer active_queue[a_head ...], a_count entries
-    a_tail = 0
-    a_count = 0
-    for p in range(n):
+    for p in range(tr.shape[0]):
         s = source_cap[p]
         t = sink_cap[p]
         flow += t if s > t else s
         tr[p] = s - t
+    return _augment_all(flow, graph)
+
+
+@njit(nogil=True, cache=True)
+def resume_max_flow(graph):
+    """Maximum flow on the residual graph held in `graph` as it stands: that is, the flow that can
+    still be pushed after an earlier max_flow on it and any changes made since (capacities can be
+    raised or lowered in ``cap`` and ``tr``, keeping every ``cap`` >= 0). Returns that extra flow;
+    the sink side is marked as after max_flow. Where little changed, little is left to push.
+    """
+    return _augment_all(0.0, graph)
+
+
+@njit(nogil=True, cache=True)
+def _augment_all(flow, graph):
+    """Boykov-Kolmogorov on the residual graph in `graph`, counting on from `flow` already pushed."""
+    offset, reverse, nbr_mask, cap, tr, tree, parent, stamp, dist, active_queue, in_active, orphan_queue = graph
+    n = tr.shape[0]
+    n_dir = offset.shape[0]
+
+    # each node with terminal capacity left starts as an active root of its tree
+    a_head = 0  # active nodes: FIFO ring buffer active_queue[a_head ...], a_count entries
+    a_tail = 0
+    a_count = 0
+    for p in range(n):
         in_active[p] = False
         stamp[p] = 0
         dist[p] = 1
@@ -394,7 +412,8 @@ class GridMaxflow:
 
     Compiled callers may instead write the edge capacities straight into ``graph[3]`` (``cap``, see
     the module docstring; entries for edges leaving the image stay zero) and call max_flow(source_cap,
-    sink_cap, graph), skipping solve()'s copy and checks.
+    sink_cap, graph), skipping solve()'s copy and checks; and keep residual graphs of their own
+    (residual_graphs) to resume later.
     """
 
     def __init__(self, height: int, width: int, n_directions: int):
@@ -419,14 +438,13 @@ class GridMaxflow:
         offset = all_dy * width + all_dx  # flat index shift per direction
         reverse = (np.arange(n_dir, dtype=np.int64) + n_directions) % n_dir
 
-        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image
-        ys, xs = np.divmod(np.arange(n, dtype=np.int64), width)
-        mask = np.zeros(n, dtype=np.uint8)
+        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image:
+        # for offset (dy, dx), the nodes in rows max(0, -dy) .. H - max(0, dy) - 1, likewise columns
+        mask = np.zeros((height, width), dtype=np.uint8)
         for k in range(n_dir):
-            qy = ys + all_dy[k]
-            qx = xs + all_dx[k]
-            inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
-            mask |= (inside.astype(np.uint8) << k).astype(np.uint8)
+            dy, dx = all_dy[k], all_dx[k]
+            mask[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] |= np.uint8(1 << k)
+        mask = mask.reshape(n)
 
         # the residual capacities and the search trees, in the order max_flow unpacks them
         self.graph = (offset, reverse, mask, np.zeros((n_dir, n), dtype=np.float64),
@@ -436,6 +454,15 @@ class GridMaxflow:
                       np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int64))
         self.sink_side = np.zeros((height, width), dtype=np.bool_)
         self._sink_side_flat = self.sink_side.reshape(-1)
+
+    def residual_graphs(self, count):
+        """`count` workspaces like `graph`, each with residual capacities (``cap``, ``tr``) of its
+        own, all zero, and this instance's search-tree buffers: residual graphs that a caller keeps
+        and solves one at a time. Their capacities share one allocation: the kernel backs a large
+        one with huge pages, which makes touching them the first time several times cheaper."""
+        n_dir, n = self.graph[3].shape
+        block = np.zeros((count, n_dir + 1, n))
+        return [self.graph[:3] + (block[i, :n_dir], block[i, n_dir]) + self.graph[5:] for i in range(count)]
 
     def _as_input(self, array, shape, name):
         array = np.ascontiguousarray(array, dtype=np.float64)
