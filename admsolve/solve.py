@@ -1,13 +1,19 @@
 """solve() and solve_batch(): one call over every backend, one result type."""
 
+from __future__ import annotations
+
 import inspect
 import multiprocessing
 import os
 import signal
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from numpy.typing import ArrayLike
 
 from . import backends
 from ._validation import as_scalar, describe
@@ -40,13 +46,13 @@ class SolveResult(dict):
     Backends may add keys of their own.
     """
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError as exc:
             raise AttributeError(name) from exc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.items() if k != "labels")
         return f"SolveResult({fields})"
 
@@ -56,7 +62,7 @@ class SolveResult(dict):
 ITERATION_ALIASES = ("max_sweeps", "iterations")
 
 
-def resolve_backend(problem, backend):
+def resolve_backend(problem: LabelingProblem, backend: str | Callable[..., dict] | None) -> str | Callable[..., dict]:
     """The backend to use for `problem`: its registry name, or `backend` itself when it is a callable;
     checks that it solves that kind of problem.
 
@@ -75,7 +81,7 @@ def resolve_backend(problem, backend):
     return entry.name
 
 
-def check_options(name, minimize, options):
+def check_options(name: str, minimize: Callable[..., dict], options: dict[str, Any]) -> dict[str, Any]:
     """The options for `minimize` with the iteration cap under its one name ``max_iter`` (checked);
     a TypeError names any option the backend does not take."""
     options = dict(options)
@@ -97,14 +103,14 @@ def check_options(name, minimize, options):
     return options
 
 
-def iterations_run(outcome):
+def iterations_run(outcome: Mapping[str, Any]) -> int:
     """The number of iterations a backend ran: its ``iterations`` when it says (a backend may record
     fewer energies than iterations), else one per history entry after the first."""
     count = outcome.get("iterations")
     return len(outcome["history"]) - 1 if count is None else int(count)
 
 
-def stop_message(outcome, max_iter):
+def stop_message(outcome: Mapping[str, Any], max_iter: int | None) -> str:
     """Why a backend stopped, when it does not say itself."""
     if outcome["converged"]:
         return "converged: the last iteration changed nothing"
@@ -114,7 +120,8 @@ def stop_message(outcome, max_iter):
     return f"stopped after {iterations} iterations without converging"
 
 
-def solve(problem, backend=None, *, init=None, **options):
+def solve(problem: LabelingProblem, backend: str | Callable[..., dict] | None = None, *, init: ArrayLike | None = None,
+          **options: Any) -> SolveResult:
     """Minimise the energy of `problem` with the named backend.
 
     Parameters
@@ -177,7 +184,9 @@ def _worker_ready():
     return True
 
 
-def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_options=None, **options):
+def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[..., dict] | None = None, *,
+                workers: int | None = None, inits: Sequence[ArrayLike | None] | None = None,
+                problem_options: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> list[SolveResult]:
     """Solve several problems in parallel; results come back in input order.
 
     Backends that release the GIL (the Numba ones) run in threads; the others (PyMaxflow holds the

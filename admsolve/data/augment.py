@@ -1,6 +1,10 @@
 """Random scale / crop / flip augmentation of a :class:`~admsolve.data.datasets.Sample`, image,
 scribbles and mask transformed together."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image
 
@@ -8,7 +12,8 @@ from .._validation import UNLABELED, as_int_pair, as_scalar, describe
 from .datasets import Sample
 
 
-def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124, 116, 104)):
+def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int],
+            scale: Sequence[float] = (0.75, 1.25), flip: bool = True, fill: Sequence[int] = (124, 116, 104)) -> Sample:
     """A randomly scaled, cropped and flipped copy of a sample.
 
     Scales by one factor drawn uniformly from `scale` (image bilinear, scribbles and mask nearest,

@@ -1,9 +1,14 @@
 """Reading images and label maps, writing label maps, overlays and contact sheets."""
 
+from __future__ import annotations
+
+import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 
 from .._validation import UNLABELED
@@ -46,7 +51,7 @@ def _one_line(exc):
     return lines[0] if lines else type(exc).__name__
 
 
-def read_image(path):
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 
     16-bit pictures keep their full range, scaled to 8 bits (``round(v / 257)``: a 16-bit copy of
@@ -67,7 +72,7 @@ def read_image(path):
     return np.asarray(image.convert("RGB"))
 
 
-def read_label_map(path, name="scribbles"):
+def read_label_map(path: str | os.PathLike[str], name: str = "scribbles") -> np.ndarray:
     """Read a single-channel label map as an (H, W) uint8 array: a PNG or TIFF of mode L or P (the
     values are labels), a 16-bit one whose values are at most 255, or a ``.npy`` file of integers.
     Values above 255 are refused (with the first of them and where it is) before anything is
@@ -96,7 +101,7 @@ def read_label_map(path, name="scribbles"):
     return labels.astype(np.uint8)
 
 
-def check_label_map_path(path, name="output"):
+def check_label_map_path(path: str | os.PathLike[str], name: str = "output") -> Path:
     """`path` as a Path if a label map can be written there losslessly (.png, .tif, .tiff, .npy), else a
     ValueError saying why (a folder, no extension, a lossy or unknown one)."""
     path = Path(path)
@@ -112,7 +117,7 @@ def check_label_map_path(path, name="output"):
     return path
 
 
-def check_image_path(path, name="output"):
+def check_image_path(path: str | os.PathLike[str], name: str = "output") -> Path:
     """`path` as a Path if Pillow can write a picture there (its extension names a format it saves)."""
     path = Path(path)
     if path.is_dir():
@@ -123,7 +128,7 @@ def check_image_path(path, name="output"):
     return path
 
 
-def write_label_map(path, labels, name="output"):
+def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str = "output") -> None:
     """Write labels (values 0..255) as a single-channel PNG or TIFF, or as a ``.npy`` array of uint8;
     other file types are refused (see :func:`check_label_map_path`)."""
     path = check_label_map_path(path, name)
@@ -137,12 +142,13 @@ def write_label_map(path, labels, name="output"):
         Image.fromarray(labels).save(path)
 
 
-def colorize(labels):
+def colorize(labels: ArrayLike) -> np.ndarray:
     """(H, W, 3) uint8 picture of a label map in PALETTE colours."""
     return PALETTE[np.asarray(labels) % len(PALETTE)]
 
 
-def overlay(image, labels, scribbles=None, *, unlabeled=UNLABELED, alpha=0.5):
+def overlay(image: ArrayLike, labels: ArrayLike, scribbles: np.ndarray | None = None, *, unlabeled: int = UNLABELED,
+            alpha: float = 0.5) -> np.ndarray:
     """Image blended with the label colours, scribbled pixels drawn in full colour on top."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 2:
@@ -154,7 +160,8 @@ def overlay(image, labels, scribbles=None, *, unlabeled=UNLABELED, alpha=0.5):
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 
-def save_sheet(path, tiles, captions, *, columns=4):
+def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captions: Sequence[str], *,
+               columns: int = 4) -> None:
     """Save equally sized (H, W, 3) uint8 tiles in a grid, each with a caption above it."""
     path = check_image_path(path, "sheet")
     height, width = tiles[0].shape[:2]

@@ -35,7 +35,10 @@ Like pydensecrf, the message includes the pixel itself (``K_m[p, p] Q_p``); that
 the discrete energy.
 """
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import UNLABELED, as_positive, as_real_array, as_scalar, describe
 from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
@@ -96,8 +99,9 @@ class DenseCRF(LabelingProblem):
     from the stored image and parameters.
     """
 
-    def __init__(self, unary, image, *, sxy=80, srgb=13, compat=10, gaussian_sxy=3, gaussian_compat=3,
-                 seeds=None, unlabeled=UNLABELED):
+    def __init__(self, unary: ArrayLike, image: ArrayLike, *, sxy: float = 80, srgb: float = 13, compat: float = 10,
+                 gaussian_sxy: float | None = 3, gaussian_compat: float = 3, seeds: ArrayLike | None = None,
+                 unlabeled: int = UNLABELED) -> None:
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         self.image = _as_colour_image(image, self.shape)
         self.sxy = as_positive(sxy, "sxy")
@@ -112,7 +116,7 @@ class DenseCRF(LabelingProblem):
         self._check_energy_scale("unary, compat, gaussian_compat",
                                  "sum of max |unary| per pixel + the kernels' weights times compat / 2", pairwise)
 
-    def kernel_features(self):
+    def kernel_features(self) -> list[tuple[str, float, np.ndarray]]:
         """``(name, compat, features)`` of each kernel in use: the bilateral one, then the Gaussian."""
         kernels = []
         if self.compat > 0:
@@ -148,18 +152,19 @@ class DenseCRF(LabelingProblem):
         super().__setstate__(state)
         self._build_kernels()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h, w = self.shape
         gaussian = "None" if self.gaussian_sxy is None else f"{self.gaussian_sxy:g}"
         return (f"DenseCRF({h}x{w}, K={self.n_labels}, sxy={self.sxy:g}, srgb={self.srgb:g}, "
                 f"compat={self.compat:g}, gaussian_sxy={gaussian}, gaussian_compat={self.gaussian_compat:g}, "
                 f"seeded={int(self.seeded.sum())})")
 
-    def filter(self, values, index, *, transpose=False, out=None):
+    def filter(self, values: ArrayLike, index: int, *, transpose: bool = False,
+               out: np.ndarray | None = None) -> np.ndarray:
         """``K_m values`` (or ``K_m^T values``) for kernel ``self.kernels[index]``, on (N, C) values."""
         return self.kernels[index][2].filter(values, normalization=NORMALIZATION, transpose=transpose, out=out)
 
-    def energy(self, labels):
+    def energy(self, labels: ArrayLike) -> float:
         """Reference energy of a discrete labeling (the one figure the backend reports).
 
         Computed through the lattice: ``sum_m (compat_m / 2) sum_p (K_m (1 - 1_{X_p}))_p``, the filter of
@@ -190,7 +195,7 @@ class DenseCRF(LabelingProblem):
         self._last_energy = (labels, value)  # labels is our own copy
         return value
 
-    def relaxed_energy(self, probs):
+    def relaxed_energy(self, probs: ArrayLike) -> tuple[float, np.ndarray]:
         """Relaxed energy of soft labels and its gradient.
 
         ``R(S) = <unary, S> + sum_m (compat_m / 2) sum_k S_k^T K_m (1 - S_k)``, equal to

@@ -2,9 +2,12 @@
 hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and the relaxation of eq. 9.
 """
 
-import numpy as np
+from __future__ import annotations
 
-from .._array import array_module
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .._array import AnyArray, array_module
 from .._validation import UNLABELED, as_connectivity, as_real_array, as_scalar, describe
 from .problem import LabelingProblem, check_relaxed
 
@@ -14,7 +17,7 @@ OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 N_DIRECTIONS = {4: 2, 8: 4}
 
 
-def edge_slices(direction, height, width):
+def edge_slices(direction: int, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """Slices ``(p, q)`` selecting, in an (H, W) array, the pixels p whose neighbour
     q = p + OFFSETS[direction] lies inside the image, and those neighbours."""
     dy, dx = OFFSETS[direction]
@@ -26,7 +29,7 @@ def edge_slices(direction, height, width):
     return (rows_p, cols_p), (rows_q, cols_q)
 
 
-def inside_mask(n_directions, height, width):
+def inside_mask(n_directions: int, height: int, width: int) -> np.ndarray:
     """(D, H, W) bool array, True where the edge of ``weights[d, y, x]`` lies inside the image."""
     mask = np.zeros((n_directions, height, width), dtype=bool)
     for d in range(n_directions):
@@ -59,7 +62,8 @@ class GridCRF(LabelingProblem):
     read-only. The problem holds plain NumPy data and pickles cheaply.
     """
 
-    def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=UNLABELED):
+    def __init__(self, unary: ArrayLike, weights: ArrayLike, *, lam: float = 1.0, seeds: ArrayLike | None = None,
+                 unlabeled: int = UNLABELED) -> None:
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         height, width = self.shape
         weights = as_real_array(weights, "weights", 3, allow_negative=False)
@@ -78,15 +82,15 @@ class GridCRF(LabelingProblem):
         self._freeze()
 
     @property
-    def connectivity(self):
+    def connectivity(self) -> int:
         return 4 if self.weights.shape[0] == 2 else 8
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h, w = self.shape
         return (f"GridCRF({h}x{w}, K={self.n_labels}, connectivity={self.connectivity}, "
                 f"lam={self.lam:g}, seeded={int(self.seeded.sum())})")
 
-    def energy(self, labels):
+    def energy(self, labels: ArrayLike) -> float:
         """Reference energy of a discrete labeling (the one figure every backend reports).
 
         Parameters
@@ -102,7 +106,7 @@ class GridCRF(LabelingProblem):
         data = np.take(self.unary, np.arange(labels.size) * self.n_labels + labels.ravel()).sum()
         return float(data + self.lam * self.cut_weight(labels))
 
-    def cut_weight(self, labels):
+    def cut_weight(self, labels: np.ndarray) -> float:
         """Sum of the weights of the edges whose two pixels have different labels (no lambda)."""
         height, width = self.shape
         total = 0.0
@@ -111,7 +115,7 @@ class GridCRF(LabelingProblem):
             total += np.sum(self.weights[(d, *p)] * (labels[p] != labels[q]))
         return float(total)
 
-    def relaxed_energy(self, probs):
+    def relaxed_energy(self, probs: ArrayLike) -> tuple[float, np.ndarray]:
         """Relaxed energy of soft labels and its gradient.
 
         ``R(S) = sum_p <unary_p, S_p> + lam * sum_{pq} w_pq * (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)``,
@@ -135,7 +139,7 @@ class GridCRF(LabelingProblem):
 
 
 
-def relaxed_energy_arrays(unary, weights, lam, probs):
+def relaxed_energy_arrays(unary: AnyArray, weights: AnyArray, lam: float, probs: AnyArray) -> tuple[float, AnyArray]:
     """The arithmetic of :meth:`GridCRF.relaxed_energy`, without validation, on NumPy or CuPy arrays.
 
     ``unary`` and ``probs`` are (H, W, K), ``weights`` (D, H, W), all of one array module (that of
@@ -157,7 +161,7 @@ def relaxed_energy_arrays(unary, weights, lam, probs):
     return value, grad
 
 
-def contrast_weights(image, *, connectivity=8, sigma2=None):
+def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float | None = None) -> np.ndarray:
     """Contrast-sensitive edge weights of a grid CRF (eq. 2 of the paper, without lambda).
 
     ``w_pq = exp(-||I_p - I_q||^2 / (2 sigma^2)) / dist(p, q)``: diagonal edges are divided by sqrt(2).

@@ -1,6 +1,9 @@
 """What every energy model shares: per-pixel unaries and scribbles as hard constraints."""
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._array import device_of
 from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar, describe
@@ -10,7 +13,7 @@ from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar, des
 ENERGY_LIMIT = float(np.finfo(np.float64).max) / 64
 
 
-def check_relaxed(value, grad):
+def check_relaxed(value: float, grad: np.ndarray) -> tuple[float, np.ndarray]:
     """(value, grad) of a relaxed energy, or a ValueError when they overflowed float64."""
     if not (np.isfinite(value) and np.all(np.isfinite(grad))):
         raise ValueError(f"probs: the relaxed energy at these soft labels is not finite (got {value:g}): "
@@ -47,7 +50,7 @@ class LabelingProblem:
         Problems whose bound exceeds :data:`ENERGY_LIMIT` (float64 overflow) are refused.
     """
 
-    def __init__(self, unary, *, seeds=None, unlabeled=UNLABELED):
+    def __init__(self, unary: ArrayLike, *, seeds: ArrayLike | None = None, unlabeled: int = UNLABELED) -> None:
         self.device = device_of(unary)
         unary = as_real_array(unary, "unary", 3)
         height, width, n_labels = unary.shape
@@ -88,40 +91,40 @@ class LabelingProblem:
         self._freeze()
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         """(H, W) of the image."""
         return self.unary.shape[:2]
 
     @property
-    def n_labels(self):
+    def n_labels(self) -> int:
         return self.unary.shape[2]
 
     @property
-    def seeded(self):
+    def seeded(self) -> np.ndarray:
         """(H, W) bool array, True where a seed fixes the label."""
         return self.seeds != self.unlabeled
 
-    def check_labels(self, labels, name="labels"):
+    def check_labels(self, labels: ArrayLike, name: str = "labels") -> np.ndarray:
         """Return `labels` as a new int32 (H, W) array, checking shape and range."""
         return as_label_map(labels, name, self.shape, self.n_labels)
 
-    def apply_seeds(self, labels, name="labels"):
+    def apply_seeds(self, labels: ArrayLike, name: str = "labels") -> np.ndarray:
         """Return a copy of `labels` (checked, errors naming `name`) with every seeded pixel set to its seed."""
         labels = self.check_labels(labels, name)
         return np.where(self.seeded, self.seeds, labels).astype(np.int32)
 
-    def initial_labels(self):
+    def initial_labels(self) -> np.ndarray:
         """The labeling solvers start from by default: per-pixel argmin of the unaries, seeds applied."""
         return self.apply_seeds(np.argmin(self.unary, axis=2))
 
-    def check_probs(self, probs):
+    def check_probs(self, probs: ArrayLike) -> np.ndarray:
         """Return soft labels `probs` as a new float (H, W, K) array, checking their shape."""
         probs = as_real_array(probs, "probs", 3)
         if probs.shape != self.unary.shape:
             raise ValueError(f"probs: expected shape {self.unary.shape}, got {describe(probs)}")
         return probs
 
-    def violates_seeds(self, labels):
+    def violates_seeds(self, labels: ArrayLike) -> bool:
         """True if `labels` differs from a seed anywhere."""
         labels = self.check_labels(labels)
         return bool(np.any(self.seeded & (labels != self.seeds)))

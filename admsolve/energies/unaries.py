@@ -1,14 +1,17 @@
 """Unary terms: the ADM term of eq. 8 from network probabilities, and colour models fitted on
 scribbles for interactive ("shallow") segmentation."""
 
+from __future__ import annotations
+
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import MAX_LABELS, UNLABELED, as_label_map, as_real_array, as_scalar
 
 
-def adm_unary(probs, *, gamma=1.0, eps=1e-8):
+def adm_unary(probs: ArrayLike, *, gamma: float = 1.0, eps: float = 1e-8) -> np.ndarray:
     """Unary of the ADM latent problem (eq. 8): ``-gamma * log(max(S, eps))``.
 
     Minimising ``sum_p unary[p, X_p]`` over one-hot X equals minimising the KL divergence
@@ -40,7 +43,8 @@ def adm_unary(probs, *, gamma=1.0, eps=1e-8):
     return -gamma * np.log(np.maximum(probs, eps))
 
 
-def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, unlabeled=UNLABELED):
+def scribble_unary(image: ArrayLike, scribbles: ArrayLike, *, n_labels: int | None = None, bins: int = 16,
+                   smoothing: float = 1.0, unlabeled: int = UNLABELED) -> np.ndarray:
     """Colour-model unaries from scribbles alone (Boykov-Jolly interactive graph cuts).
 
     For each label, a colour histogram of its scribbled pixels (``bins`` per channel, smoothed by a

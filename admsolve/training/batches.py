@@ -6,12 +6,17 @@ its share of every global batch)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import augment
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetLike
 
 
 class _Crops(Dataset):
@@ -58,8 +63,8 @@ class TrainingBatches:
         This process's share of every batch.
     """
 
-    def __init__(self, dataset, *, batch_size: int, crop_size: tuple[int, int], scale: tuple[float, float],
-                 seed: int, device: torch.device, workers: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset: DatasetLike, *, batch_size: int, crop_size: tuple[int, int], scale: tuple[float, float],
+                 seed: int, device: torch.device, workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size: expected a multiple of the world size {world_size} (each process takes "
                              f"an equal share of a batch), got {batch_size}")
@@ -73,20 +78,20 @@ class TrainingBatches:
         """The permutation of the training images in `epoch`."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
 
-    def shares(self, epoch):
+    def shares(self, epoch: int) -> list[list[int]]:
         """This process's indices of each global batch of `epoch`."""
         order = self.order(epoch)
         return [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world_size].tolist()
                 for step in range(self.steps_per_epoch)]
 
-    def batch(self, epoch: int, indices) -> tuple[np.ndarray, torch.Tensor]:
+    def batch(self, epoch: int, indices: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
         """Augmented crops of the training images `indices`: (N, H, W, 3) uint8 images and
         (N, H, W) int64 scribbles on the device."""
         crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
         images, scribbles = _collate([crops[i] for i in indices])
         return images, scribbles.to(self.device)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
         """The batches of `epoch`, in order: ``(step, images, scribbles)``."""
         crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
         loader = DataLoader(crops, batch_sampler=self.shares(epoch), num_workers=self.workers, collate_fn=_collate,

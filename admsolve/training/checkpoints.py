@@ -10,6 +10,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch
 from .config import TrainConfig
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
     """torch.save `obj` to `path` through a temporary file, so that `path` is always whole."""
     temporary = path.with_name(path.name + ".tmp")
     torch.save(obj, temporary)
@@ -29,7 +30,7 @@ def _first_line(exc) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def load_checkpoint(path, name: str = "checkpoint"):
+def load_checkpoint(path: str | os.PathLike[str], name: str = "checkpoint") -> Any:
     """What a checkpoint or state-dict file holds, read with ``torch.load(weights_only=True)``: tensors,
     numbers, strings and plain containers only, so that loading runs no code from the file.
 
@@ -55,7 +56,7 @@ def load_checkpoint(path, name: str = "checkpoint"):
                          f"{reason}") from None
 
 
-def load_model_state(path, model=None, name: str = "init") -> dict:
+def load_model_state(path: str | os.PathLike[str], model: torch.nn.Module | None = None, name: str = "init") -> dict:
     """A model state dict from a run's checkpoint or from a plain state-dict file (loaded safely, see
     :func:`load_checkpoint`); checked against `model` when given (see :func:`check_model_state`)."""
     state = load_checkpoint(path, name)
@@ -65,7 +66,8 @@ def load_model_state(path, model=None, name: str = "init") -> dict:
     return state
 
 
-def check_model_state(model, state, path, name: str = "checkpoint") -> None:
+def check_model_state(model: torch.nn.Module, state: object, path: str | os.PathLike[str],
+                      name: str = "checkpoint") -> None:
     """A ValueError naming `path` and the first tensor of `model` that `state` lacks or holds with
     another shape (instead of load_state_dict's multi-line RuntimeError)."""
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
@@ -114,7 +116,7 @@ def write_records(path: Path, records: list[dict]) -> None:
     os.replace(temporary, path)
 
 
-def read_metrics(run) -> list[dict]:
+def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
     """The records of ``RUN/metrics.jsonl`` (a list of dicts)."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
@@ -135,7 +137,7 @@ class StepLog:
         False in every process but the one that writes the run folder.
     """
 
-    def __init__(self, run: Path, *, tensorboard: bool = False, enabled: bool = True):
+    def __init__(self, run: Path, *, tensorboard: bool = False, enabled: bool = True) -> None:
         self.path, self.enabled, self.writer = Path(run) / "steps.jsonl", enabled, None
         if tensorboard and enabled:
             try:
@@ -177,7 +179,7 @@ def write_config(run: Path, config: TrainConfig) -> None:
     (Path(run) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def read_config(run) -> TrainConfig:
+def read_config(run: str | os.PathLike[str]) -> TrainConfig:
     """The TrainConfig stored in ``RUN/config.json``."""
     path = Path(run) / "config.json"
     if not path.is_file():

@@ -7,9 +7,14 @@ configuration is a run folder under the comparison's folder, so an interrupted c
 where it stopped (finished runs are reused, a stopped one is resumed).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
@@ -76,7 +81,8 @@ def _run(config, folder, progress):
     return train(config, folder, progress=progress)
 
 
-def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
+def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS,
+            progress: bool = True) -> list[dict[str, Any]]:
     """Train each configuration from a shared pCE phase and tabulate their last evaluation.
 
     Parameters
@@ -132,7 +138,7 @@ def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
     return rows
 
 
-def format_table(rows):
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of the comparison's rows."""
     headers = ["configuration"] + [header for _, header in COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from .._validation import as_connectivity, as_scalar
 from ..backends import lookup
@@ -120,7 +122,7 @@ class TrainConfig:
                                  f"{entry.problem.__name__})")
 
     @property
-    def weight(self):
+    def weight(self) -> float:
         """lam, or the regularizer's default."""
         return REGULARIZERS[self.regularizer].default_lam if self.lam is None else self.lam
 
@@ -132,11 +134,11 @@ class TrainConfig:
         return "fcn-small" if self.data == "synthetic" else "effnet-lite0"
 
     @property
-    def total_epochs(self):
+    def total_epochs(self) -> int:
         return self.pretrain_epochs + self.epochs
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,13 @@ class Processes:
         """This process's share of the machine's cores, for the latent step's solvers."""
         return max(1, (os.cpu_count() or 1) // self.local_world_size)
 
-    def sum(self, values):
+    @overload
+    def sum(self, values: float) -> float: ...
+    @overload
+    def sum(self, values: np.ndarray) -> np.ndarray: ...
+    @overload
+    def sum(self, values: ArrayLike) -> Any: ...
+    def sum(self, values: ArrayLike) -> Any:
         """The element-wise sum over the processes of a float or array (itself in one process)."""
         if self.world_size == 1:
             return values

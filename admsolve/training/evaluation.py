@@ -4,12 +4,19 @@ relaxed and discrete, and the prediction sheet (Fig. 5)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..energies import GridCRF, contrast_weights
 from .distributed import Processes
 from .metrics import SegmentationScores, prediction_sheet
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetLike, Sample
 
 #: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
 TRAIN_EVAL_IMAGES = 100
@@ -65,8 +72,8 @@ class Evaluator:
     device : torch.device
     """
 
-    def __init__(self, train_set, val_set, *, n_labels: int, connectivity: int, seed: int, device: torch.device,
-                 processes: Processes | None = None):
+    def __init__(self, train_set: DatasetLike, val_set: DatasetLike, *, n_labels: int, connectivity: int, seed: int,
+                 device: torch.device, processes: Processes | None = None) -> None:
         self.train_set, self.val_set = train_set, val_set
         self.n_labels, self.connectivity, self.device = n_labels, connectivity, device
         self.processes = Processes() if processes is None else processes
@@ -76,7 +83,8 @@ class Evaluator:
         self.val_images = list(range(len(val_set)))[share]
 
     @torch.no_grad()
-    def predict(self, model: torch.nn.Module, dataset, indices, *, progress=None):
+    def predict(self, model: torch.nn.Module, dataset: DatasetLike, indices: Iterable[int], *,
+                progress: Callable[[int, int], object] | None = None) -> Iterator[tuple[torch.Tensor, Sample]]:
         """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode; the
         images go through the network in batches of up to :data:`EVAL_BATCH` of one size.
         `progress(done, total)` is called after each batch."""
@@ -92,7 +100,8 @@ class Evaluator:
             if progress is not None:
                 progress(done, len(indices))
 
-    def __call__(self, model: torch.nn.Module, *, sheet=None, progress=None) -> dict:
+    def __call__(self, model: torch.nn.Module, *, sheet: str | os.PathLike[str] | None = None,
+                 progress: Callable[[int, int], object] | None = None) -> dict:
         """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
         prediction sheet in the file `sheet` when given. `progress(done, total)` follows the images."""
         total = len(self.val_images) + len(self.train_images)

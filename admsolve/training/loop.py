@@ -22,12 +22,16 @@ image), and the global torch / NumPy states (dropout) are restored from the chec
 continues a stopped run exactly.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
 import sys
 import math
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
@@ -52,19 +56,19 @@ class TrainingDiverged(FloatingPointError):
 class Progress:
     """A one-line progress bar on stderr (redrawn in place on a terminal, else one line per epoch)."""
 
-    def __init__(self, enabled=True, stream=None):
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self.live = enabled and self.stream.isatty()
 
-    def update(self, epoch, total_epochs, step, steps, text):
+    def update(self, epoch: int, total_epochs: int, step: int, steps: int, text: str) -> None:
         if self.live:
             filled = int(20 * step / max(steps, 1))
             self.stream.write(f"\repoch {epoch}/{total_epochs} [{'#' * filled}{'.' * (20 - filled)}] "
                               f"{step}/{steps} {text}   ")
             self.stream.flush()
 
-    def done(self, line):
+    def done(self, line: str) -> None:
         if self.enabled:
             self.stream.write(("\r" + line + " " * 10 if self.live else line) + "\n")
             self.stream.flush()
@@ -86,7 +90,8 @@ class Trainer:
         One per evaluated epoch (the lines of metrics.jsonl).
     """
 
-    def __init__(self, config: TrainConfig, out, *, progress: bool = True, model: torch.nn.Module | None = None):
+    def __init__(self, config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = True,
+                 model: torch.nn.Module | None = None) -> None:
         self.config = config
         self.out = Path(out)
         self.processes = start(config.device)
@@ -130,7 +135,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ schedule
 
-    def phase(self, epoch):
+    def phase(self, epoch: int) -> str:
         """"pce" for the first pretrain_epochs epochs (1-based), then "regularized"."""
         return "pce" if epoch <= self.config.pretrain_epochs or self.config.regularizer == "none" else "regularized"
 
@@ -142,7 +147,7 @@ class Trainer:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                              weight_decay=config.weight_decay)
 
-    def learning_rate(self, epoch, step):
+    def learning_rate(self, epoch: int, step: int) -> float:
         """Poly schedule, restarted at the start of each phase: lr (1 - t / T)^power."""
         config = self.config
         first, last = (1, config.pretrain_epochs) if epoch <= config.pretrain_epochs else \
@@ -152,7 +157,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
 
-    def train_epoch(self, epoch):
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; returns its record (phase, times, mean loss terms)."""
         config = self.config
         phase = self.phase(epoch)
@@ -207,7 +212,7 @@ class Trainer:
                                f"{self.iteration + 1}): {shown}; the network before this step is "
                                f"saved in {path} (try a lower --lr)")
 
-    def evaluate(self, *, sheet=None):
+    def evaluate(self, *, sheet: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Scores on the validation set and grid-CRF losses on train and val (one dict)."""
         def shown(done, total):
             self.progress.update(self.epoch + 1, self.config.total_epochs, done, total, "evaluating")
@@ -216,18 +221,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """What ``checkpoint.pt`` holds: only tensors, numbers, strings and plain containers, so that it
         loads with ``weights_only=True``; the metric records and the random states travel with it."""
         plain = json.loads(json.dumps({"config": dataclasses.asdict(self.config), "records": self.records}))
         return {**plain, "epoch": self.epoch, "iteration": self.iteration, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
-    def save(self):
+    def save(self) -> None:
         if self.processes.main:
             atomic_save(self.state(), self.out / "checkpoint.pt")
 
-    def restore(self):
+    def restore(self) -> None:
         """Continue from ``checkpoint.pt`` (loaded safely: weights_only): network, optimizer, counters,
         random states, and the metric records, from which ``metrics.jsonl`` is rewritten (so a record
         written to the checkpoint but not yet to metrics.jsonl is not lost, and none is doubled)."""
@@ -261,7 +266,7 @@ class Trainer:
             write_records(self.out / "metrics.jsonl", self.records)
             self.steps.truncate(self.iteration)
 
-    def run(self):
+    def run(self) -> list[dict[str, Any]]:
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
         config = self.config
         if self.epoch < config.total_epochs:
@@ -285,7 +290,7 @@ class Trainer:
         return self.records
 
 
-def describe_config(config):
+def describe_config(config: TrainConfig) -> str:
     """A short name such as "ADM grid (numba-expansion, lam 4)"."""
     if config.regularizer == "none":
         return "pCE only"
@@ -297,7 +302,8 @@ def describe_config(config):
     return f"{name} ({', '.join(details)})"
 
 
-def train(config, out, *, progress=True, model=None):
+def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = True,
+          model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
     """Train a network as `config` says, in the new run folder `out`; return the metric records.
 
     Parameters
@@ -329,7 +335,7 @@ def train(config, out, *, progress=True, model=None):
     return trainer.run()
 
 
-def resume(run, *, epochs=None, progress=True):
+def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Continue the run in folder `run` from its last checkpoint, exactly as if it had not stopped.
 
     `epochs` (regularized-phase epochs) may extend the stored configuration's. Returns all the
@@ -348,7 +354,7 @@ def resume(run, *, epochs=None, progress=True):
     return trainer.run()
 
 
-def evaluate_run(run, *, progress=True):
+def evaluate_run(run: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a run's last checkpoint: validation scores and grid-CRF losses (a dict), and
     ``predictions.png`` / ``curves.png`` redrawn in the run folder."""
     run = Path(run)

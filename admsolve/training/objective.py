@@ -4,6 +4,7 @@ phase, the regularizer's relaxation (GD, loss (4)) or the proximal term towards 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +29,7 @@ class Objective:
         X differs from argmax S).
     """
 
-    def __init__(self, config: TrainConfig, processes: Processes | None = None):
+    def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
         self.config = config
         self.processes = Processes() if processes is None else processes
         self.regularizer = REGULARIZERS[config.regularizer]
@@ -42,7 +43,8 @@ class Objective:
                                     workers=config.workers or self.processes.solver_threads,
                                     max_iter=config.max_iter)
 
-    def __call__(self, phase: str, logits: torch.Tensor, images, scribbles: torch.Tensor) -> dict:
+    def __call__(self, phase: str, logits: torch.Tensor, images: np.ndarray | torch.Tensor,
+                 scribbles: torch.Tensor) -> dict:
         """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum.
         ``self.diagnostics`` then holds the latent step's measures (empty without one)."""
         self.diagnostics = {}

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +34,9 @@ from ..data import open_dataset
 from .comparison import _run, _unused_to_defaults
 from .config import CONFIGURATIONS, TrainConfig
 from .loop import TrainingDiverged
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetLike
 
 #: Configurations of Table 2 (key -> (name, settings)); "full" trains on the masks.
 TABLE_CONFIGURATIONS = {
@@ -74,7 +80,8 @@ def _read(folder):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def run_group(base, folder, configurations, *, progress=True):
+def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations: Mapping[str, Mapping[str, Any]], *,
+              progress: bool = True) -> dict[str, dict[str, Any]]:
     """Train one group: the shared pCE phase, then each configuration from it.
 
     Parameters
@@ -133,7 +140,8 @@ def _score(result):
     return result["records"][-1]["miou"] if result["records"] and not result["diverged"] else -1.0
 
 
-def tune(base, folder, plan, *, progress=True):
+def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
+         progress: bool = True) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Choose lam (and gamma for ADM) per configuration on the held-back fifth of train.
 
     Every configuration with a regularizer is trained with each lam of ``plan.lam_grid`` (ADM with
@@ -165,7 +173,7 @@ def tune(base, folder, plan, *, progress=True):
     return chosen, rows
 
 
-def check_data(data):
+def check_data(data: str | os.PathLike[str]) -> DatasetLike:
     """A one-line ValueError unless `data` has masks and enough training images for a study."""
     train = open_dataset(data, "train", scribbles="masks")
     if len(train) < MIN_TRAIN_IMAGES:
@@ -177,7 +185,8 @@ def check_data(data):
     return train
 
 
-def reproduce(base, out, plan=None, *, progress=True):
+def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None = None, *,
+              progress: bool = True) -> dict[str, Any]:
     """Run (or continue) the study on ``base.data`` under `out`.
 
     Parameters
@@ -264,7 +273,7 @@ def _commit():
         return "unknown"
 
 
-def write_report(studies, report, *, preface=""):
+def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike[str], *, preface: str = "") -> Path:
     """Write the Markdown report `report` (a section per study, after `preface`) and its figures in
     the folder beside it of the same name."""
     import os
