@@ -59,8 +59,8 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
     factor = rng.uniform(lo, hi)
     height, width = image.shape[:2]
     size = (max(1, int(round(width * factor))), max(1, int(round(height * factor))))
-    image = _resize(image, size, Image.BILINEAR)
-    planes = {k: None if v is None else _resize(np.asarray(v, np.uint8), size, Image.NEAREST)
+    image = _resize(image, size, Image.Resampling.BILINEAR)
+    planes = {k: None if v is None else _resize(np.asarray(v, np.uint8), size, Image.Resampling.NEAREST)
               for k, v in planes.items()}
 
     pad = ((0, max(crop_h - size[1], 0)), (0, max(crop_w - size[0], 0)))

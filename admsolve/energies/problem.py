@@ -104,6 +104,11 @@ class LabelingProblem:
         """(H, W) bool array, True where a seed fixes the label."""
         return self.seeds != self.unlabeled
 
+    def energy(self, labels: ArrayLike) -> float:
+        """The reference energy of a labeling; every subclass defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} defines no energy: subclass GridCRF or DenseCRF, or define "
+                                  f"energy(labels)")
+
     def check_labels(self, labels: ArrayLike, name: str = "labels") -> np.ndarray:
         """Return `labels` as a new int32 (H, W) array, checking shape and range."""
         return as_label_map(labels, name, self.shape, self.n_labels)
