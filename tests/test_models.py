@@ -389,13 +389,8 @@ def test_effnet_segmentation_output_shape(k, height, width):
 def test_effnet_segmentation_gradients_reach_head_and_backbone():
     torch.manual_seed(7)
     model = build_model("effnet-lite0", 3).train()
-    backbone_bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert backbone_bn and not any(m.training for m in backbone_bn)  # ImageNet statistics kept
-    assert all(m.training for m in model.classifier.modules())
-    statistics = backbone_bn[0].running_mean.clone()
     out = model(torch.rand(2, 3, 48, 40))
     (out * torch.randn_like(out)).sum().backward()
-    assert torch.equal(backbone_bn[0].running_mean, statistics)
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     for part in (model.backbone._conv_stem, model.backbone._blocks[-1]._project_conv, model.classifier[-1]):

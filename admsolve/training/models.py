@@ -379,9 +379,9 @@ class EffNetLite0ASPP(nn.Module):
 
     Input (N, 3, H, W) float images in [0, 1] (normalised internally as the backbone was trained:
     :data:`EFFNET_LITE_MEAN`, :data:`EFFNET_LITE_STD`), output logits (N, K, H, W): the head's
-    (N, K, ceil(H / 16), ceil(W / 16)) upsampled bilinearly.
-    The backbone's batch-norm layers keep their ImageNet statistics (they stay in eval mode when the
-    model trains, as small CPU batches would estimate them poorly); their scale and shift train.
+    (N, K, ceil(H / 16), ceil(W / 16)) upsampled bilinearly. Every layer trains, batch norm included:
+    with the backbone's statistics frozen at their ImageNet values, Adam at lr 1e-3 wrecked the
+    pretrained features (MSRC-21, 3 pCE epochs: val mIoU 0.20 against 0.61 with batch statistics).
     About 4.3M parameters (3.4M in the backbone) at ``channels=128``.
 
     Parameters
@@ -410,14 +410,6 @@ class EffNetLite0ASPP(nn.Module):
         self.normalize = _Normalize(EFFNET_LITE_MEAN, EFFNET_LITE_STD)
         self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16)
         self.classifier = nn.Sequential(ASPP(1280, channels), nn.Conv2d(channels, n_labels, 1))
-
-    def train(self, mode: bool = True):
-        """Set training mode, but keep the backbone's batch-norm layers in eval mode."""
-        super().train(mode)
-        for module in self.backbone.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-        return self
 
     def forward(self, x):
         """Logits (N, K, H, W) of images `x` (N, 3, H, W) in [0, 1]."""
