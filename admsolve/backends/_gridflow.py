@@ -446,7 +446,7 @@ class GridMaxflow:
             mask[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] |= np.uint8(1 << k)
         mask = mask.reshape(n)
 
-        # the residual capacities and the search trees, in the order max_flow unpacks them
+        # the residual capacities and the search trees, in the order _augment_all unpacks them
         self.graph = (offset, reverse, mask, np.zeros((n_dir, n), dtype=np.float64),
                       np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int8),
                       np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int64),

@@ -51,12 +51,12 @@ def pin_capacity(problem):
 
 @njit(inline="always")
 def _edge_terms(w, la, lb, alpha):
-    """The edge a -> b (a first in raster order) of an expansion move, as expansion_capacities
-    splits it: (its capacity, its share of a's terminal cost, its share of b's)."""
-    b_moves_alone = w if lb != alpha else 0.0  # E(1, 0)
-    a_moves_alone = w if la != alpha else 0.0  # E(0, 1)
+    """The edge a -> b (a first in raster order) of an expansion move, split as described in
+    expansion_capacities: (its capacity, its share of a's terminal cost, its share of b's)."""
+    a_moves_alone = w if lb != alpha else 0.0  # E(1, 0)
+    b_moves_alone = w if la != alpha else 0.0  # E(0, 1)
     cut_now = w if la != lb else 0.0  # E(0, 0)
-    return a_moves_alone + b_moves_alone - cut_now, b_moves_alone - cut_now, -b_moves_alone
+    return b_moves_alone + a_moves_alone - cut_now, a_moves_alone - cut_now, -a_moves_alone
 
 
 @njit(inline="always")
@@ -297,8 +297,9 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=N
     weights = problem.lam * problem.weights
     pinned, pin_cap = problem.seeded, pin_capacity(problem)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
-    edge_cap = np.empty_like(weights)
-    if flow_solver is not None:  # each alpha's residual graph and the labels of its last move
+    if flow_solver is None:
+        edge_cap = np.empty_like(weights)
+    else:  # each alpha's residual graph and the labels of its last move
         graphs = dict(zip(alphas, flow_solver.residual_graphs(len(alphas))))
         snapshots = dict(zip(alphas, np.empty((len(alphas), *labels.shape), dtype=labels.dtype)))
         solved = set()
