@@ -1,10 +1,18 @@
 """The array module rule of the CuPy backends: the same code runs on NumPy (CPU, CI) and on CuPy
 (GPU), taking the module from its input."""
 
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
+#: A NumPy or a CuPy array, in annotations: CuPy is optional and untyped, so no precise type is given.
+AnyArray = Any
 
-def array_module(array):
+
+def array_module(array: object) -> ModuleType:
     """cupy for a CuPy array, else numpy (without importing cupy when it is not in use)."""
     if type(array).__module__.split(".")[0] == "cupy":
         import cupy
@@ -13,12 +21,12 @@ def array_module(array):
     return np
 
 
-def device_of(array):
+def device_of(array: object) -> str:
     """"cuda" for a CuPy array, else "cpu"."""
     return "cpu" if array_module(array) is np else "cuda"
 
 
-def cuda_status():
+def cuda_status() -> bool | str:
     """True if CuPy and a CUDA device can be used here, else the reason why not (a sentence)."""
     try:
         import cupy
@@ -31,7 +39,7 @@ def cuda_status():
     return True if count > 0 else "CuPy finds no CUDA device"
 
 
-def device_module(device):
+def device_module(device: str) -> ModuleType:
     """The array module for ``device``: "cpu" -> numpy, "cuda" -> cupy (ImportError naming the extra)."""
     if device == "cpu":
         return np
@@ -46,7 +54,7 @@ def device_module(device):
     return cupy
 
 
-def to_numpy(array):
+def to_numpy(array: AnyArray) -> np.ndarray:
     """A NumPy copy (or view) of a NumPy or CuPy array."""
     return array.get() if array_module(array) is not np else np.asarray(array)
 

@@ -1,23 +1,33 @@
 """Input checks shared by the public functions: each error names the argument, what was
 expected and what arrived."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, overload
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._array import array_module, to_numpy
 
 #: The one value that marks a pixel as unlabeled: an unscribbled pixel in seeds and scribbles, a void
 #: pixel in ground-truth masks, the ignored target of the losses.
 UNLABELED = 255
+#: The most labels a label map read from a picture or a scribble image can define (K is bounded before
+#: anything of size K is allocated).
+MAX_LABELS = 256
 
 
-def describe(value):
+def describe(value: object) -> str:
     """Short description of what arrived, for error messages."""
     if isinstance(value, np.ndarray):
         return f"array of shape {value.shape} and dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}" if np.isscalar(value) else type(value).__name__
 
 
-def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
+def as_real_array(value: ArrayLike, name: str, ndim: int | Iterable[int], *, allow_negative: bool = True,
+                  dtype: DTypeLike = np.float64) -> np.ndarray:
     """Return a new float array from `value`, checking dimensionality and finiteness."""
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name}: expected a real-valued array, got {describe(value)}")
@@ -45,7 +55,8 @@ def as_real_array(value, name, ndim, *, allow_negative=True, dtype=np.float64):
     return array
 
 
-def as_label_map(value, name, shape, n_labels, *, unlabeled=None):
+def as_label_map(value: ArrayLike, name: str, shape: Sequence[int], n_labels: int, *,
+                 unlabeled: int | None = None) -> np.ndarray:
     """Return a new int32 label map of `shape` with values in [0, n_labels) (or `unlabeled`)."""
     array = to_numpy(value) if array_module(value) is not np else np.asarray(value)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
@@ -62,7 +73,13 @@ def as_label_map(value, name, shape, n_labels, *, unlabeled=None):
     return array.astype(np.int32)
 
 
-def as_scalar(value, name, *, minimum=None, integer=False):
+@overload
+def as_scalar(value: Any, name: str, *, minimum: float | None = None, integer: Literal[True]) -> int: ...
+@overload
+def as_scalar(value: Any, name: str, *, minimum: float | None = None, integer: Literal[False] = False) -> float: ...
+@overload
+def as_scalar(value: Any, name: str, *, minimum: float | None = None, integer: bool = False) -> int | float: ...
+def as_scalar(value: Any, name: str, *, minimum: float | None = None, integer: bool = False) -> int | float:
     """Check a finite real (or integer) scalar, optionally bounded below."""
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, kinds):
@@ -75,7 +92,7 @@ def as_scalar(value, name, *, minimum=None, integer=False):
     return int(value) if integer else float(value)
 
 
-def as_positive(value, name):
+def as_positive(value: Any, name: str) -> float:
     """Check a finite real scalar > 0."""
     value = as_scalar(value, name)
     if not value > 0:
@@ -83,7 +100,7 @@ def as_positive(value, name):
     return value
 
 
-def as_int_pair(value, name, *, minimum=1):
+def as_int_pair(value: Any, name: str, *, minimum: int = 1) -> tuple[int, ...]:
     """Two integers >= minimum (height, width), as a tuple."""
     if isinstance(value, (str, bytes)) or np.ndim(value) != 1 or len(value) != 2:
         raise ValueError(f"{name}: expected two integers (height, width), got {describe(value)}")
@@ -95,7 +112,7 @@ def as_int_pair(value, name, *, minimum=1):
     return tuple(int(v) for v in pair)
 
 
-def as_connectivity(value, name="connectivity"):
+def as_connectivity(value: Any, name: str = "connectivity") -> int:
     """4 or 8, the neighbourhood of a grid CRF."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected 4 or 8, got {describe(value)}")

@@ -13,7 +13,8 @@ import numpy as np
 from . import __version__, backends
 from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
-from .data.io import colorize, overlay, read_image, read_label_map, save_sheet, write_label_map
+from .data.io import (check_image_path, check_label_map_path, colorize, overlay, read_image, read_label_map,
+                      save_sheet, write_label_map)
 from .solve import solve
 from .training.config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS, TrainConfig
 from .training.regularizers import REGULARIZERS
@@ -48,6 +49,9 @@ def progress_line(stream, name, every=10):
 
 
 def cmd_segment(args):
+    check_label_map_path(args.output, "--output")  # before any work: a lossless label-map file
+    if args.overlay:
+        check_image_path(args.overlay, "--overlay")
     image = read_image(args.image)
     scribbles = read_label_map(args.scribbles, "scribbles")
     kind = backends.lookup(args.backend).problem if args.backend else GridCRF
@@ -61,7 +65,7 @@ def cmd_segment(args):
     finally:
         if options:
             options["callback"].close()
-    write_label_map(args.output, result.labels)
+    write_label_map(args.output, result.labels, "--output")
     if args.overlay:
         save_sheet(args.overlay, [overlay(image, result.labels, scribbles)],
                    [f"{result.backend}: energy {result.energy:.1f}"], columns=1)
@@ -83,6 +87,8 @@ def cmd_backends(args):
 def cmd_demo(args):
     from .data.examples import synthetic_scene
 
+    if args.sheet:
+        check_image_path(args.sheet, "--sheet")
     image, scribbles, truth = synthetic_scene()
     problems = {kind: scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
                 for kind in (GridCRF, DenseCRF)}
@@ -166,9 +172,37 @@ def cmd_compare(args):
     print(f"wrote {args.out}/comparison.md, comparison.json, comparison.png")
 
 
+def _numbers(text, name, kind=float):
+    """A comma-separated list of numbers ('' for none)."""
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_reproduce(args):
+    _training()
+    from .training import reproduction
+
+    plan = reproduction.Plan(seeds=_numbers(args.seeds, "seeds", int), configurations=tuple(args.configs.split(",")),
+                             lam_grid=_numbers(args.lam_grid, "lam-grid"), gamma_grid=_numbers(args.gamma_grid, "gamma-grid"),
+                             lengths=_numbers(args.lengths, "lengths"),
+                             solvers=tuple(name for name in args.solvers.split(",") if name), tune=not args.no_tune)
+    studies = []
+    values = _config_values(args)
+    for data in args.datasets:
+        base = TrainConfig(**{**values, "data": data})
+        folder = f"{args.out}/{data.rstrip('/').split('/')[-1]}"
+        studies.append(reproduction.reproduce(base, folder, plan, progress=not args.quiet))
+    report = reproduction.write_report(studies, args.report)
+    print(f"wrote {report} and its figures in {report.with_suffix('')}/")
+
+
 #: Help of each TrainConfig field on the command line (its default is added from TrainConfig).
 TRAINING_OPTIONS = {
     "data": "'synthetic' (built in) or a dataset folder in the layout of ../shared/data or PASCAL VOC + ScribbleSup",
+    "train_split": "split to train on ('train-fit': train without the fifth held back for tuning)",
+    "val_split": "split to evaluate on ('train-holdout': the fifth of train held back)",
     "optimizer": "gd: gradient descent on the relaxed regularizer; adm: the paper's ADM with a discrete solver",
     "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
     "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
@@ -179,8 +213,11 @@ TRAINING_OPTIONS = {
     "srgb": "dense CRF: colour kernel width",
     "max_iter": "ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates)",
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
-    "model": "network",
-    "weights": "local weights file: the backbone (DeepLabV3) or the whole network (fcn-small)",
+    "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
+             "nn.Module giving (N, K, h, w) logits) (default effnet-lite0 on a dataset folder, fcn-small on the "
+             "synthetic data)",
+    "weights": "local weights file: the backbone (DeepLabV3, effnet-lite0: instead of the pip package's) or the "
+               "whole network (fcn-small, a factory)",
     "init": "start the network from another run's checkpoint.pt",
     "epochs": "epochs of the regularized phase",
     "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
@@ -192,24 +229,31 @@ TRAINING_OPTIONS = {
     "momentum": "sgd momentum",
     "weight_decay": "weight decay",
     "poly_power": "power of the poly schedule",
-    "scribbles": "'auto' (the folder's scribbles*/ or generated from the masks), a folder name, or 'generate'",
+    "scribbles": "'auto' (the folder's scribbles*/ or generated from the masks), a folder name, 'generate', or "
+                 "'masks' (full supervision)",
     "scribble_length": "length of generated scribbles, 1 (full) down to 0 (a click per region)",
     "seed": "seed of the network's initialisation, the crops and the generated scribbles",
     "device": "auto (CUDA when present), cpu or cuda",
     "workers": "ADM: parallel solves per batch (default: the CPU count)",
+    "loader_workers": "DataLoader worker processes preparing the batches (0: in the training process)",
+    "amp": "mixed precision on a CUDA GPU (bf16 where supported, else fp16 with loss scaling)",
+    "tensorboard": "also write TensorBoard event files (RUN/tensorboard; needs the tensorboard package)",
 }
 
 
-def _add_training_arguments(parser):
-    """One option per TrainConfig field; an option left out keeps TrainConfig's default."""
+def _add_training_arguments(parser, *, skip=()):
+    """One option per TrainConfig field (but those in `skip` and the recorded world_size); an option
+    left out keeps TrainConfig's default."""
     for field in dataclasses.fields(TrainConfig):
+        if field.name in skip or field.name == "world_size":
+            continue
         flag = "--" + field.name.replace("_", "-")
         help_text = TRAINING_OPTIONS[field.name]
         if field.name == "lam":
             help_text %= ", ".join(f"{name} {r.default_lam:g}" for name, r in REGULARIZERS.items() if r.default_lam)
         elif field.default is not None and field.type != "bool":
             help_text += f" (default {field.default})"
-        choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS), "model": MODELS,
+        choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS),
                    "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
@@ -228,7 +272,7 @@ def build_parser():
     segment = commands.add_parser("segment", help="segment an image from scribbles with a grid CRF")
     segment.add_argument("image", help="image file (any format Pillow reads)")
     segment.add_argument("scribbles", help="label PNG, same size: 0..K-1 scribbled labels, 255 unlabeled")
-    segment.add_argument("-o", "--output", required=True, help="label PNG to write (values 0..K-1)")
+    segment.add_argument("-o", "--output", required=True, help="label map to write (values 0..K-1): .png, .tif or .npy (lossless)")
     segment.add_argument("--overlay", help="also write the segmentation drawn over the image")
     segment.set_defaults(handler=cmd_segment)
 
@@ -260,7 +304,30 @@ def build_parser():
     _add_training_arguments(compare)
     compare.set_defaults(handler=cmd_compare)
 
-    for sub in (train, evaluate, compare):
+    reproduce = commands.add_parser("reproduce", help="run (or continue) the study of the paper's claims and "
+                                                      "write its report (Tables 1-3, Figs. 3, 5, 6, solver ablation)")
+    reproduce.add_argument("datasets", nargs="+", metavar="DATA", help="dataset folders (or 'synthetic'), one "
+                                                                       "section of the report each")
+    reproduce.add_argument("--out", default="runs/reproduction", help="folder of the runs (default %(default)s); "
+                                                                      "finished runs in it are reused")
+    reproduce.add_argument("--report", default="docs/reproduction.md", help="the Markdown report (default "
+                                                                            "%(default)s); figures beside it")
+    reproduce.add_argument("--seeds", default="0,1,2", help="seeds of Tables 1-3 (default %(default)s)")
+    reproduce.add_argument("--configs", default="full,pce,gd-dense,gd-grid,adm-grid,adm-dense",
+                           help="configurations of the tables (default %(default)s)")
+    reproduce.add_argument("--lam-grid", default="0.25,1,4", help="lam values tried per configuration on the "
+                                                                  "held-back fifth of train (default %(default)s)")
+    reproduce.add_argument("--gamma-grid", default="1,4", help="gamma values tried for ADM at its best lam, besides "
+                                                               "--gamma (default %(default)s)")
+    reproduce.add_argument("--no-tune", action="store_true", help="use --lam/--gamma for every configuration")
+    reproduce.add_argument("--lengths", default="1,0.5,0.3,0", help="scribble lengths of Fig. 6, generated "
+                                                                    "scribbles ('' to skip; default %(default)s)")
+    reproduce.add_argument("--solvers", default="numba-expansion,numba-swap,numba-icm,relaxed-gd",
+                           help="latent solvers of the ablation ('' to skip; default %(default)s)")
+    _add_training_arguments(reproduce, skip=("data",))
+    reproduce.set_defaults(handler=cmd_reproduce)
+
+    for sub in (train, evaluate, compare, reproduce):
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for sub in (segment, demo):

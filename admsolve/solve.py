@@ -1,10 +1,19 @@
 """solve() and solve_batch(): one call over every backend, one result type."""
 
+from __future__ import annotations
+
 import inspect
 import multiprocessing
 import os
+import signal
 import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from numpy.typing import ArrayLike
 
 from . import backends
 from ._validation import as_scalar, describe
@@ -37,13 +46,13 @@ class SolveResult(dict):
     Backends may add keys of their own.
     """
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError as exc:
             raise AttributeError(name) from exc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.items() if k != "labels")
         return f"SolveResult({fields})"
 
@@ -53,7 +62,7 @@ class SolveResult(dict):
 ITERATION_ALIASES = ("max_sweeps", "iterations")
 
 
-def resolve_backend(problem, backend):
+def resolve_backend(problem: LabelingProblem, backend: str | Callable[..., dict] | None) -> str | Callable[..., dict]:
     """The backend to use for `problem`: its registry name, or `backend` itself when it is a callable;
     checks that it solves that kind of problem.
 
@@ -72,7 +81,7 @@ def resolve_backend(problem, backend):
     return entry.name
 
 
-def check_options(name, minimize, options):
+def check_options(name: str, minimize: Callable[..., dict], options: dict[str, Any]) -> dict[str, Any]:
     """The options for `minimize` with the iteration cap under its one name ``max_iter`` (checked);
     a TypeError names any option the backend does not take."""
     options = dict(options)
@@ -94,14 +103,14 @@ def check_options(name, minimize, options):
     return options
 
 
-def iterations_run(outcome):
+def iterations_run(outcome: Mapping[str, Any]) -> int:
     """The number of iterations a backend ran: its ``iterations`` when it says (a backend may record
     fewer energies than iterations), else one per history entry after the first."""
     count = outcome.get("iterations")
     return len(outcome["history"]) - 1 if count is None else int(count)
 
 
-def stop_message(outcome, max_iter):
+def stop_message(outcome: Mapping[str, Any], max_iter: int | None) -> str:
     """Why a backend stopped, when it does not say itself."""
     if outcome["converged"]:
         return "converged: the last iteration changed nothing"
@@ -111,7 +120,8 @@ def stop_message(outcome, max_iter):
     return f"stopped after {iterations} iterations without converging"
 
 
-def solve(problem, backend=None, *, init=None, **options):
+def solve(problem: LabelingProblem, backend: str | Callable[..., dict] | None = None, *, init: ArrayLike | None = None,
+          **options: Any) -> SolveResult:
     """Minimise the energy of `problem` with the named backend.
 
     Parameters
@@ -156,12 +166,37 @@ def _solve_job(job):
     return solve(problem, backend, init=init, **options)
 
 
-def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_options=None, **options):
+#: Why worker processes may fail to start, and the fix (the warning of solve_batch's fallback).
+MAIN_GUARD = ('a script that calls solve_batch with a backend run in processes ("maxflow") must call it under '
+              '`if __name__ == "__main__":`, since each worker process imports the script again')
+
+
+#: Set when worker processes could not start in this session: later calls go straight to threads.
+_processes_failed = False
+
+
+def _ignore_sigint():
+    """Worker processes leave Ctrl-C to the caller, which terminates them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_ready():
+    return True
+
+
+def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[..., dict] | None = None, *,
+                workers: int | None = None, inits: Sequence[ArrayLike | None] | None = None,
+                problem_options: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> list[SolveResult]:
     """Solve several problems in parallel; results come back in input order.
 
     Backends that release the GIL (the Numba ones) run in threads; the others (PyMaxflow holds the
     GIL) in worker processes. An exception raised for one problem is re-raised, after the remaining
     work is cancelled, with a note naming its index (``exc.__notes__``, and ``exc.index``).
+    Ctrl-C (KeyboardInterrupt) cancels the outstanding work and returns at once: worker processes
+    are terminated, worker threads stop after their current move or sweep
+    (:data:`admsolve.backends.CANCEL`). A script that runs ``solve_batch`` with processes must call
+    it under ``if __name__ == "__main__":``; where the worker processes cannot start (that guard
+    missing), it warns and solves in threads instead.
 
     Parameters
     ----------
@@ -171,7 +206,7 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
     workers : int, optional
         Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread.
     inits : sequence of (H, W) array_like or None, optional
-        One starting labeling per problem.
+        One starting labeling per problem (``solve``'s ``init=``, per problem).
     problem_options : sequence of dict, optional
         Options for one problem each, added to `options` (e.g. a ``labels=`` subset per image).
     **options
@@ -181,6 +216,14 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
     -------
     list of SolveResult
     """
+    global _processes_failed
+    if "init" in options:
+        raise TypeError("solve_batch: init= is solve()'s option; pass inits=[...], one starting labeling per "
+                        "problem (or None)")
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a worker process importing the caller's script, which calls solve_batch at import time: stop here
+        # (with one line) rather than run the script's work again; the caller falls back to threads
+        raise SystemExit(f"admsolve: solve_batch: worker process not started: {MAIN_GUARD}")
     problems = list(problems)
     inits = [None] * len(problems) if inits is None else list(inits)
     if len(inits) != len(problems):
@@ -202,21 +245,68 @@ def solve_batch(problems, backend=None, *, workers=None, inits=None, problem_opt
             except Exception as exc:
                 raise _with_index(exc, index)
         return results
-    if callable(chosen) or backends.BACKENDS[chosen].releases_gil:  # a callable may not pickle
-        executor = ThreadPoolExecutor(workers)
-    else:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
-    with executor:
+    if callable(chosen) or backends.BACKENDS[chosen].releases_gil or _processes_failed:  # a callable may not pickle
+        return _run_in_threads(jobs, workers)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=_ignore_sigint)
+    try:
+        executor.submit(_worker_ready).result()
+    except BrokenProcessPool:
+        _processes_failed = True
+        _terminate(executor)
+        warnings.warn(f"solve_batch: the worker processes could not start; solving in threads instead, now and "
+                      f"in later calls ({MAIN_GUARD})", RuntimeWarning, stacklevel=2)
+        return _run_in_threads(jobs, workers)
+    except BaseException:
+        _terminate(executor)
+        raise
+    return _collect(executor, jobs, stop=_terminate)
+
+
+def _run_in_threads(jobs, workers):
+    return _collect(ThreadPoolExecutor(workers), jobs, stop=_cancel_threads)
+
+
+def _collect(executor, jobs, *, stop):
+    """Run `jobs` on `executor`, results in order; on an error or Ctrl-C, `stop` the outstanding work first."""
+    try:
         futures = [executor.submit(_solve_job, job) for job in jobs]
         results = []
         for index, future in enumerate(futures):
             try:
                 results.append(future.result())
             except Exception as exc:
-                executor.shutdown(wait=False, cancel_futures=True)
                 raise _with_index(exc, index)
+    except BaseException:
+        stop(executor)
+        raise
+    executor.shutdown(wait=True)
     return results
+
+
+def _cancel_threads(executor):
+    """Cancel the jobs not started and stop the running ones after their current move (CANCEL)."""
+    backends.CANCEL.set()
+    try:
+        executor.shutdown(wait=True, cancel_futures=True)
+    finally:
+        backends.CANCEL.clear()
+
+
+def _terminate(executor):
+    """Cancel the jobs not started and terminate the worker processes."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # shutdown forgets them
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _with_index(exc, index):

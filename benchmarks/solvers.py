@@ -26,7 +26,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-import admsolve as adm
+# measure the checkout this script is in, not whichever admsolve is installed (an editable install
+# may point at another worktree)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import admsolve as adm  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "grabcut")
 LAM, GAMMA = 2.0, 1.0

@@ -9,7 +9,11 @@ where ADM starts in the paper) so that its predictions, the latent step's unarie
 every configuration then starts from that same network and sees the same batches.
 
     python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8] [--lam] [--gamma]
-                                    [--batch-size 8] [--backends numba-expansion maxflow ...]
+                                    [--batch-size 8] [--backends numba-expansion maxflow ...] [--model fcn-small]
+                                    [--device auto] [--world-size 1]
+
+``--world-size N`` starts N processes under torchrun (DistributedDataParallel, gloo on the CPU, NCCL
+on GPUs), each taking its share of every batch; the times are those of rank 0.
 
 Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
 of the latent step and its share of the ADM step. The target of issue 5: the fastest ADM step costs
@@ -22,6 +26,8 @@ import dataclasses
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -41,6 +47,10 @@ class TimedLatentStep:
     def __init__(self, step):
         self.step, self.seconds = step, []
 
+    @property
+    def results(self):
+        return self.step.results
+
     def __call__(self, *args):
         began = time.perf_counter()
         latent = self.step(*args)
@@ -55,7 +65,7 @@ def timed_steps(trainer, phase, batches):
     steps = []
     for images, scribbles in batches:
         began = time.perf_counter()
-        logits = trainer.model(image_tensor(images, trainer.device))
+        logits = trainer.network(image_tensor(images, trainer.device))
         terms = trainer.objective(phase, logits, images, scribbles)
         trainer.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -78,18 +88,24 @@ def main():
     parser.add_argument("--gamma", type=float, default=TrainConfig.gamma)
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
     parser.add_argument("--backends", nargs="*", default=None, help="grid-CRF backends (default: all usable)")
+    parser.add_argument("--model", default="fcn-small", help="network (a name of admsolve train --model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--world-size", type=int, default=1, help="processes under torchrun (default 1)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.world_size > 1 and "WORLD_SIZE" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={args.world_size}", *sys.argv]
+        sys.exit(subprocess.run(command).returncode)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
 
     base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
                        batch_size=args.batch_size, lam=args.lam, gamma=args.gamma, connectivity=args.connectivity,
-                       pretrain_epochs=1, epochs=1, init=args.init)
+                       pretrain_epochs=1, epochs=1, init=args.init, model=args.model, device=args.device)
     trainer = Trainer(base, "unused", progress=False)
-    batches = [trainer.batches.batch(1, trainer.batches.order(1)[i * args.batch_size:(i + 1) * args.batch_size])
-               for i in range(args.steps + 1)]
+    shares = trainer.batches.shares(1) * (args.steps + 1)  # this process's share of each batch
+    batches = [trainer.batches.batch(1, share) for share in shares[:args.steps + 1]]
     if not args.init:
-        warmup = [trainer.batches.batch(2, trainer.batches.order(2)[i * args.batch_size:(i + 1) * args.batch_size])
-                  for i in range(min(args.warmup_steps, trainer.batches.steps_per_epoch))]
+        warmup = [trainer.batches.batch(2, share) for share in trainer.batches.shares(2)[:args.warmup_steps]]
         for _ in range(-(-args.warmup_steps // max(len(warmup), 1))):
             timed_steps(trainer, "pce", warmup)
     start = copy.deepcopy(trainer.model.state_dict())
@@ -103,12 +119,15 @@ def main():
         if name in RESTRICTABLE:
             configurations.append((f"ADM {name} restricted", dict(optimizer="adm", backend=name, restrict_labels=True)))
 
-    print(f"data {args.data} ({trainer.n_labels} labels), batch {args.batch_size} x {args.crop_size}^2, "
-          f"{args.connectivity}-connected grid CRF, lam {base.weight:g}, "
-          f"{trainer.model.__class__.__name__}, torch {torch.__version__} on {trainer.device} with "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
-          f"median of {args.steps} steps")
-    print(f"{'configuration':36s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
+    show = trainer.processes.main
+    if show:
+        print(f"data {args.data} ({trainer.n_labels} labels), batch {args.batch_size} x {args.crop_size}^2 over "
+              f"{trainer.processes.world_size} process(es), "
+              f"{args.connectivity}-connected grid CRF, lam {base.weight:g}, "
+              f"{trainer.model.__class__.__name__}, torch {torch.__version__} on {trainer.device} with "
+              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+              f"median of {args.steps} steps")
+        print(f"{'configuration':36s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
     gd_time = None
     for label, settings in configurations:
         config = dataclasses.replace(base, **settings)
@@ -118,7 +137,8 @@ def main():
         step, latent = statistics.median(steps), statistics.median(latent_times)
         gd_time = gd_time or step
         share = f"{latent / step:13.0%}" if config.optimizer == "adm" else f"{'-':>13s}"
-        print(f"{label:36s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
+        if show:
+            print(f"{label:36s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_bad_arguments():
         ADMStep(regularizer="dense", backend="maxflow")
     with pytest.raises(ValueError, match="regularizer: expected one of"):
         ADMStep(regularizer="potts")
-    with pytest.raises(ValueError, match="connectivity: expected 4 or 8, got 6"):
+    with pytest.raises(ValueError, match="connectivity: expected 4 or 8, got int 6"):
         ADMStep(connectivity=6)
     with pytest.raises(ValueError, match="lam: expected a value >= 0"):
         ADMStep(lam=-1.0)

@@ -107,7 +107,7 @@ def test_grabcut_image_is_segmented_accurately(grabcut_dir, tmp_path):
 
 # --------------------------------------------------------------------------- train / evaluate / compare
 
-TINY = ["--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "2", "--crop-size", "32", "--workers", "1",
+TINY = ["--model", "fcn-small", "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "2", "--crop-size", "32", "--workers", "1",
         "--quiet"]
 
 

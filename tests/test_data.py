@@ -468,3 +468,27 @@ def test_augment_bad_arguments():
     bad = sample._replace(scribbles=np.zeros((3, 3), np.uint8))
     with pytest.raises(ValueError, match=r"sample\.scribbles.*\(20, 30\)"):
         augment(bad, rng, crop_size=(4, 4))
+
+
+def test_held_out_splits_partition_train_and_keep_its_samples():
+    train = open_dataset("synthetic", "train")
+    fit, holdout = open_dataset("synthetic", "train-fit"), open_dataset("synthetic", "train-holdout")
+    assert sorted(fit.ids + holdout.ids) == sorted(train.ids) and not set(fit.ids) & set(holdout.ids)
+    assert len(holdout) == len(train) // 5
+    index = train.ids.index(holdout.ids[0])
+    np.testing.assert_array_equal(holdout[0].image, train[index].image)
+    assert fit.n_labels == train.n_labels
+
+
+def test_mask_supervision_uses_the_masks_as_scribbles():
+    data = open_dataset("synthetic", "val", scribbles="masks")
+    sample = data[0]
+    np.testing.assert_array_equal(sample.scribbles, sample.mask)
+    assert "full supervision" in data.scribble_source
+
+
+def test_held_out_needs_enough_images():
+    from admsolve.data import held_out
+
+    with pytest.raises(ValueError, match=r"needs at least 5 training images, got 3"):
+        held_out(SyntheticDataset("train", n_images=3), "train-holdout")

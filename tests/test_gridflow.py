@@ -8,7 +8,7 @@ import scipy.sparse
 from hypothesis import given, strategies as st
 from scipy.sparse.csgraph import maximum_flow
 
-from admsolve.backends._gridflow import FORWARD_OFFSETS, GridMaxflow
+from admsolve.backends._gridflow import FORWARD_OFFSETS, SINK, GridMaxflow, resume_max_flow
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -228,6 +228,32 @@ def test_capacities_leaving_the_image_are_ignored(problem, garbage):
     garbage_bwd = np.where(outside, garbage, bwd_cap)
     assert solver.solve(source_cap, sink_cap, garbage_fwd, garbage_bwd) == flow
     np.testing.assert_array_equal(solver.sink_side, sink_side)
+
+
+@given(same_shape_problems(), st.integers(0, 2**32 - 1))
+def test_resumed_flow_after_capacity_changes(shape_and_problems, seed):
+    """One graph solved, then in its residual graph (left in solver.graph) the terminal capacities
+    changed to another's and every edge raised to the other's capacity or more: resume_max_flow
+    finishes with the other graph's minimum cut."""
+    shape, (first, second) = shape_and_problems[0], shape_and_problems[1][:2]
+    height, width, n_directions = shape
+    n = height * width
+    rng = np.random.default_rng(seed)
+    raised = [np.maximum(a, b) + rng.integers(0, 2, a.shape) for a, b in zip(first[2:], second[2:])]
+    second = (*second[:2], *raised)
+    solver = GridMaxflow(*shape)
+    solver.solve(*first)
+    graph = solver.graph
+    cap, tr = graph[3], graph[4]
+    tr += ((second[0] - second[1]) - (first[0] - first[1])).reshape(n)
+    for d, (dy, dx) in enumerate(FORWARD_OFFSETS[:n_directions]):
+        for y, x in np.ndindex(height, width):
+            if 0 <= y + dy < height and 0 <= x + dx < width:
+                p, q = y * width + x, (y + dy) * width + x + dx
+                cap[d, p] += second[2][d, y, x] - first[2][d, y, x]
+                cap[n_directions + d, q] += second[3][d, y, x] - first[3][d, y, x]
+    resume_max_flow(graph)
+    np.testing.assert_array_equal((graph[5] == SINK).reshape(height, width), scipy_sink_side(*second))
 
 
 def test_known_small_graphs():

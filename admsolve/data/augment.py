@@ -1,6 +1,10 @@
 """Random scale / crop / flip augmentation of a :class:`~admsolve.data.datasets.Sample`, image,
 scribbles and mask transformed together."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image
 
@@ -8,7 +12,8 @@ from .._validation import UNLABELED, as_int_pair, as_scalar, describe
 from .datasets import Sample
 
 
-def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124, 116, 104)):
+def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int],
+            scale: Sequence[float] = (0.75, 1.25), flip: bool = True, fill: Sequence[int] = (124, 116, 104)) -> Sample:
     """A randomly scaled, cropped and flipped copy of a sample.
 
     Scales by one factor drawn uniformly from `scale` (image bilinear, scribbles and mask nearest,
@@ -54,8 +59,8 @@ def augment(sample, rng, *, crop_size, scale=(0.75, 1.25), flip=True, fill=(124,
     factor = rng.uniform(lo, hi)
     height, width = image.shape[:2]
     size = (max(1, int(round(width * factor))), max(1, int(round(height * factor))))
-    image = _resize(image, size, Image.BILINEAR)
-    planes = {k: None if v is None else _resize(np.asarray(v, np.uint8), size, Image.NEAREST)
+    image = _resize(image, size, Image.Resampling.BILINEAR)
+    planes = {k: None if v is None else _resize(np.asarray(v, np.uint8), size, Image.Resampling.NEAREST)
               for k, v in planes.items()}
 
     pad = ((0, max(crop_h - size[1], 0)), (0, max(crop_w - size[0], 0)))

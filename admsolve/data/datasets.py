@@ -8,10 +8,14 @@ kept in memory. Scribbles missing from a dataset are made from its masks by
 sees the same strokes.
 """
 
+from __future__ import annotations
+
 import json
+import os
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -50,6 +54,26 @@ class Sample(NamedTuple):
     image: np.ndarray
     scribbles: np.ndarray
     mask: np.ndarray | None
+
+
+class DatasetLike(Protocol):
+    """What every dataset of this module offers (for annotations): its samples by index, and these
+    attributes (see :class:`FolderDataset`)."""
+
+    @property
+    def split(self) -> str: ...
+    @property
+    def ids(self) -> list[str]: ...
+    @property
+    def n_labels(self) -> int: ...
+    @property
+    def class_names(self) -> list[str]: ...
+    @property
+    def root(self) -> Path | None: ...
+    @property
+    def scribble_source(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
 
 
 def _read_only(array):
@@ -180,14 +204,14 @@ class _LabelledFolders:
         self._cache = {} if cache else None
         _check_present(self._images + self._masks + (self._scribbles or []), listing)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}: {len(self)} "
                 f"images, {self.n_labels} labels, scribbles {self.scribble_source})")
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Sample:
         index = _check_index(index, len(self))
         if self._cache is None:
             return self._load(index)
@@ -242,7 +266,7 @@ def _check_index(index, length):
     return int(index) % length
 
 
-def _existing_root(root):
+def _existing_root(root) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: no dataset directory {str(root)!r}")
@@ -288,8 +312,8 @@ class FolderDataset(_LabelledFolders):
         The scribble folder's name, or "generated (length L, seed S)".
     """
 
-    def __init__(self, root, split="train", *, scribbles="auto", scribble_length=1.0, seed=0,
-                 n_labels=None, cache=True):
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", *, scribbles: str = "auto",
+                 scribble_length: float = 1.0, seed: int = 0, n_labels: int | None = None, cache: bool = True) -> None:
         root = _existing_root(root)
         scribble_length, seed = _check_length(scribble_length), _check_seed(seed)
         ids = _read_ids(split, root)
@@ -365,7 +389,8 @@ class VOCDataset(_LabelledFolders):
     As `FolderDataset`; n_labels is 21 and class_names `VOC_CLASSES`.
     """
 
-    def __init__(self, root, split="train", *, scribbles="auto", scribble_length=1.0, seed=0, cache=False):
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", *, scribbles: str = "auto",
+                 scribble_length: float = 1.0, seed: int = 0, cache: bool = False) -> None:
         root = _existing_root(root)
         scribble_length, seed = _check_length(scribble_length), _check_seed(seed)
         lists = root / "ImageSets" / "Segmentation"
@@ -428,8 +453,8 @@ class SyntheticDataset:
 
     _SPLITS = {"train": (0, 32), "val": (1, 16)}  # stream number and default size
 
-    def __init__(self, split="train", *, n_images=None, size=(96, 96), n_labels=3, seed=0,
-                 scribble_length=1.0):
+    def __init__(self, split: str = "train", *, n_images: int | None = None, size: Sequence[int] = (96, 96),
+                 n_labels: int = 3, seed: int = 0, scribble_length: float = 1.0) -> None:
         if split not in self._SPLITS:
             raise ValueError(f"split: expected 'train' or 'val' for the synthetic dataset, "
                              f"got {describe(split)}")
@@ -451,14 +476,14 @@ class SyntheticDataset:
         self._colours = _hue_colours(self.n_labels)
         self._cache = {}
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SyntheticDataset(split={self.split!r}: {len(self)} images of "
                 f"{self.size[0]}x{self.size[1]}, {self.n_labels} labels)")
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Sample:
         index = _check_index(index, len(self))
         if index not in self._cache:
             self._cache[index] = self._make(index)
@@ -512,7 +537,73 @@ def _object_shape(rng, yy, xx, area):
     return radius <= 1
 
 
-def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, seed=0):
+#: Share of the training split held back for choosing hyperparameters (every fifth image).
+HOLDOUT_EVERY = 5
+#: Splits derived from "train": the images used for fitting, and those held back for tuning.
+DERIVED_SPLITS = ("train-fit", "train-holdout")
+
+
+class Subset:
+    """Some images of a dataset, by index (same samples, ids and labels).
+
+    Parameters
+    ----------
+    dataset : a dataset of this module
+    indices : sequence of int
+    split : str
+        The name of the subset (e.g. "train-holdout").
+    """
+
+    def __init__(self, dataset: DatasetLike, indices: Iterable[int], split: str) -> None:
+        self.dataset, self.indices, self.split = dataset, [int(i) for i in indices], split
+        self.ids = [dataset.ids[i] for i in self.indices]
+        self.n_labels, self.class_names = dataset.n_labels, dataset.class_names
+        self.root, self.scribble_source = dataset.root, dataset.scribble_source
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset[self.indices[_check_index(index, len(self))]]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.dataset!r}, split={self.split!r}: {len(self)} images)"
+
+
+def held_out(dataset: DatasetLike, part: str) -> Subset:
+    """The images of a training set used for fitting ("train-fit") or held back for choosing
+    hyperparameters ("train-holdout": every :data:`HOLDOUT_EVERY`-th image, in listed order)."""
+    if part not in DERIVED_SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(DERIVED_SPLITS)}, got {describe(part)}")
+    if len(dataset) < HOLDOUT_EVERY:
+        raise ValueError(f"split: {part!r} needs at least {HOLDOUT_EVERY} training images, got {len(dataset)}")
+    holdout = [i for i in range(len(dataset)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+    chosen = holdout if part == "train-holdout" else sorted(set(range(len(dataset))) - set(holdout))
+    return Subset(dataset, chosen, part)
+
+
+class MaskSupervision:
+    """A dataset whose scribbles are its full masks (void stays unlabeled): the fully supervised
+    upper bound of Table 2, trained by the same loop."""
+
+    def __init__(self, dataset: DatasetLike) -> None:
+        self.dataset, self.split, self.ids = dataset, dataset.split, dataset.ids
+        self.n_labels, self.class_names, self.root = dataset.n_labels, dataset.class_names, dataset.root
+        self.scribble_source = "masks (full supervision)"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.dataset[index]
+        return Sample(sample.id, sample.image, sample.mask, sample.mask)
+
+    def __repr__(self) -> str:
+        return f"MaskSupervision({self.dataset!r})"
+
+
+def open_dataset(data: str | os.PathLike[str], split: str = "train", *, scribbles: str = "auto",
+                 scribble_length: float = 1.0, seed: int = 0) -> DatasetLike:
     """The dataset named by `data`.
 
     Parameters
@@ -521,16 +612,23 @@ def open_dataset(data, split="train", *, scribbles="auto", scribble_length=1.0, 
         "synthetic": the built-in `SyntheticDataset`; a directory holding JPEGImages/: a
         `VOCDataset`; any other directory: a `FolderDataset`.
     split : str, optional
+        A split of the dataset, or one of :data:`DERIVED_SPLITS` (see :func:`held_out`).
     scribbles : str, optional
         As in `FolderDataset`; the synthetic dataset accepts only "auto" and "generate" (its
-        scribbles are always generated).
+        scribbles are always generated); "masks" for every dataset gives the full masks as
+        scribbles (:class:`MaskSupervision`).
     scribble_length : float, optional
     seed : int, optional
 
     Returns
     -------
-    SyntheticDataset, VOCDataset or FolderDataset
+    SyntheticDataset, VOCDataset, FolderDataset, or a Subset / MaskSupervision of one
     """
+    if split in DERIVED_SPLITS:
+        return held_out(open_dataset(data, "train", scribbles=scribbles, scribble_length=scribble_length,
+                                     seed=seed), split)
+    if scribbles == "masks":
+        return MaskSupervision(open_dataset(data, split, scribble_length=scribble_length, seed=seed))
     if isinstance(data, str) and data == "synthetic":
         if scribbles not in ("auto", "generate"):
             raise ValueError(f"scribbles: the synthetic dataset has only generated scribbles "

@@ -1,12 +1,15 @@
 """A built-in example, generated in code, so the demo and tests run without any data set."""
 
+from __future__ import annotations
+
 import numpy as np
 from scipy import ndimage
 
 from .._validation import UNLABELED
 
 
-def synthetic_scene(*, height=120, width=160, noise=40.0, seed=0):
+def synthetic_scene(*, height: int = 120, width: int = 160, noise: float = 40.0,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A noisy three-region colour image with scribbles and its ground truth.
 
     Background (label 0) is a colour gradient, label 1 a disk, label 2 a rectangle whose colour is

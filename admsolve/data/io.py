@@ -1,8 +1,14 @@
 """Reading images and label maps, writing label maps, overlays and contact sheets."""
 
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 
 from .._validation import UNLABELED
@@ -16,40 +22,133 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 
 
+#: File types a label map is written to: lossless ones only (JPEG would change the labels).
+LABEL_MAP_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+#: Pillow modes of 16-bit grey pictures (and "I", 32-bit integers, read as 16-bit values).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _open(path, name):
+    """The Pillow image in `path`, loaded; a one-line ValueError naming the file when it cannot be read,
+    also when it has more pixels than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{name}: {str(path)!r} is larger than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} "
+                         f"pixels ({_one_line(exc)}); raise PIL.Image.MAX_IMAGE_PIXELS to read a file you "
+                         f"trust") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({_one_line(exc)})") from None
 
 
-def read_image(path):
-    """Read an image file as an (H, W, 3) uint8 RGB array."""
-    return np.asarray(_open(path, "image").convert("RGB"))
+def _one_line(exc):
+    """The first line of an exception's message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
-def read_label_map(path, name="scribbles"):
-    """Read a single-channel label PNG (mode L or P, values are labels) as an (H, W) uint8 array."""
-    image = _open(path, name)
-    if image.mode not in ("L", "P", "I", "I;16"):
-        raise ValueError(f"{name}: expected a single-channel label image (mode L or P) in "
-                         f"{str(path)!r}, got mode {image.mode}")
-    return np.asarray(image).astype(np.uint8) if image.mode in ("L", "P") else np.asarray(image)
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array.
+
+    16-bit pictures keep their full range, scaled to 8 bits (``round(v / 257)``: a 16-bit copy of
+    an 8-bit picture, ``v * 257``, reads back exactly). Pillow reads 16-bit RGB(A) PNGs as 8 bits per
+    channel itself; 16-bit grey (mode ``I;16``) is converted here, as ``convert("RGB")`` would clip it
+    at 255.
+    """
+    image = _open(path, "image")
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = np.asarray(image)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ValueError(f"image: expected 16-bit values (0..65535) in {str(path)!r}, got values in "
+                             f"[{grey.min()}, {grey.max()}]")
+        grey = np.rint(grey / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError(f"image: expected an 8- or 16-bit picture in {str(path)!r}, got 32-bit floats (mode F)")
+    return np.asarray(image.convert("RGB"))
 
 
-def write_label_map(path, labels):
-    """Write labels (values < 256) as a single-channel PNG."""
-    Image.fromarray(np.asarray(labels).astype(np.uint8), mode="L").save(Path(path))
+def read_label_map(path: str | os.PathLike[str], name: str = "scribbles") -> np.ndarray:
+    """Read a single-channel label map as an (H, W) uint8 array: a PNG or TIFF of mode L or P (the
+    values are labels), a 16-bit one whose values are at most 255, or a ``.npy`` file of integers.
+    Values above 255 are refused (with the first of them and where it is) before anything is
+    derived from them."""
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot read {str(path)!r} as a label map ({_one_line(exc)})") from None
+        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{name}: expected a 2-D integer array in {str(path)!r}, got array of shape "
+                             f"{labels.shape} and dtype {labels.dtype}")
+        mode = "npy"
+    else:
+        image = _open(path, name)
+        if image.mode not in ("L", "P") + SIXTEEN_BIT_MODES:
+            raise ValueError(f"{name}: expected a single-channel label image (mode L or P) in "
+                             f"{str(path)!r}, got mode {image.mode}")
+        labels, mode = np.asarray(image), image.mode
+    if mode not in ("L", "P"):
+        bad = (labels < 0) | (labels > UNLABELED)
+        if bad.any():
+            row, col = np.argwhere(bad)[0].tolist()
+            raise ValueError(f"{name}: expected values 0..{UNLABELED - 1} (labels) or {UNLABELED} (unlabeled) in "
+                             f"{str(path)!r}, got {int(labels[row, col])} at row {row}, column {col}")
+    return labels.astype(np.uint8)
 
 
-def colorize(labels):
+def check_label_map_path(path: str | os.PathLike[str], name: str = "output") -> Path:
+    """`path` as a Path if a label map can be written there losslessly (.png, .tif, .tiff, .npy), else a
+    ValueError saying why (a folder, no extension, a lossy or unknown one)."""
+    path = Path(path)
+    wanted = ", ".join(LABEL_MAP_SUFFIXES)
+    if path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder; expected a label-map file name ending in {wanted}")
+    suffix = path.suffix.lower()
+    if suffix not in LABEL_MAP_SUFFIXES:
+        why = "no extension" if not suffix else (f"{suffix} is lossy and would change the labels"
+                                                 if suffix in (".jpg", ".jpeg", ".webp", ".jp2") else
+                                                 f"{suffix} is not a lossless label-map format")
+        raise ValueError(f"{name}: expected a file name ending in {wanted}, got {str(path)!r} ({why})")
+    return path
+
+
+def check_image_path(path: str | os.PathLike[str], name: str = "output") -> Path:
+    """`path` as a Path if Pillow can write a picture there (its extension names a format it saves)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder; expected an image file name such as picture.png")
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"{name}: expected an image file name whose extension Pillow writes (.png, .jpg, .tif, ...), "
+                         f"got {str(path)!r}")
+    return path
+
+
+def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str = "output") -> None:
+    """Write labels (values 0..255) as a single-channel PNG or TIFF, or as a ``.npy`` array of uint8;
+    other file types are refused (see :func:`check_label_map_path`)."""
+    path = check_label_map_path(path, name)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.size == 0 or labels.min() < 0 or labels.max() > 255:
+        raise ValueError(f"labels: expected a 2-D array of values 0..255, got array of shape {labels.shape}")
+    labels = labels.astype(np.uint8)
+    if path.suffix.lower() == ".npy":
+        np.save(path, labels)
+    else:
+        Image.fromarray(labels).save(path)
+
+
+def colorize(labels: ArrayLike) -> np.ndarray:
     """(H, W, 3) uint8 picture of a label map in PALETTE colours."""
     return PALETTE[np.asarray(labels) % len(PALETTE)]
 
 
-def overlay(image, labels, scribbles=None, *, unlabeled=UNLABELED, alpha=0.5):
+def overlay(image: ArrayLike, labels: ArrayLike, scribbles: np.ndarray | None = None, *, unlabeled: int = UNLABELED,
+            alpha: float = 0.5) -> np.ndarray:
     """Image blended with the label colours, scribbled pixels drawn in full colour on top."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 2:
@@ -61,8 +160,10 @@ def overlay(image, labels, scribbles=None, *, unlabeled=UNLABELED, alpha=0.5):
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 
-def save_sheet(path, tiles, captions, *, columns=4):
+def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captions: Sequence[str], *,
+               columns: int = 4) -> None:
     """Save equally sized (H, W, 3) uint8 tiles in a grid, each with a caption above it."""
+    path = check_image_path(path, "sheet")
     height, width = tiles[0].shape[:2]
     caption_height = 14
     rows = -(-len(tiles) // columns)

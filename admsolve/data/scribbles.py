@@ -2,7 +2,10 @@
 stroke per region through its deepest pixel along its principal axis, shortened towards its middle
 as in ScribbleSup's protocol."""
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from .._validation import UNLABELED, as_scalar, describe
@@ -26,7 +29,8 @@ def _axis_stroke(inside, depth, start, axis, margin):
     return halves[0][::-1] + [tuple(start)] + halves[1]
 
 
-def generate_scribbles(mask, *, length=1.0, seed=0, unlabeled=UNLABELED, min_pixels=1):
+def generate_scribbles(mask: ArrayLike, *, length: float = 1.0, seed: int = 0, unlabeled: int = UNLABELED,
+                       min_pixels: int = 1) -> np.ndarray:
     """One stroke per connected region of each label of `mask`.
 
     The stroke is the straight line through the region's deepest pixel (largest distance to its

@@ -35,11 +35,14 @@ Like pydensecrf, the message includes the pixel itself (``K_m[p, p] Q_p``); that
 the discrete energy.
 """
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import UNLABELED, as_positive, as_real_array, as_scalar, describe
 from ..filters.lattice import PermutohedralLattice, bilateral_features, gaussian_features
-from .problem import LabelingProblem
+from .problem import LabelingProblem, check_relaxed
 
 #: The normalisation of every kernel: pydensecrf's default, NORMALIZE_SYMMETRIC.
 NORMALIZATION = "symmetric"
@@ -49,10 +52,11 @@ def _as_colour_image(image, shape):
     """`image` as a new float64 (H, W, 3) array with values in [0, 255], checked against (H, W)."""
     if isinstance(image, np.ndarray) and image.dtype == bool:
         raise TypeError(f"image: expected a uint8 or float array, got {describe(image)}")
+    arrived = image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype  # what came, not the float64 copy
     image = as_real_array(image, "image", 3)
     if image.shape != (*shape, 3):
         raise ValueError(f"image: expected shape ({shape[0]}, {shape[1]}, 3) to match unary, "
-                         f"got {describe(image)}")
+                         f"got array of shape {image.shape} and dtype {arrived}")
     if image.min() < 0 or image.max() > 255:
         raise ValueError(f"image: expected values in [0, 255], got range "
                          f"[{image.min():g}, {image.max():g}]")
@@ -95,8 +99,9 @@ class DenseCRF(LabelingProblem):
     from the stored image and parameters.
     """
 
-    def __init__(self, unary, image, *, sxy=80, srgb=13, compat=10, gaussian_sxy=3, gaussian_compat=3,
-                 seeds=None, unlabeled=UNLABELED):
+    def __init__(self, unary: ArrayLike, image: ArrayLike, *, sxy: float = 80, srgb: float = 13, compat: float = 10,
+                 gaussian_sxy: float | None = 3, gaussian_compat: float = 3, seeds: ArrayLike | None = None,
+                 unlabeled: int = UNLABELED) -> None:
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         self.image = _as_colour_image(image, self.shape)
         self.sxy = as_positive(sxy, "sxy")
@@ -106,8 +111,12 @@ class DenseCRF(LabelingProblem):
         self.gaussian_compat = as_scalar(gaussian_compat, "gaussian_compat", minimum=0.0)
         self._freeze()
         self._build_kernels()
+        with np.errstate(over="ignore", invalid="ignore"):
+            pairwise = sum(0.5 * compat * float(ones.sum()) for (_, compat, _), ones in zip(self.kernels, self._kernel_ones))
+        self._check_energy_scale("unary, compat, gaussian_compat",
+                                 "sum of max |unary| per pixel + the kernels' weights times compat / 2", pairwise)
 
-    def kernel_features(self):
+    def kernel_features(self) -> list[tuple[str, float, np.ndarray]]:
         """``(name, compat, features)`` of each kernel in use: the bilateral one, then the Gaussian."""
         kernels = []
         if self.compat > 0:
@@ -143,18 +152,19 @@ class DenseCRF(LabelingProblem):
         super().__setstate__(state)
         self._build_kernels()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h, w = self.shape
         gaussian = "None" if self.gaussian_sxy is None else f"{self.gaussian_sxy:g}"
         return (f"DenseCRF({h}x{w}, K={self.n_labels}, sxy={self.sxy:g}, srgb={self.srgb:g}, "
                 f"compat={self.compat:g}, gaussian_sxy={gaussian}, gaussian_compat={self.gaussian_compat:g}, "
                 f"seeded={int(self.seeded.sum())})")
 
-    def filter(self, values, index, *, transpose=False, out=None):
+    def filter(self, values: ArrayLike, index: int, *, transpose: bool = False,
+               out: np.ndarray | None = None) -> np.ndarray:
         """``K_m values`` (or ``K_m^T values``) for kernel ``self.kernels[index]``, on (N, C) values."""
         return self.kernels[index][2].filter(values, normalization=NORMALIZATION, transpose=transpose, out=out)
 
-    def energy(self, labels):
+    def energy(self, labels: ArrayLike) -> float:
         """Reference energy of a discrete labeling (the one figure the backend reports).
 
         Computed through the lattice: ``sum_m (compat_m / 2) sum_p (K_m (1 - 1_{X_p}))_p``, the filter of
@@ -185,7 +195,7 @@ class DenseCRF(LabelingProblem):
         self._last_energy = (labels, value)  # labels is our own copy
         return value
 
-    def relaxed_energy(self, probs):
+    def relaxed_energy(self, probs: ArrayLike) -> tuple[float, np.ndarray]:
         """Relaxed energy of soft labels and its gradient.
 
         ``R(S) = <unary, S> + sum_m (compat_m / 2) sum_k S_k^T K_m (1 - S_k)``, equal to
@@ -213,4 +223,4 @@ class DenseCRF(LabelingProblem):
             ones = self._kernel_ones[m]
             value += 0.5 * compat * float(ones @ mass - np.sum(forward * flat))
             grad += 0.5 * compat * (ones[:, None] - forward - backward)
-        return value, grad.reshape(self.unary.shape)
+        return check_relaxed(value, grad.reshape(self.unary.shape))

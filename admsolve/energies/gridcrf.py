@@ -2,11 +2,14 @@
 hard constraints (eq. 8 of Marin et al., CVPR 2019), its reference energy and the relaxation of eq. 9.
 """
 
-import numpy as np
+from __future__ import annotations
 
-from .._array import array_module, label_sum
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .._array import AnyArray, array_module, label_sum
 from .._validation import UNLABELED, as_connectivity, as_real_array, as_scalar, describe
-from .problem import LabelingProblem
+from .problem import LabelingProblem, check_relaxed
 
 #: Edge directions (dy, dx). ``weights[d, y, x]`` is the weight of the edge between pixel (y, x) and
 #: (y + dy, x + dx); 4-connectivity uses the first two directions, 8-connectivity all four.
@@ -14,7 +17,7 @@ OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 N_DIRECTIONS = {4: 2, 8: 4}
 
 
-def edge_slices(direction, height, width):
+def edge_slices(direction: int, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """Slices ``(p, q)`` selecting, in an (H, W) array, the pixels p whose neighbour
     q = p + OFFSETS[direction] lies inside the image, and those neighbours."""
     dy, dx = OFFSETS[direction]
@@ -26,7 +29,7 @@ def edge_slices(direction, height, width):
     return (rows_p, cols_p), (rows_q, cols_q)
 
 
-def inside_mask(n_directions, height, width):
+def inside_mask(n_directions: int, height: int, width: int) -> np.ndarray:
     """(D, H, W) bool array, True where the edge of ``weights[d, y, x]`` lies inside the image."""
     mask = np.zeros((n_directions, height, width), dtype=bool)
     for d in range(n_directions):
@@ -59,7 +62,8 @@ class GridCRF(LabelingProblem):
     read-only. The problem holds plain NumPy data and pickles cheaply.
     """
 
-    def __init__(self, unary, weights, *, lam=1.0, seeds=None, unlabeled=UNLABELED):
+    def __init__(self, unary: ArrayLike, weights: ArrayLike, *, lam: float = 1.0, seeds: ArrayLike | None = None,
+                 unlabeled: int = UNLABELED) -> None:
         super().__init__(unary, seeds=seeds, unlabeled=unlabeled)
         height, width = self.shape
         weights = as_real_array(weights, "weights", 3, allow_negative=False)
@@ -71,18 +75,22 @@ class GridCRF(LabelingProblem):
         weights[~inside_mask(weights.shape[0], height, width)] = 0.0
         self.weights = weights
         self.lam = as_scalar(lam, "lam", minimum=0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            pairwise = self.lam * float(weights.sum())
+        self._check_energy_scale("unary, weights, lam", "sum of max |unary| per pixel + lam * sum of weights",
+                                 0.0 if self.lam == 0 else pairwise)
         self._freeze()
 
     @property
-    def connectivity(self):
+    def connectivity(self) -> int:
         return 4 if self.weights.shape[0] == 2 else 8
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h, w = self.shape
         return (f"GridCRF({h}x{w}, K={self.n_labels}, connectivity={self.connectivity}, "
                 f"lam={self.lam:g}, seeded={int(self.seeded.sum())})")
 
-    def energy(self, labels):
+    def energy(self, labels: ArrayLike) -> float:
         """Reference energy of a discrete labeling (the one figure every backend reports).
 
         Parameters
@@ -98,7 +106,7 @@ class GridCRF(LabelingProblem):
         data = np.take(self.unary, np.arange(labels.size) * self.n_labels + labels.ravel()).sum()
         return float(data + self.lam * self.cut_weight(labels))
 
-    def cut_weight(self, labels):
+    def cut_weight(self, labels: np.ndarray) -> float:
         """Sum of the weights of the edges whose two pixels have different labels (no lambda)."""
         height, width = self.shape
         total = 0.0
@@ -107,7 +115,7 @@ class GridCRF(LabelingProblem):
             total += np.sum(self.weights[(d, *p)] * (labels[p] != labels[q]))
         return float(total)
 
-    def relaxed_energy(self, probs):
+    def relaxed_energy(self, probs: ArrayLike) -> tuple[float, np.ndarray]:
         """Relaxed energy of soft labels and its gradient.
 
         ``R(S) = sum_p <unary_p, S_p> + lam * sum_{pq} w_pq * (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)``,
@@ -125,10 +133,13 @@ class GridCRF(LabelingProblem):
         grad : (H, W, K) ndarray, dR/dS.
         """
         probs = self.check_probs(probs)
-        return relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value, grad = relaxed_energy_arrays(self.unary, self.weights, self.lam, probs)
+        return check_relaxed(value, grad)
 
 
-def relaxed_energy_arrays(unary, weights, lam, probs):
+
+def relaxed_energy_arrays(unary: AnyArray, weights: AnyArray, lam: float, probs: AnyArray) -> tuple[float, AnyArray]:
     """The arithmetic of :meth:`GridCRF.relaxed_energy`, without validation, on NumPy or CuPy arrays.
 
     ``unary`` and ``probs`` are (H, W, K), ``weights`` (D, H, W), all of one array module (that of
@@ -160,7 +171,7 @@ def relaxed_energy_arrays(unary, weights, lam, probs):
     return float(value), grad
 
 
-def contrast_weights(image, *, connectivity=8, sigma2=None):
+def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float | None = None) -> np.ndarray:
     """Contrast-sensitive edge weights of a grid CRF (eq. 2 of the paper, without lambda).
 
     ``w_pq = exp(-||I_p - I_q||^2 / (2 sigma^2)) / dist(p, q)``: diagonal edges are divided by sqrt(2).
@@ -184,6 +195,19 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     image = as_real_array(image, "image", (2, 3))
     if image.ndim == 2:
         image = image[..., None]
+    if sigma2 is not None:
+        sigma2 = as_scalar(sigma2, "sigma2")
+        if sigma2 <= 0:
+            raise ValueError(f"sigma2: expected a positive number, got {sigma2!r}")
+    peak = float(np.abs(image).max())
+    if peak > 2.0**400 or 0 < peak < 2.0**-400:
+        # squared differences would overflow (or underflow): work in units of a power of two near the
+        # largest value, which is exact and leaves the ratios ||I_p - I_q||^2 / sigma^2 unchanged
+        exponent = int(np.frexp(peak)[1])
+        image = np.ldexp(image, -exponent)
+        if sigma2 is not None:
+            with np.errstate(over="ignore", under="ignore"):
+                sigma2 = float(np.ldexp(sigma2, -2 * exponent))
     height, width = image.shape[:2]
     n_directions = N_DIRECTIONS[connectivity]
     sq_diff = np.zeros((n_directions, height, width))
@@ -193,11 +217,13 @@ def contrast_weights(image, *, connectivity=8, sigma2=None):
     inside = inside_mask(n_directions, height, width)
     if sigma2 is None:
         sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
-    else:
-        sigma2 = as_scalar(sigma2, "sigma2")
-        if sigma2 <= 0:
-            raise ValueError(f"sigma2: expected a positive number, got {sigma2!r}")
-    weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+        weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+    else:  # a given sigma^2 that underflowed or overflowed in the units above gives the limits, 0 or 1
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            weights = np.exp(-sq_diff / (2.0 * sigma2))
+        weights[sq_diff == 0] = 1.0
     weights[2:] /= np.sqrt(2.0)
     weights[~inside] = 0.0
+    if not np.all(np.isfinite(weights)):  # not expected: every step above stays in range
+        raise ValueError("image: the contrast weights are not finite; expected an image of moderate values")
     return weights

@@ -1,12 +1,17 @@
 """Unary terms: the ADM term of eq. 8 from network probabilities, and colour models fitted on
 scribbles for interactive ("shallow") segmentation."""
 
+from __future__ import annotations
+
+import math
+
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar
+from .._validation import MAX_LABELS, UNLABELED, as_label_map, as_real_array, as_scalar
 
 
-def adm_unary(probs, *, gamma=1.0, eps=1e-8):
+def adm_unary(probs: ArrayLike, *, gamma: float = 1.0, eps: float = 1e-8) -> np.ndarray:
     """Unary of the ADM latent problem (eq. 8): ``-gamma * log(max(S, eps))``.
 
     Minimising ``sum_p unary[p, X_p]`` over one-hot X equals minimising the KL divergence
@@ -33,10 +38,13 @@ def adm_unary(probs, *, gamma=1.0, eps=1e-8):
     eps = as_scalar(eps, "eps")
     if not 0 < eps < 1:
         raise ValueError(f"eps: expected a value in (0, 1), got {eps!r}")
+    if not math.isfinite(gamma * -math.log(eps)):  # the largest unary
+        raise ValueError(f"gamma: expected gamma * -log(eps) to be finite, got gamma {gamma:g} and eps {eps:g}")
     return -gamma * np.log(np.maximum(probs, eps))
 
 
-def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, unlabeled=UNLABELED):
+def scribble_unary(image: ArrayLike, scribbles: ArrayLike, *, n_labels: int | None = None, bins: int = 16,
+                   smoothing: float = 1.0, unlabeled: int = UNLABELED) -> np.ndarray:
     """Colour-model unaries from scribbles alone (Boykov-Jolly interactive graph cuts).
 
     For each label, a colour histogram of its scribbled pixels (``bins`` per channel, smoothed by a
@@ -50,7 +58,8 @@ def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, u
     scribbles : (H, W) array_like of int
         Label of each scribbled pixel, ``unlabeled`` elsewhere.
     n_labels : int, optional
-        K. By default the largest scribbled label plus one.
+        K, at most MAX_LABELS (256). By default the largest scribbled label plus one; the scribbles'
+        values are checked against that bound first.
     bins : int, optional
         Histogram bins per colour channel.
     smoothing : float, optional
@@ -76,8 +85,10 @@ def scribble_unary(image, scribbles, *, n_labels=None, bins=16, smoothing=1.0, u
     smoothing = as_scalar(smoothing, "smoothing", minimum=0.0)
     if n_labels is not None:
         n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
-    scribbles = as_label_map(scribbles, "scribbles", (height, width),
-                             n_labels or np.iinfo(np.int32).max, unlabeled=unlabeled)
+        if n_labels > MAX_LABELS:
+            raise ValueError(f"n_labels: expected at most {MAX_LABELS} labels, got {n_labels}")
+    # the values are checked before K is derived from them: K (the unary's last axis) stays bounded
+    scribbles = as_label_map(scribbles, "scribbles", (height, width), n_labels or MAX_LABELS, unlabeled=unlabeled)
     scribbled = scribbles != unlabeled
     if not scribbled.any():
         raise ValueError(f"scribbles: expected at least one scribbled pixel, got only {unlabeled} (unlabeled)")

@@ -17,11 +17,14 @@ On NumPy the result equals :class:`~admsolve.filters.lattice.PermutohedralLattic
 nearly (the splat sums in the same order); on CuPy the splat's atomic additions sum in any order.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
-from .._array import array_module
+from .._array import AnyArray, array_module
 from .._validation import describe
-from .features import MAX_ELEVATED, as_features, as_flag, as_values, check_normalization, normalization_scales
+from .features import (MAX_ELEVATED, as_features, as_flag, as_values, check_normalization, normalization_scales,
+                       within_range)
 
 __all__ = ["ArrayLattice"]
 
@@ -212,7 +215,7 @@ class ArrayLattice:
         numpy or cupy.
     """
 
-    def __init__(self, features):
+    def __init__(self, features: AnyArray) -> None:
         self.xp, features = _features(features)
         self.n_points, self.dim = features.shape
         self._vertices, self._barycentric, self._neighbours, self.n_lattice_points = _build(self.xp, features)
@@ -220,16 +223,17 @@ class ArrayLattice:
         self._ones_response = _filter(self.xp, self._vertices, self._barycentric, self._neighbours,
                                       self.n_lattice_points, ones[:, None], ones, ones, False)[:, 0]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ArrayLattice(n_points={self.n_points}, dim={self.dim}, "
                 f"n_lattice_points={self.n_lattice_points}, xp={self.xp.__name__})")
 
     @property
-    def ones_response(self):
+    def ones_response(self) -> AnyArray:
         """(N,) float64: the unnormalised filter of ones, ``n = W 1`` (a copy)."""
         return self._ones_response.copy()
 
-    def filter(self, values, *, normalization="symmetric", transpose=False, out=None):
+    def filter(self, values: AnyArray, *, normalization: str = "symmetric", transpose: bool = False,
+               out: AnyArray | None = None) -> AnyArray:
         """Gaussian filter of `values` over the features; see
         :meth:`admsolve.filters.lattice.PermutohedralLattice.filter`. `values` (and `out`) must be arrays
         of the lattice's module (a NumPy lattice also takes array_likes)."""
@@ -263,8 +267,9 @@ class ArrayLattice:
             if xp is np and np.shares_memory(out, array):
                 raise ValueError("out: expected an array that does not overlap values")
         in_scale, out_scale = normalization_scales(self._ones_response, normalization, transpose)
-        result = _filter(xp, self._vertices, self._barycentric, self._neighbours, self.n_lattice_points,
-                         array, in_scale, out_scale, transpose)
+        result = within_range(lambda values: _filter(xp, self._vertices, self._barycentric, self._neighbours,
+                                                     self.n_lattice_points, values, in_scale, out_scale, transpose),
+                              array, xp)
         if out is not None:
             out.reshape(result.shape)[...] = result
             return out

@@ -3,8 +3,16 @@ scalings, and the feature spaces of pydensecrf's kernels (see :mod:`admsolve.fil
 algorithm). NumPy only (no Numba), so the array-module form and the energies can use them freely.
 """
 
-import numpy as np
+from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .._array import AnyArray
 from .._validation import as_positive, as_real_array, describe
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "check_normalization",
     "gaussian_features",
     "normalization_scales",
+    "within_range",
 ]
 
 #: The accepted values of ``normalization`` (see the module docstring).
@@ -28,13 +37,13 @@ NORMALIZATIONS = ("symmetric", "after", "before", "none")
 MAX_ELEVATED = 2.0**23
 
 
-def check_normalization(normalization):
+def check_normalization(normalization: str) -> str:
     if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization: expected one of {NORMALIZATIONS}, got {describe(normalization)}")
     return normalization
 
 
-def as_values(values, n_points, name="values"):
+def as_values(values: ArrayLike, n_points: int, name: str = "values") -> tuple[np.ndarray, bool]:
     """`values` as a C-contiguous (N, C) float64 array (a 1-D array is one channel), and whether it
     was 1-D. A float64 array is used as it is, without a copy; its entries must be finite."""
     if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim in (1, 2) \
@@ -55,7 +64,7 @@ def as_values(values, n_points, name="values"):
     return array, flat
 
 
-def as_features(features, name="features"):
+def as_features(features: ArrayLike, name: str = "features") -> np.ndarray:
     features = as_real_array(features, name, 2)
     n, d = features.shape
     bound = MAX_ELEVATED / (2.0 * d * (d + 1))
@@ -68,20 +77,20 @@ def as_features(features, name="features"):
     return np.ascontiguousarray(features)
 
 
-def as_image(image):
+def as_image(image: ArrayLike) -> np.ndarray:
     image = as_real_array(image, "image", 3)
     if image.shape[2] != 3:
         raise ValueError(f"image: expected an (H, W, 3) array, got array of shape {image.shape}")
     return image
 
 
-def as_flag(value, name):
+def as_flag(value: bool | np.bool_, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {describe(value)}")
     return bool(value)
 
 
-def normalization_scales(ones_response, normalization, transpose):
+def normalization_scales(ones_response: AnyArray, normalization: str, transpose: bool) -> tuple[AnyArray, AnyArray]:
     """(in_scale, out_scale): the diagonal scalings around the raw operator W that give
     `normalization` (or its transpose), from the raw filter of ones ``n = W 1``, on the array
     module of `ones_response`."""
@@ -97,7 +106,25 @@ def normalization_scales(ones_response, normalization, transpose):
     return scale, ones
 
 
-def gaussian_features(shape, *, sxy):
+def within_range(run: Callable[[AnyArray], AnyArray], values: AnyArray, xp: ModuleType) -> AnyArray:
+    """``run(values)``, the filter of (N, C) float64 `values` (an array of module `xp`), kept finite: a
+    sum inside the filter that overflowed float64 is redone on the values scaled by a power of two
+    (exact), the result scaled back; a result beyond float64's range raises a ValueError."""
+    result = run(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(xp.sum(result))):  # one reduction: finite entries, no overflow anywhere
+            return result
+        peak = float(xp.abs(values).max())
+        exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
+        result = run(xp.ascontiguousarray(xp.ldexp(values, -exponent)))
+        result = xp.ldexp(result, exponent, out=result)
+        if not bool(xp.all(xp.isfinite(result))):
+            raise ValueError(f"values: the filtered values exceed float64's range (largest |value| {peak:g}); "
+                             f"scale the values down")
+    return result
+
+
+def gaussian_features(shape: Sequence[int], *, sxy: float) -> np.ndarray:
     """Features of pydensecrf's ``DenseCRF2D.addPairwiseGaussian``: [x / sxy, y / sxy].
 
     Parameters
@@ -123,7 +150,7 @@ def gaussian_features(shape, *, sxy):
     return features.reshape(height * width, 2)
 
 
-def bilateral_features(image, *, sxy, srgb):
+def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarray:
     """Features of pydensecrf's ``DenseCRF2D.addPairwiseBilateral``: [x/sxy, y/sxy, r/srgb, g/srgb, b/srgb].
 
     Parameters

@@ -43,7 +43,7 @@ import numpy as np
 
 from .._validation import as_real_array, describe
 from .features import (NORMALIZATIONS, as_features, as_flag, as_image, as_values, bilateral_features,
-                       check_normalization, gaussian_features, normalization_scales)
+                       check_normalization, gaussian_features, normalization_scales, within_range)
 
 __all__ = [
     "NORMALIZATIONS",
@@ -161,8 +161,13 @@ class PermutohedralLattice:
                 raise ValueError("out: expected an array that does not overlap values")
             result = out.reshape(array.shape)
         in_scale, out_scale = self.scales(normalization, transpose)
-        _kernels()._lattice_filter(self._vertices, self._barycentric, self._neighbours, array, in_scale,
-                                   out_scale, transpose, result)
+
+        def run(values):
+            _kernels()._lattice_filter(self._vertices, self._barycentric, self._neighbours, values, in_scale,
+                                       out_scale, transpose, result)
+            return result
+
+        within_range(run, array, np)
         if out is not None:
             return out
         return result[:, 0] if flat else result
@@ -289,5 +294,5 @@ def exact_filter(values, features, *, normalization="symmetric"):
 
     ones_response = raw(np.ones((features.shape[0], 1)))[:, 0]
     in_scale, out_scale = normalization_scales(ones_response, normalization, False)
-    out = out_scale[:, None] * raw(values * in_scale[:, None])
+    out = within_range(lambda v: out_scale[:, None] * raw(v * in_scale[:, None]), values, np)
     return out[:, 0] if flat else out

@@ -3,11 +3,17 @@ labeling X that minimises eq. 8 — lam * R(X) + gamma * KL(X || S) — with the
 constraints. R is the grid CRF (contrast-weighted Potts, any GridCRF backend) or the dense CRF
 (bilateral Potts, solved by mean-field)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
 from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar
 from ..backends import lookup
+from ..energies.problem import LabelingProblem
 from ..energies.unaries import adm_unary
 from ..solve import solve_batch
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
@@ -56,8 +62,10 @@ class ADMStep:
     >>> loss = proximal_loss(logits, latent, scribbles, gamma=1.0)    # doctest: +SKIP
     """
 
-    def __init__(self, *, lam=2.0, gamma=1.0, regularizer="grid", connectivity=8, sxy=80, srgb=13,
-                 backend=None, restrict_labels=False, workers=None, ignore_index=UNLABELED, **solver_options):
+    def __init__(self, *, lam: float = 2.0, gamma: float = 1.0, regularizer: str = "grid", connectivity: int = 8,
+                 sxy: float = 80, srgb: float = 13, backend: str | Callable[..., dict] | None = None,
+                 restrict_labels: bool = False, workers: int | None = None, ignore_index: int = UNLABELED,
+                 **solver_options: Any) -> None:
         self.lam = as_scalar(lam, "lam", minimum=0.0)
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
         self.regularizer = lookup_regularizer(regularizer)
@@ -75,7 +83,8 @@ class ADMStep:
         self.solver_options = solver_options
         self.results = []
 
-    def problems(self, probs, images, scribbles):
+    def problems(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor,
+                 scribbles: torch.Tensor) -> list[LabelingProblem]:
         """The eq. 8 problem of each image: a ``list`` of the regularizer's problem class.
 
         probs : (N, K, H, W) tensor of softmax probabilities (detached here); images : (N, H, W, 3)
@@ -92,7 +101,7 @@ class ADMStep:
                                                 lam=self.lam, unlabeled=self.ignore_index, **settings)
                 for i in range(n)]
 
-    def __call__(self, probs, images, scribbles):
+    def __call__(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor, scribbles: torch.Tensor) -> torch.Tensor:
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""
         problems = self.problems(probs, images, scribbles)
         inits = list(probs.detach().argmax(1).cpu().numpy())  # argmax S, the warm start

@@ -1,14 +1,45 @@
 """The training batches of a run: the order of each epoch and the augmented crops, every random draw
-seeded by (seed, epoch, image), so that a resumed run sees exactly the batches it would have seen."""
+seeded by (seed, epoch, image), so that a resumed run sees exactly the batches it would have seen,
+with any number of loader workers and, under torch.distributed, any number of processes (each takes
+its share of every global batch)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..data import augment
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetLike
+
+
+class _Crops(Dataset):
+    """The augmented crop of each training image in one epoch (torch-free samples, NumPy arrays)."""
+
+    def __init__(self, dataset, epoch, *, crop_size, scale, seed):
+        self.dataset, self.epoch, self.crop_size, self.scale, self.seed = dataset, epoch, crop_size, scale, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = augment(self.dataset[index], np.random.default_rng([self.seed, self.epoch, index]),
+                         crop_size=self.crop_size, scale=self.scale)
+        return sample.image, sample.scribbles
+
+
+def _collate(samples):
+    """(N, H, W, 3) uint8 images as NumPy (the latent step and the contrast weights read them) and
+    (N, H, W) int64 scribbles as a tensor."""
+    images = np.stack([image for image, _ in samples])
+    scribbles = torch.from_numpy(np.stack([s for _, s in samples]).astype(np.int64))
+    return images, scribbles
 
 
 class TrainingBatches:
@@ -18,36 +49,52 @@ class TrainingBatches:
     ----------
     dataset : a dataset of :mod:`admsolve.data`
     batch_size : int
+        The global batch: under torch.distributed each of the `world_size` processes takes
+        ``batch_size / world_size`` images of it.
     crop_size : (int, int)
     scale : (float, float)
         Range of the random scaling.
     seed : int
     device : torch.device
         Where the scribble tensors go.
+    workers : int, optional
+        DataLoader worker processes (0: in this process). The batches are the same for any number.
+    rank, world_size : int, optional
+        This process's share of every batch.
     """
 
-    def __init__(self, dataset, *, batch_size: int, crop_size: tuple[int, int], scale: tuple[float, float],
-                 seed: int, device: torch.device):
+    def __init__(self, dataset: DatasetLike, *, batch_size: int, crop_size: tuple[int, int], scale: tuple[float, float],
+                 seed: int, device: torch.device, workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size: expected a multiple of the world size {world_size} (each process takes "
+                             f"an equal share of a batch), got {batch_size}")
         self.dataset = dataset
         self.batch_size, self.crop_size, self.scale = batch_size, crop_size, scale
-        self.seed, self.device = seed, device
+        self.seed, self.device, self.workers = seed, device, workers
+        self.rank, self.world_size = rank, world_size
         self.steps_per_epoch = math.ceil(len(dataset) / batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
         """The permutation of the training images in `epoch`."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
 
-    def batch(self, epoch: int, indices) -> tuple[np.ndarray, torch.Tensor]:
+    def shares(self, epoch: int) -> list[list[int]]:
+        """This process's indices of each global batch of `epoch`."""
+        order = self.order(epoch)
+        return [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world_size].tolist()
+                for step in range(self.steps_per_epoch)]
+
+    def batch(self, epoch: int, indices: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
         """Augmented crops of the training images `indices`: (N, H, W, 3) uint8 images and
         (N, H, W) int64 scribbles on the device."""
-        samples = [augment(self.dataset[i], np.random.default_rng([self.seed, epoch, i]),
-                           crop_size=self.crop_size, scale=self.scale) for i in indices]
-        images = np.stack([s.image for s in samples])
-        scribbles = torch.from_numpy(np.stack([s.scribbles for s in samples]).astype(np.int64)).to(self.device)
-        return images, scribbles
+        crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
+        images, scribbles = _collate([crops[i] for i in indices])
+        return images, scribbles.to(self.device)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
         """The batches of `epoch`, in order: ``(step, images, scribbles)``."""
-        order = self.order(epoch)
-        for step in range(self.steps_per_epoch):
-            yield step, *self.batch(epoch, order[step * self.batch_size:(step + 1) * self.batch_size])
+        crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
+        loader = DataLoader(crops, batch_sampler=self.shares(epoch), num_workers=self.workers, collate_fn=_collate,
+                            pin_memory=self.device.type == "cuda")
+        for step, (images, scribbles) in enumerate(loader):
+            yield step, images, scribbles.to(self.device, non_blocking=True)

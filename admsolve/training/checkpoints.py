@@ -6,26 +6,107 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
     """torch.save `obj` to `path` through a temporary file, so that `path` is always whole."""
     temporary = path.with_name(path.name + ".tmp")
     torch.save(obj, temporary)
     os.replace(temporary, path)
 
 
-def load_model_state(path) -> dict:
-    """A model state dict from a run's checkpoint or from a plain state-dict file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"init: no such file {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if isinstance(state, dict) and "model" in state else state
+def _first_line(exc) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_checkpoint(path: str | os.PathLike[str], name: str = "checkpoint") -> Any:
+    """What a checkpoint or state-dict file holds, read with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings and plain containers only, so that loading runs no code from the file.
+
+    A file that holds anything else is refused, as is a damaged one (empty, truncated, not a torch
+    file), with a one-line ValueError naming the file; a missing one raises FileNotFoundError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such file {str(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsafe or "Weights only load failed" in str(exc) and zipfile.is_zipfile(path):
+            what = f"{unsafe.group(1)}, which is" if unsafe else "something that is"
+            raise ValueError(f"{name}: {str(path)!r} cannot be loaded safely: it holds {what} not a tensor, number, "
+                             f"string or plain container; refused, since loading it could run code") from None
+        raise ValueError(f"{name}: {str(path)!r} is not a readable torch checkpoint (damaged or truncated?): "
+                         f"{_first_line(exc)}") from None
+    except Exception as exc:  # empty (EOFError), truncated (RuntimeError), random bytes (anything)
+        reason = _first_line(exc) if str(exc).strip() else f"{type(exc).__name__}, the file is empty or cut short"
+        raise ValueError(f"{name}: {str(path)!r} is not a readable torch checkpoint (damaged or truncated?): "
+                         f"{reason}") from None
+
+
+def load_model_state(path: str | os.PathLike[str], model: torch.nn.Module | None = None, name: str = "init") -> dict:
+    """A model state dict from a run's checkpoint or from a plain state-dict file (loaded safely, see
+    :func:`load_checkpoint`); checked against `model` when given (see :func:`check_model_state`)."""
+    state = load_checkpoint(path, name)
+    state = state["model"] if isinstance(state, dict) and "model" in state else state
+    if model is not None:
+        check_model_state(model, state, path, name)
+    return state
+
+
+def check_model_state(model: torch.nn.Module, state: object, path: str | os.PathLike[str],
+                      name: str = "checkpoint") -> None:
+    """A ValueError naming `path` and the first tensor of `model` that `state` lacks or holds with
+    another shape (instead of load_state_dict's multi-line RuntimeError)."""
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise ValueError(f"{name}: {str(path)!r} holds no network state (a dict of tensors), got {type(state).__name__}")
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        got = state.get(key)
+        if got is None:
+            raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: it has no tensor {key!r} "
+                             f"(here {tuple(tensor.shape)})")
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(tensor.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: {key} is {shape} there, "
+                             f"{tuple(tensor.shape)} here")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise ValueError(f"{name}: {str(path)!r} holds a network of another shape: tensor {extra[0]!r} is not in "
+                         f"this network ({len(extra)} such)")
+
+
+def rng_state() -> dict:
+    """The torch (CPU and CUDA) and NumPy global random states, as tensors and numbers (weights_only-safe)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor.cpu() for tensor in state["cuda"]])
 
 
 def write_records(path: Path, records: list[dict]) -> None:
@@ -35,7 +116,7 @@ def write_records(path: Path, records: list[dict]) -> None:
     os.replace(temporary, path)
 
 
-def read_metrics(run) -> list[dict]:
+def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
     """The records of ``RUN/metrics.jsonl`` (a list of dicts)."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
@@ -43,11 +124,62 @@ def read_metrics(run) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class StepLog:
+    """Per-step scalars of a run: ``steps.jsonl`` (one line per optimizer step) and, with
+    `tensorboard`, TensorBoard event files in ``RUN/tensorboard`` (steps and epochs).
+
+    Parameters
+    ----------
+    run : Path
+    tensorboard : bool
+        Needs the ``tensorboard`` package (an ImportError names it).
+    enabled : bool
+        False in every process but the one that writes the run folder.
+    """
+
+    def __init__(self, run: Path, *, tensorboard: bool = False, enabled: bool = True) -> None:
+        self.path, self.enabled, self.writer = Path(run) / "steps.jsonl", enabled, None
+        if tensorboard and enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("tensorboard: --tensorboard needs the tensorboard package: "
+                                  "pip install tensorboard") from None
+            self.writer = SummaryWriter(str(Path(run) / "tensorboard"))
+
+    def write(self, values: dict) -> None:
+        """Append one step's scalars (``iteration`` among them)."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(values) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if name != "iteration":
+                    self.writer.add_scalar(f"step/{name}", value, values["iteration"])
+
+    def epoch(self, record: dict) -> None:
+        """An epoch's record, to TensorBoard."""
+        if self.writer is not None:
+            for name, value in record.items():
+                if isinstance(value, (int, float)) and name not in ("epoch", "iteration"):
+                    self.writer.add_scalar(f"epoch/{name}", value, record["iteration"])
+            self.writer.flush()
+
+    def truncate(self, iteration: int) -> None:
+        """Drop the steps after `iteration` (those of an epoch a resumed run trains again)."""
+        if self.enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] <= iteration]
+            write_records(self.path, [json.loads(line) for line in kept])
+
+
 def write_config(run: Path, config: TrainConfig) -> None:
     (Path(run) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def read_config(run) -> TrainConfig:
+def read_config(run: str | os.PathLike[str]) -> TrainConfig:
     """The TrainConfig stored in ``RUN/config.json``."""
     path = Path(run) / "config.json"
     if not path.is_file():

@@ -7,9 +7,14 @@ configuration is a run folder under the comparison's folder, so an interrupted c
 where it stopped (finished runs are reused, a stopped one is resumed).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
@@ -46,20 +51,38 @@ def _configuration(base, key, init):
     return _unused_to_defaults(dataclasses.replace(base, **settings, pretrain_epochs=0, init=init))
 
 
+#: Settings that name files or folders: stored resolved, and compared resolved.
+PATH_SETTINGS = ("data", "init", "weights")
+
+
+def _resolved(settings):
+    """`settings` (a dict of TrainConfig fields) with its paths made absolute, so that a run folder is
+    found again through a relative or an absolute path alike ("synthetic" is not a path)."""
+    settings = dict(settings)
+    for name in PATH_SETTINGS:
+        value = settings.get(name)
+        if isinstance(value, str) and not (name == "data" and value == "synthetic"):
+            settings[name] = str(Path(value).expanduser().resolve())
+    return settings
+
+
 def _run(config, folder, progress):
-    """Train `config` in `folder`, or reuse / resume what an earlier call left there."""
+    """Train `config` in `folder`, or reuse / resume what an earlier call left there (a finished run
+    whose metrics.jsonl lost records gets them back from its checkpoint, through resume)."""
     stored = folder / "config.json"
     if stored.is_file():
-        if json.loads(stored.read_text()) != json.loads(json.dumps(dataclasses.asdict(config))):
+        settings = {**json.loads(stored.read_text()), "world_size": config.world_size}  # any number of processes
+        if _resolved(settings) != _resolved(json.loads(json.dumps(dataclasses.asdict(config)))):
             raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
         records = read_metrics(folder)
-        if records and records[-1]["epoch"] >= config.total_epochs:
-            return records
+        if [record["epoch"] for record in records] == list(range(1, config.total_epochs + 1)):
+            return records  # finished, with one record per epoch
         return resume(folder, progress=progress)
     return train(config, folder, progress=progress)
 
 
-def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
+def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS,
+            progress: bool = True) -> list[dict[str, Any]]:
     """Train each configuration from a shared pCE phase and tabulate their last evaluation.
 
     Parameters
@@ -79,7 +102,9 @@ def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
     list of dict
         One row per configuration: "key", "name", "settings" and the columns of :data:`COLUMNS`.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # the runs' paths (init) do not depend on the working folder
+    base = dataclasses.replace(base, **{name: value for name, value in _resolved(dataclasses.asdict(base)).items()
+                                         if name in PATH_SETTINGS})
     if not configurations:
         raise ValueError("configurations: expected at least one configuration, got none")
     for key in configurations:
@@ -113,7 +138,7 @@ def compare(base, out, *, configurations=DEFAULT_CONFIGURATIONS, progress=True):
     return rows
 
 
-def format_table(rows):
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of the comparison's rows."""
     headers = ["configuration"] + [header for _, header in COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -4,12 +4,16 @@ without importing it. :mod:`admsolve.training` runs them."""
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
 
 from .._validation import as_connectivity, as_scalar
 from ..backends import lookup
 from .regularizers import REGULARIZERS, lookup_regularizer
-#: Networks :func:`admsolve.training.build_model` builds.
-MODELS = ("fcn-small", "deeplabv3-resnet50", "deeplabv3-resnet101", "deeplabv3-mobilenet")
+
+#: Networks :func:`admsolve.training.build_model` builds by name; it also takes "package.module:factory".
+MODELS = ("fcn-small", "effnet-lite0", "deeplabv3-resnet50", "deeplabv3-resnet101", "deeplabv3-mobilenet")
 OPTIMIZERS = ("gd", "adm")
 NETWORK_OPTIMIZERS = ("adam", "sgd")
 #: Configurations of `admsolve compare`: key -> (name in the table, settings that differ from the base configuration)
@@ -21,6 +25,12 @@ CONFIGURATIONS = {
     "adm-dense": ("ADM dense", {"optimizer": "adm", "regularizer": "dense"}),
 }
 DEFAULT_CONFIGURATIONS = ("pce", "gd-grid", "adm-grid", "gd-dense")
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def is_factory(name: str) -> bool:
+    """Whether `name` has the form "package.module:factory" (not whether it imports)."""
+    return _FACTORY.fullmatch(name) is not None
 
 
 @dataclasses.dataclass
@@ -28,12 +38,19 @@ class TrainConfig:
     """Everything that defines a run (stored as the run folder's ``config.json``).
 
     ``data`` is "synthetic" (the built-in default) or a dataset folder (the layout of
-    ``../shared/data``, or PASCAL VOC + ScribbleSup). ``lam=None`` takes ``DEFAULT_LAM`` of the
-    regularizer; ``crop_size=None`` takes 96 for the synthetic set, else 224. ``init`` starts the
-    network from another run's ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
+    ``../shared/data``, or PASCAL VOC + ScribbleSup); ``train_split`` and ``val_split`` name its splits
+    ("train-fit" and "train-holdout" hold back a fifth of train for choosing hyperparameters);
+    ``scribbles="masks"`` trains on the full masks (the fully supervised upper bound). ``lam=None``
+    takes the regularizer's ``default_lam``; ``crop_size=None`` takes 96 for the synthetic set, else
+    224; ``model=None`` takes "fcn-small" for the synthetic set, else "effnet-lite0"
+    (:attr:`resolved_model`). ``model`` is one of :data:`MODELS` or "package.module:factory" (a
+    function of n_labels returning an ``nn.Module``). ``init`` starts the network from another run's
+    ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
     """
 
     data: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
     optimizer: str = "adm"
     regularizer: str = "grid"
     backend: str | None = None
@@ -44,7 +61,7 @@ class TrainConfig:
     srgb: float = 13.0
     max_iter: int = 5
     restrict_labels: bool = False
-    model: str = "fcn-small"
+    model: str | None = None
     weights: str | None = None
     init: str | None = None
     epochs: int = 10
@@ -62,15 +79,27 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None
+    loader_workers: int = 0
+    amp: bool = False
+    tensorboard: bool = False
+    world_size: int = 1  # recorded, not set: the number of processes that train the run (torchrun)
 
     def __post_init__(self):
         self.scale = tuple(self.scale)
-        for name, allowed in (("optimizer", OPTIMIZERS), ("network_optimizer", NETWORK_OPTIMIZERS), ("model", MODELS)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("network_optimizer", NETWORK_OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        known = isinstance(self.model, str) and (self.model in MODELS or is_factory(self.model))
+        if self.model is not None and not known:
+            raise ValueError(f"model: expected None, one of {', '.join(MODELS)} or 'package.module:factory', "
+                             f"got {self.model!r}")
         regularizer = lookup_regularizer(self.regularizer)
         as_connectivity(self.connectivity)
-        for name in ("epochs", "pretrain_epochs", "max_iter", "seed"):
+        for name in ("train_split", "val_split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name}: expected a split name such as 'train', got {getattr(self, name)!r}")
+        as_scalar(self.world_size, "world_size", minimum=1, integer=True)
+        for name in ("epochs", "pretrain_epochs", "max_iter", "seed", "loader_workers"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
         if self.crop_size is not None:
@@ -93,16 +122,23 @@ class TrainConfig:
                                  f"{entry.problem.__name__})")
 
     @property
-    def weight(self):
+    def weight(self) -> float:
         """lam, or the regularizer's default."""
         return REGULARIZERS[self.regularizer].default_lam if self.lam is None else self.lam
 
     @property
-    def total_epochs(self):
+    def resolved_model(self) -> str:
+        """model, or the default of the data: "fcn-small" for the synthetic set, else "effnet-lite0"."""
+        if self.model is not None:
+            return self.model
+        return "fcn-small" if self.data == "synthetic" else "effnet-lite0"
+
+    @property
+    def total_epochs(self) -> int:
         return self.pretrain_epochs + self.epochs
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -4,16 +4,39 @@ relaxed and discrete, and the prediction sheet (Fig. 5)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..energies import GridCRF, contrast_weights
+from .distributed import Processes
 from .metrics import SegmentationScores, prediction_sheet
+
+if TYPE_CHECKING:
+    from ..data.datasets import DatasetLike, Sample
 
 #: Images of the training set on which grid_crf_loss_train is measured (the paper used 1,000).
 TRAIN_EVAL_IMAGES = 100
 #: Validation images drawn in predictions.png.
 SHEET_IMAGES = 6
+#: Most images of one size that go through the network together during evaluation.
+EVAL_BATCH = 8
+
+
+def _same_size_batches(dataset, indices):
+    """The samples of `indices`, in order, cut into runs of up to EVAL_BATCH images of one size."""
+    batch = []
+    for index in indices:
+        sample = dataset[index]
+        if batch and (len(batch) == EVAL_BATCH or batch[0].image.shape != sample.image.shape):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
 
 
 def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -49,37 +72,65 @@ class Evaluator:
     device : torch.device
     """
 
-    def __init__(self, train_set, val_set, *, n_labels: int, connectivity: int, seed: int, device: torch.device):
+    def __init__(self, train_set: DatasetLike, val_set: DatasetLike, *, n_labels: int, connectivity: int, seed: int,
+                 device: torch.device, processes: Processes | None = None) -> None:
         self.train_set, self.val_set = train_set, val_set
         self.n_labels, self.connectivity, self.device = n_labels, connectivity, device
+        self.processes = Processes() if processes is None else processes
+        share = slice(self.processes.rank, None, self.processes.world_size)  # this process's images
         picked = np.random.default_rng(seed).permutation(len(train_set))[:TRAIN_EVAL_IMAGES]
-        self.train_images = sorted(picked)
+        self.train_images = sorted(picked)[share]
+        self.val_images = list(range(len(val_set)))[share]
 
     @torch.no_grad()
-    def predict(self, model: torch.nn.Module, dataset, indices):
-        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode."""
+    def predict(self, model: torch.nn.Module, dataset: DatasetLike, indices: Iterable[int], *,
+                progress: Callable[[int, int], object] | None = None) -> Iterator[tuple[torch.Tensor, Sample]]:
+        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode; the
+        images go through the network in batches of up to :data:`EVAL_BATCH` of one size.
+        `progress(done, total)` is called after each batch."""
         model.eval()
-        for i in indices:
-            sample = dataset[i]
-            logits = model(image_tensor(sample.image[None], self.device))
-            yield logits.softmax(1).float().cpu(), sample
+        indices = list(indices)
+        done = 0
+        for batch in _same_size_batches(dataset, indices):
+            images = np.stack([sample.image for sample in batch])
+            probs = model(image_tensor(images, self.device)).softmax(1).float().cpu()
+            for i, sample in enumerate(batch):
+                yield probs[i:i + 1], sample
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(indices))
 
-    def __call__(self, model: torch.nn.Module, *, sheet=None) -> dict:
+    def __call__(self, model: torch.nn.Module, *, sheet: str | os.PathLike[str] | None = None,
+                 progress: Callable[[int, int], object] | None = None) -> dict:
         """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
-        prediction sheet in the file `sheet` when given."""
+        prediction sheet in the file `sheet` when given. `progress(done, total)` follows the images."""
+        total = len(self.val_images) + len(self.train_images)
+
+        def val_progress(done, _):
+            if progress is not None:
+                progress(done, total)
+
+        def train_progress(done, _):
+            if progress is not None:
+                progress(len(self.val_images) + done, total)
+
         scores = SegmentationScores(self.n_labels)
         val_losses, tiles = [], []
-        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, range(len(self.val_set)))):
+        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, self.val_images,
+                                                                 progress=val_progress)):
             prediction = probs[0].argmax(0).numpy()
             scores.update(prediction, sample.mask)
             val_losses.append(grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity))
             if sheet is not None and i < SHEET_IMAGES:
                 tiles.append((sample, prediction))
         train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity)
-                        for probs, sample in self.predict(model, self.train_set, self.train_images)]
+                        for probs, sample in self.predict(model, self.train_set, self.train_images,
+                                                          progress=train_progress)]
+        scores.combine(self.processes.sum)
         result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
-        (result["grid_crf_loss_train"], result["grid_crf_energy_train"]) = np.mean(train_losses, axis=0).tolist()
-        (result["grid_crf_loss_val"], result["grid_crf_energy_val"]) = np.mean(val_losses, axis=0).tolist()
+        for split, losses in (("train", train_losses), ("val", val_losses)):
+            sums = self.processes.sum(np.concatenate([np.sum(losses, axis=0).reshape(2), [len(losses)]]))
+            result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()
         if sheet is not None and tiles:
             prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],
                              [p for _, p in tiles], [s.mask for s, _ in tiles], ids=[s.id for s, _ in tiles])

@@ -12,29 +12,38 @@ pixel count, then averaged over the batch. GD minimises ``pCE + lam R(S) / |Omeg
 ``min_X lam R(X) + gamma KL(X || S)`` (both sums over pixels, as in eq. 8) with
 ``pCE + gamma sum_{unscribbled} CE(S, X) / |Omega|``.
 
-The run folder holds ``config.json``, ``checkpoint.pt`` (written atomically after every epoch),
-``metrics.jsonl`` (one JSON object per epoch), ``curves.png`` (losses and mIoU against iterations,
+The run folder holds ``config.json``, ``checkpoint.pt`` (written atomically after every epoch; only
+tensors, numbers, strings and plain containers, read with ``weights_only=True``, holding the metric
+records and the random states too), ``metrics.jsonl`` (one JSON object per epoch, rewritten from the
+checkpoint on resume), ``curves.png`` (losses and mIoU against iterations,
 Fig. 3) and ``predictions.png`` (image / scribbles / prediction / ground truth, Fig. 5).
 Randomness (crops, flips, scaling, batch order) is drawn from generators seeded by (seed, epoch,
-image), so ``resume`` continues a stopped run exactly.
+image), and the global torch / NumPy states (dropout) are restored from the checkpoint, so ``resume``
+continues a stopped run exactly.
 """
 
+from __future__ import annotations
+
 import dataclasses
+import json
+import os
 import sys
 import math
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (atomic_save, load_model_state, read_config, read_metrics, write_config,
-                          write_records)
+from .checkpoints import (StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state, read_config,
+                          read_metrics, rng_state, set_rng_state, write_config, write_records)
 from .config import TrainConfig
+from .distributed import start
 from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
-from .models import build_model
+from .models import build_model, wrap_model
 from .objective import Objective
 
 __all__ = ["Progress", "Trainer", "TrainingDiverged", "evaluate_run", "read_metrics", "resume", "train"]
@@ -47,28 +56,22 @@ class TrainingDiverged(FloatingPointError):
 class Progress:
     """A one-line progress bar on stderr (redrawn in place on a terminal, else one line per epoch)."""
 
-    def __init__(self, enabled=True, stream=None):
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self.live = enabled and self.stream.isatty()
 
-    def update(self, epoch, total_epochs, step, steps, text):
+    def update(self, epoch: int, total_epochs: int, step: int, steps: int, text: str) -> None:
         if self.live:
             filled = int(20 * step / max(steps, 1))
             self.stream.write(f"\repoch {epoch}/{total_epochs} [{'#' * filled}{'.' * (20 - filled)}] "
                               f"{step}/{steps} {text}   ")
             self.stream.flush()
 
-    def done(self, line):
+    def done(self, line: str) -> None:
         if self.enabled:
             self.stream.write(("\r" + line + " " * 10 if self.live else line) + "\n")
             self.stream.flush()
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer:
@@ -87,27 +90,44 @@ class Trainer:
         One per evaluated epoch (the lines of metrics.jsonl).
     """
 
-    def __init__(self, config: TrainConfig, out, *, progress: bool = True):
+    def __init__(self, config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = True,
+                 model: torch.nn.Module | None = None) -> None:
         self.config = config
         self.out = Path(out)
-        self.device = pick_device(config.device)
+        self.processes = start(config.device)
+        self.device = self.processes.device
+        self.config = config = dataclasses.replace(config, world_size=self.processes.world_size)
         datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
-                                 scribble_length=config.scribble_length, seed=config.seed) for split in ("train", "val")]
+                                 scribble_length=config.scribble_length, seed=config.seed)
+                    for split in (config.train_split, config.val_split)]
         self.n_labels = datasets[0].n_labels
         if datasets[1].n_labels != self.n_labels:
             raise ValueError(f"data: the train split has {self.n_labels} labels but val has {datasets[1].n_labels}")
         default_crop = 96 if config.data == "synthetic" else 224
         self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
                                        crop_size=(config.crop_size or default_crop,) * 2, scale=config.scale,
-                                       seed=config.seed, device=self.device)
+                                       seed=config.seed, device=self.device, workers=config.loader_workers,
+                                       rank=self.processes.rank, world_size=self.processes.world_size)
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
-                                   seed=config.seed, device=self.device)
+                                   seed=config.seed, device=self.device, processes=self.processes)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, self.n_labels, weights=config.weights).to(self.device)
+        self.model = (build_model(config.resolved_model, self.n_labels, weights=config.weights) if model is None
+                      else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
-            self.model.load_state_dict(load_model_state(config.init))
-        self.objective = Objective(config)
-        self.progress = Progress(progress)
+            self.model.load_state_dict(load_model_state(config.init, self.model, "init"))
+        # the network that trains: the model itself, or its DistributedDataParallel wrapper under torchrun
+        self.network = self.model if self.processes.world_size == 1 else \
+            torch.nn.parallel.DistributedDataParallel(self.model)
+        self.objective = Objective(config, self.processes)
+        self.amp_dtype = None  # mixed precision: bf16 where the GPU has it, else fp16 with loss scaling
+        if config.amp:
+            if self.device.type != "cuda":
+                raise ValueError(f"amp: mixed precision runs on a CUDA GPU (--device cuda), got device "
+                                 f"{self.device.type!r}")
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.steps = StepLog(self.out, tensorboard=config.tensorboard, enabled=self.processes.main)
+        self.progress = Progress(progress and self.processes.main)
         self.epoch = 0
         self.iteration = 0
         self.records = []
@@ -115,7 +135,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ schedule
 
-    def phase(self, epoch):
+    def phase(self, epoch: int) -> str:
         """"pce" for the first pretrain_epochs epochs (1-based), then "regularized"."""
         return "pce" if epoch <= self.config.pretrain_epochs or self.config.regularizer == "none" else "regularized"
 
@@ -127,7 +147,7 @@ class Trainer:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                              weight_decay=config.weight_decay)
 
-    def learning_rate(self, epoch, step):
+    def learning_rate(self, epoch: int, step: int) -> float:
         """Poly schedule, restarted at the start of each phase: lr (1 - t / T)^power."""
         config = self.config
         first, last = (1, config.pretrain_epochs) if epoch <= config.pretrain_epochs else \
@@ -137,31 +157,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
 
-    def train_epoch(self, epoch):
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; returns its record (phase, times, mean loss terms)."""
         config = self.config
         phase = self.phase(epoch)
         if epoch == config.pretrain_epochs + 1 and epoch > 1:
             self._new_optimizer()  # the regularized phase starts with a fresh optimizer and schedule
-        self.model.train()
+        self.network.train()
         sums, solver_time, began = {}, 0.0, time.perf_counter()
         steps = self.batches.steps_per_epoch
         for step, images, scribbles in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, step)
-            logits = self.model(image_tensor(images, self.device))
-            terms = self.objective(phase, logits, images, scribbles)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.network(image_tensor(images, self.device))
+                terms = self.objective(phase, logits, images, scribbles)
             if phase == "regularized":
                 solver_time += self.objective.solver_time()
-            values = {name: value.item() for name, value in terms.items()}
+            values = self._mean_over_processes({name: value.item() for name, value in terms.items()})
             if not all(math.isfinite(value) for value in values.values()):
                 self._diverged(epoch, step, values)
             self.optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.optimizer.step()
+            self.scaler.scale(terms["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.iteration += 1
+            values.update(self._mean_over_processes(self.objective.diagnostics))
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
+            self.steps.write({"iteration": self.iteration, "epoch": epoch, "step": step + 1,
+                              "lr": self.optimizer.param_groups[0]["lr"], **values})
             self.progress.update(epoch, config.total_epochs, step + 1, steps, f"{phase} loss {values['loss']:.4f}")
         record = {"epoch": epoch, "iteration": self.iteration, "phase": phase,
                   "train_time": time.perf_counter() - began}
@@ -170,47 +195,94 @@ class Trainer:
             record["solver_time"] = solver_time
         return record
 
+    def _mean_over_processes(self, values):
+        """The mean of each value over the processes (the value itself in one process): what one
+        process with the global batch would log; a NaN anywhere reaches every process."""
+        if self.processes.world_size == 1 or not values:
+            return values
+        means = self.processes.sum(list(values.values())) / self.processes.world_size
+        return dict(zip(values, means.tolist()))
+
     def _diverged(self, epoch, step, values):
         path = self.out / f"diverged-iteration-{self.iteration + 1}.pt"
-        atomic_save(self.state(), path)
+        if self.processes.main:
+            atomic_save(self.state(), path)
         shown = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
         raise TrainingDiverged(f"loss is not finite at epoch {epoch}, step {step + 1} (iteration "
                                f"{self.iteration + 1}): {shown}; the network before this step is "
                                f"saved in {path} (try a lower --lr)")
 
-    def evaluate(self, *, sheet=None):
+    def evaluate(self, *, sheet: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Scores on the validation set and grid-CRF losses on train and val (one dict)."""
-        return self.evaluator(self.model, sheet=sheet)
+        def shown(done, total):
+            self.progress.update(self.epoch + 1, self.config.total_epochs, done, total, "evaluating")
+
+        return self.evaluator(self.model, sheet=sheet, progress=shown)
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self):
-        return {"config": dataclasses.asdict(self.config), "epoch": self.epoch, "iteration": self.iteration,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+    def state(self) -> dict[str, Any]:
+        """What ``checkpoint.pt`` holds: only tensors, numbers, strings and plain containers, so that it
+        loads with ``weights_only=True``; the metric records and the random states travel with it."""
+        plain = json.loads(json.dumps({"config": dataclasses.asdict(self.config), "records": self.records}))
+        return {**plain, "epoch": self.epoch, "iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
-    def save(self):
-        atomic_save(self.state(), self.out / "checkpoint.pt")
+    def save(self) -> None:
+        if self.processes.main:
+            atomic_save(self.state(), self.out / "checkpoint.pt")
 
-    def restore(self):
-        """Continue from ``checkpoint.pt``: network, optimizer, counters; later metrics lines dropped."""
-        state = torch.load(self.out / "checkpoint.pt", map_location=self.device, weights_only=False)
+    def restore(self) -> None:
+        """Continue from ``checkpoint.pt`` (loaded safely: weights_only): network, optimizer, counters,
+        random states, and the metric records, from which ``metrics.jsonl`` is rewritten (so a record
+        written to the checkpoint but not yet to metrics.jsonl is not lost, and none is doubled)."""
+        path = self.out / "checkpoint.pt"
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "iteration"} <= set(state):
+            raise ValueError(f"checkpoint: {str(path)!r} is not a checkpoint of admsolve train (expected model, "
+                             f"optimizer, epoch and iteration)")
+        check_model_state(self.model, state["model"], path)
         self.model.load_state_dict(state["model"])
-        self.epoch, self.iteration = state["epoch"], state["iteration"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
-        write_records(self.out / "metrics.jsonl", self.records)
+        self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"checkpoint: {str(path)!r} holds an optimizer state that does not fit this run "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        records = state.get("records")
+        if records is None:  # a checkpoint written before the records travelled with it
+            records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
+        self.records = [dict(record) for record in records]
+        if self.epoch and (not self.records or self.records[-1]["epoch"] < self.epoch):
+            # the last completed epoch has no record (an older checkpoint whose metrics were lost): evaluate again
+            record = {"epoch": self.epoch, "iteration": self.iteration, "phase": self.phase(self.epoch),
+                      "train_time": 0.0, "reevaluated": True}
+            record.update(self.evaluate(sheet=self.out / "predictions.png"))
+            self.records.append(record)
+            self.save()
+        if self.processes.main:
+            write_records(self.out / "metrics.jsonl", self.records)
+            self.steps.truncate(self.iteration)
 
-    def run(self):
+    def run(self) -> list[dict[str, Any]]:
         """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
         config = self.config
+        if self.epoch < config.total_epochs:
+            self.progress.done(f"{describe_config(config)} on {config.data} -> {self.out}")
         for epoch in range(self.epoch + 1, config.total_epochs + 1):
             record = self.train_epoch(epoch)
+            began = time.perf_counter()
             record.update(self.evaluate(sheet=self.out / "predictions.png"))
+            record["eval_time"] = time.perf_counter() - began
             self.epoch = epoch
             self.records.append(record)
             self.save()
-            write_records(self.out / "metrics.jsonl", self.records)
-            plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
+            if self.processes.main:
+                self.steps.epoch(record)
+                write_records(self.out / "metrics.jsonl", self.records)
+                plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
                                f"{record['train_loss']:.4f}, val mIoU {record['miou']:.3f}, accuracy "
                                f"{record['accuracy']:.3f}, grid-CRF loss train {record['grid_crf_loss_train']:.4f} "
@@ -218,7 +290,7 @@ class Trainer:
         return self.records
 
 
-def describe_config(config):
+def describe_config(config: TrainConfig) -> str:
     """A short name such as "ADM grid (numba-expansion, lam 4)"."""
     if config.regularizer == "none":
         return "pCE only"
@@ -230,7 +302,8 @@ def describe_config(config):
     return f"{name} ({', '.join(details)})"
 
 
-def train(config, out, *, progress=True):
+def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = True,
+          model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
     """Train a network as `config` says, in the new run folder `out`; return the metric records.
 
     Parameters
@@ -240,6 +313,12 @@ def train(config, out, *, progress=True):
         The run folder (created); it must not hold another run.
     progress : bool, optional
         Show a progress bar and a line per epoch on stderr.
+    model : torch.nn.Module, optional
+        The network to train instead of building ``config.model`` (``config.weights`` is then not
+        read): (N, 3, H, W) images in [0, 1] -> (N, K, h, w) logits, see
+        :func:`admsolve.training.models.wrap_model`. It is trained in place. ``resume`` and
+        ``evaluate_run`` rebuild the network from ``config.model``: name a "package.module:factory"
+        there for a run to continue.
 
     Raises
     ------
@@ -249,13 +328,14 @@ def train(config, out, *, progress=True):
     out = Path(out)
     if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
         raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
-    trainer = Trainer(config, out, progress=progress)
+    trainer = Trainer(config, out, progress=progress, model=model)
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, config)
+    if trainer.processes.main:
+        write_config(out, trainer.config)
     return trainer.run()
 
 
-def resume(run, *, epochs=None, progress=True):
+def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Continue the run in folder `run` from its last checkpoint, exactly as if it had not stopped.
 
     `epochs` (regularized-phase epochs) may extend the stored configuration's. Returns all the
@@ -274,7 +354,7 @@ def resume(run, *, epochs=None, progress=True):
     return trainer.run()
 
 
-def evaluate_run(run, *, progress=True):
+def evaluate_run(run: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a run's last checkpoint: validation scores and grid-CRF losses (a dict), and
     ``predictions.png`` / ``curves.png`` redrawn in the run folder."""
     run = Path(run)
@@ -282,7 +362,7 @@ def evaluate_run(run, *, progress=True):
     if not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"run: no checkpoint.pt in {str(run)!r} (the run has not finished an epoch)")
     trainer = Trainer(config, run, progress=progress)
-    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt"))
+    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt", trainer.model, "checkpoint"))
     result = trainer.evaluate(sheet=run / "predictions.png")
     records = read_metrics(run)
     if records:

@@ -8,11 +8,17 @@
 * :func:`prediction_sheet` -- image / scribbles / prediction / ground truth rows (Fig. 5).
 """
 
+from __future__ import annotations
+
 import math
+import os
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image
 from scipy import ndimage
 
@@ -38,7 +44,7 @@ def _check_unlabeled(unlabeled):
     return as_scalar(unlabeled, "unlabeled", integer=True)
 
 
-def _int_map(value, name, shape=None):
+def _int_map(value, name, shape=None) -> np.ndarray:
     """`value` as a 2-D integer array (not copied; never written to)."""
     if value is None or isinstance(value, (str, bytes)):
         raise TypeError(f"{name}: expected a 2-D integer array, got {describe(value)}")
@@ -68,7 +74,7 @@ def _check_pair(pred, truth, n_labels, unlabeled):
 # --------------------------------------------------------------------------- scores
 
 
-def confusion_matrix(pred, truth, n_labels, *, unlabeled=UNLABELED):
+def confusion_matrix(pred: ArrayLike, truth: ArrayLike, n_labels: int, *, unlabeled: int = UNLABELED) -> np.ndarray:
     """Confusion matrix of one labeling against the ground truth.
 
     Parameters
@@ -113,7 +119,7 @@ def _boundary_distance(truth):
     return ndimage.distance_transform_edt(~boundary)
 
 
-def boundary_band(truth, width, *, unlabeled=UNLABELED):
+def boundary_band(truth: ArrayLike, width: float, *, unlabeled: int = UNLABELED) -> np.ndarray:
     """Pixels within Euclidean distance `width` of a ground-truth boundary (the trimap band).
 
     A boundary pixel is one with a 4-neighbour of a different value; `unlabeled` counts as a value of
@@ -167,7 +173,7 @@ class SegmentationScores:
     1.0
     """
 
-    def __init__(self, n_labels, *, unlabeled=UNLABELED, trimap_widths=(8, 16)):
+    def __init__(self, n_labels: int, *, unlabeled: int = UNLABELED, trimap_widths: Iterable[float] = (8, 16)) -> None:
         self.n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         self.unlabeled = _check_unlabeled(unlabeled)
         if isinstance(trimap_widths, (str, bytes)) or not hasattr(trimap_widths, "__iter__"):
@@ -176,19 +182,29 @@ class SegmentationScores:
         self.trimap_widths = tuple(int(w) if float(w).is_integer() else w for w in widths)
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget every image seen so far."""
         self._confusion = np.zeros((self.n_labels, self.n_labels), dtype=np.int64)
         self._band_correct = np.zeros(len(self.trimap_widths), dtype=np.int64)
         self._band_total = np.zeros(len(self.trimap_widths), dtype=np.int64)
         self.images = 0
 
+    def combine(self, total: Callable[[np.ndarray], ArrayLike]) -> None:
+        """Replace the counts by ``total(counts)``, e.g. their sum over the processes of a
+        distributed evaluation, each of which scored its share of the images."""
+        counts = total(np.concatenate([self._confusion.ravel(), self._band_correct, self._band_total, [self.images]]))
+        counts = np.rint(counts).astype(np.int64)
+        k, w = self.n_labels * self.n_labels, len(self.trimap_widths)
+        self._confusion = counts[:k].reshape(self.n_labels, self.n_labels)
+        self._band_correct, self._band_total = counts[k:k + w], counts[k + w:k + 2 * w]
+        self.images = int(counts[-1])
+
     @property
-    def confusion(self):
+    def confusion(self) -> np.ndarray:
         """(K, K) int64 confusion matrix accumulated so far (a copy; rows = truth)."""
         return self._confusion.copy()
 
-    def update(self, pred, truth):
+    def update(self, pred: ArrayLike, truth: ArrayLike) -> None:
         """Add one image.
 
         Parameters
@@ -211,7 +227,7 @@ class SegmentationScores:
                     self._band_correct[i] += np.count_nonzero(band & correct)
         self.images += 1
 
-    def result(self):
+    def result(self) -> dict[str, Any]:
         """The scores over every image added so far.
 
         Returns
@@ -319,7 +335,8 @@ def _save(figure, path):
     return path
 
 
-def plot_curves(records, path, *, title=None):
+def plot_curves(records: Iterable[dict[str, Any]], path: str | os.PathLike[str], *,
+                title: str | None = None) -> Path:
     """Training curves (Fig. 3 of the paper) as a PNG with two panels against ``"iteration"``.
 
     Left: every loss key -- one that starts with ``"loss"``, ends with ``"_loss"`` or contains
@@ -359,7 +376,8 @@ def plot_curves(records, path, *, title=None):
     return _save(figure, path)
 
 
-def plot_comparison(runs, path, *, keys=("grid_crf_loss_train", "grid_crf_energy_train", "miou")):
+def plot_comparison(runs: dict[str, Iterable[dict[str, Any]]], path: str | os.PathLike[str], *,
+                    keys: Sequence[str] = ("grid_crf_loss_train", "grid_crf_energy_train", "miou")) -> Path:
     """Compare runs (``admsolve compare``): one panel per record key, one line per run.
 
     Parameters
@@ -434,7 +452,9 @@ def _labels_picture(labels, unlabeled):
     return picture
 
 
-def prediction_sheet(path, images, scribbles, predictions, truths, *, ids=None, columns=4, unlabeled=UNLABELED):
+def prediction_sheet(path: str | os.PathLike[str], images: Sequence[ArrayLike], scribbles: Sequence[ArrayLike | None],
+                     predictions: Sequence[ArrayLike], truths: Sequence[ArrayLike | None], *,
+                     ids: Sequence[str] | None = None, columns: int = 4, unlabeled: int = UNLABELED) -> Path:
     """Qualitative results (Fig. 5): per image, the image, its scribbles, the prediction, the truth.
 
     Each image gives four tiles -- the image; the image with the scribbled pixels drawn in their

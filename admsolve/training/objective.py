@@ -4,12 +4,15 @@ phase, the regularizer's relaxation (GD, loss (4)) or the proximal term towards 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .._validation import UNLABELED
 from .adm import ADMStep
 from .config import TrainConfig
-from .losses import partial_cross_entropy, proximal_loss
+from .distributed import Processes
+from .losses import proximal_loss
 from .regularizers import REGULARIZERS
 
 
@@ -20,35 +23,67 @@ class Objective:
     ----------
     adm_step : ADMStep or None
         The latent step, for ADM with a regularizer.
+    diagnostics : dict
+        After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per pixel
+        at argmax S and at X, batch mean) and ``latent_changed`` (share of unscribbled pixels where
+        X differs from argmax S).
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
         self.config = config
+        self.processes = Processes() if processes is None else processes
         self.regularizer = REGULARIZERS[config.regularizer]
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}
         self.adm_step = None
+        self.diagnostics = {}
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
-                                    workers=config.workers, max_iter=config.max_iter)
+                                    workers=config.workers or self.processes.solver_threads,
+                                    max_iter=config.max_iter)
 
-    def __call__(self, phase: str, logits: torch.Tensor, images, scribbles: torch.Tensor) -> dict:
-        """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum."""
-        if bool((scribbles != UNLABELED).any()):
-            terms = {"pce": partial_cross_entropy(logits, scribbles)}
-        else:  # a crop can miss every scribble; the regularizer still applies
-            terms = {"pce": logits.sum() * 0.0}
+    def __call__(self, phase: str, logits: torch.Tensor, images: np.ndarray | torch.Tensor,
+                 scribbles: torch.Tensor) -> dict:
+        """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum.
+        ``self.diagnostics`` then holds the latent step's measures (empty without one)."""
+        self.diagnostics = {}
+        terms = {"pce": self._partial_cross_entropy(logits, scribbles)}
         if phase == "regularized":
-            if self.adm_step is not None:
+            if self.adm_step is not None and not bool(torch.isfinite(logits).all()):
+                # the latent step needs finite probabilities: a non-finite term, so that the loop stops,
+                # saves the network and reports the step, as for any diverged loss
+                terms["proximal"] = logits.sum() * float("nan")
+            elif self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                pixels = logits.shape[2] * logits.shape[3]
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma) / pixels
+                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma, reduction="mean")
+                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
             else:
                 terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images,
                                                                              lam=self.config.weight, **self.settings)
         terms["loss"] = sum(terms.values())
         return terms
+
+    def _partial_cross_entropy(self, logits, scribbles):
+        """The mean cross-entropy over the scribbled pixels of the global batch: this process's sum
+        divided by the count over every process, times their number (DistributedDataParallel
+        averages the gradients), so that any number of processes computes the one-process loss. A
+        batch without a scribbled pixel gives 0 (a crop can miss every scribble; the regularizer
+        still applies)."""
+        total = F.cross_entropy(logits, scribbles, ignore_index=UNLABELED, reduction="sum")
+        count = self.processes.sum(float((scribbles != UNLABELED).sum()))
+        return total * (self.processes.world_size / count) if count else logits.sum() * 0.0
+
+    def _latent_diagnostics(self, logits, latent, scribbles, pixels):
+        """How the latent step moved away from the network (issue 11's diagnosis), per pixel: the
+        eq. 8 energy of its start argmax S and of X, and the share of unscribbled pixels where X
+        differs from argmax S."""
+        results = self.adm_step.results
+        free = scribbles == UNLABELED
+        changed = (latent != logits.detach().argmax(1)) & free
+        return {"latent_start_energy": sum(r.history[0] for r in results) / (len(results) * pixels),
+                "latent_energy": sum(r.energy for r in results) / (len(results) * pixels),
+                "latent_changed": float(changed.sum()) / max(float(free.sum()), 1.0)}
 
     def solver_time(self) -> float:
         """Seconds the backend spent in the last latent step (0 without one)."""

@@ -55,7 +55,7 @@ class Regularizer:
 def _grid_loss(probs, images, *, lam, connectivity):
     from .losses import grid_crf_loss
 
-    return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity) / (probs.shape[2] * probs.shape[3])
+    return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity, reduction="mean")
 
 
 def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
@@ -65,7 +65,7 @@ def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
 def _dense_loss(probs, images, *, lam, sxy, srgb):
     from .losses import dense_crf_loss
 
-    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, weight=lam) / (probs.shape[2] * probs.shape[3])
+    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, lam=lam, reduction="mean")
 
 
 def _dense_problem(unary, image, seeds, *, lam, unlabeled, sxy, srgb):

@@ -1,0 +1,52 @@
+"""Training under torchrun (torch.distributed, gloo on the CPU): two processes with the same global
+batch give the records of one process, up to floating-point rounding (issue 10)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+NETWORK = '''
+from torch import nn
+
+
+def plain(n_labels):
+    """No batch statistics: each process's share of a batch gives the gradients of the whole batch."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, n_labels, 1))
+'''
+SETTINGS = ["--data", "synthetic", "--model", "user_plain:plain", "--optimizer", "adm", "--regularizer", "grid",
+            "--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "4", "--crop-size", "32", "--workers", "1",
+            "--quiet"]
+
+
+def run(tmp_path, name, processes):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, "-m", "admsolve", "train"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "-m", "admsolve", "train"]
+    out = tmp_path / name
+    done = subprocess.run(command + SETTINGS + ["--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return records, json.loads((out / "config.json").read_text())
+
+
+def test_two_processes_give_the_records_of_one(tmp_path):
+    (tmp_path / "user_plain.py").write_text(NETWORK)
+    one, config_one = run(tmp_path, "one", 1)
+    two, config_two = run(tmp_path, "two", 2)
+    assert config_one["world_size"] == 1 and config_two["world_size"] == 2
+    assert [r["epoch"] for r in two] == [r["epoch"] for r in one] == [1, 2]
+    for a, b in zip(one, two):
+        for key in ("train_loss", "train_pce", "miou", "accuracy", "trimap_8", "grid_crf_loss_val",
+                    "grid_crf_energy_train"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert two[1]["train_proximal"] == pytest.approx(one[1]["train_proximal"], rel=1e-4)
