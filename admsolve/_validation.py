@@ -43,7 +43,11 @@ def as_real_array(value: ArrayLike, name: str, ndim: int | Iterable[int], *, all
     if array.size == 0:
         raise ValueError(f"{name}: expected a non-empty array, got {describe(array)}")
     array = np.array(array, dtype=dtype, copy=True)
-    if not np.all(np.isfinite(array)):
+    # A finite sum means finite entries (NaN and infinities propagate); only when it is not (or the sum
+    # overflowed) are the entries checked one by one. The sum is one fast pass with no temporary array.
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or finite values overflowing the sum
+        total = array.sum()
+    if not np.isfinite(total) and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite entries")
     if not allow_negative and np.any(array < 0):

@@ -4,6 +4,7 @@ these need the ``train`` extra)."""
 
 import argparse
 import dataclasses
+import inspect
 import sys
 import time
 
@@ -32,6 +33,21 @@ def scribble_problem(image, scribbles, *, kind=GridCRF, lam, connectivity):
     return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=scribbles)
 
 
+def progress_line(stream, name, every=10):
+    """A backend ``callback(iteration, value)`` that redraws one line on `stream` every `every` iterations
+    (a long relaxed-gd solve); call its ``close()`` to end the line if one was drawn."""
+    drawn = []
+
+    def callback(iteration, value):
+        if iteration % every == 0:
+            stream.write(f"\r{name}: iteration {iteration}, relaxed energy {value:.6g}  ")
+            stream.flush()
+            drawn.append(iteration)
+
+    callback.close = lambda: drawn and (stream.write("\n"), stream.flush())
+    return callback
+
+
 def cmd_segment(args):
     check_label_map_path(args.output, "--output")  # before any work: a lossless label-map file
     if args.overlay:
@@ -40,7 +56,15 @@ def cmd_segment(args):
     scribbles = read_label_map(args.scribbles, "scribbles")
     kind = backends.lookup(args.backend).problem if args.backend else GridCRF
     problem = scribble_problem(image, scribbles, kind=kind, lam=args.lam, connectivity=args.connectivity)
-    result = solve(problem, args.backend, max_iter=args.max_iter)
+    name = args.backend or backends.default_backend(problem)
+    options = {}
+    if sys.stderr.isatty() and "callback" in inspect.signature(backends.load(name)).parameters:
+        options["callback"] = progress_line(sys.stderr, name)  # relaxed-gd: hundreds of iterations
+    try:
+        result = solve(problem, name, max_iter=args.max_iter, **options)
+    finally:
+        if options:
+            options["callback"].close()
     write_label_map(args.output, result.labels, "--output")
     if args.overlay:
         save_sheet(args.overlay, [overlay(image, result.labels, scribbles)],

@@ -146,3 +146,35 @@ def test_training_commands_report_bad_input_in_one_line(data, tmp_path, make_arg
     assert main(make_args(data, tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith("admsolve: error: ") and message in err and err.count("\n") == 1
+
+
+def test_relaxed_gd_draws_its_progress_on_a_terminal(scene_files, capsys, monkeypatch):
+    """On a terminal, segment with relaxed-gd redraws one progress line on stderr every 10 iterations
+    (and ends it); elsewhere (a pipe, a log file) it draws nothing."""
+    folder, _, _, _ = scene_files
+    argv = ["segment", str(folder / "image.png"), str(folder / "scribbles.png"), "-o", str(folder / "l.png"),
+            "--backend", "relaxed-gd", "--connectivity", "4", "--max-iter", "25"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.findall(r"\rrelaxed-gd: iteration (\d+), relaxed energy ", err) == ["10", "20"]
+    assert err.endswith("\n")
+
+
+def test_progress_line():
+    import io
+
+    from admsolve.cli import progress_line
+
+    stream = io.StringIO()
+    callback = progress_line(stream, "relaxed-gd", every=2)
+    for t in range(1, 6):
+        callback(t, 100.0 / t)
+    callback.close()
+    assert stream.getvalue() == ("\rrelaxed-gd: iteration 2, relaxed energy 50  "
+                                 "\rrelaxed-gd: iteration 4, relaxed energy 25  \n")
+    quiet = io.StringIO()
+    progress_line(quiet, "x").close()
+    assert quiet.getvalue() == ""

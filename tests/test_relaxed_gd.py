@@ -29,14 +29,16 @@ def assert_valid_probs(problem, probs):
 
 # --------------------------------------------------------------------------- relaxed energy
 
+@pytest.mark.parametrize("method", relaxed_gd.METHODS)
 @pytest.mark.parametrize("step", [1.0, 0.25])
 @given(data=st.data())
 @settings(max_examples=25)
-def test_relaxed_energy_never_rises(step, data):
-    """With eta <= 1 / (lam * max incident weight) mirror descent is monotone; step <= 2 ensures it."""
+def test_relaxed_energy_never_rises(step, method, data):
+    """With eta <= 1 / (lam * max incident weight) mirror descent is monotone; step <= 2 ensures it. The
+    accelerated method takes only steps that do not raise R."""
     problem = data.draw(grid_problems(max_side=7))
     init = data.draw(st.one_of(st.none(), labelings(problem)), label="init")
-    res = adm.solve(problem, BACKEND, init=init, step=step, max_sweeps=300)
+    res = adm.solve(problem, BACKEND, init=init, step=step, max_sweeps=300, method=method)
     relaxed = res.relaxed_history
     assert len(relaxed) == len(res.history)
     assert all(isinstance(v, float) for v in relaxed)
@@ -82,13 +84,14 @@ def test_default_step_is_scale_free():
 
 # --------------------------------------------------------------------------- seeds and history
 
+@pytest.mark.parametrize("method", relaxed_gd.METHODS)
 @given(data=st.data())
 @settings(max_examples=40)
-def test_rounded_result_respects_seeds(data):
+def test_rounded_result_respects_seeds(method, data):
     problem = data.draw(grid_problems(max_side=8))
     init = data.draw(st.one_of(st.none(), labelings(problem)), label="init")
     max_sweeps = data.draw(st.sampled_from([None, 1, 5]), label="max_sweeps")
-    res = adm.solve(problem, BACKEND, init=init, max_sweeps=max_sweeps)
+    res = adm.solve(problem, BACKEND, init=init, max_sweeps=max_sweeps, method=method)
     assert not problem.violates_seeds(res.labels)
     assert_valid_probs(problem, res.probs)
 
@@ -126,6 +129,100 @@ def test_bad_options_are_refused():
             adm.solve(problem, BACKEND, step=bad)
     with pytest.raises(ValueError, match="tol"):
         adm.solve(problem, BACKEND, tol=-1e-3)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        adm.solve(problem, BACKEND, method="nesterov")
+    with pytest.raises(ValueError, match="history: expected one of"):
+        adm.solve(problem, BACKEND, history="none")
+    with pytest.raises(TypeError, match="callback: expected a callable"):
+        adm.solve(problem, BACKEND, callback=3)
+
+
+# --------------------------------------------------------------------------- the accelerated method
+
+
+@given(data=st.data())
+@settings(max_examples=60)
+def test_accelerated_is_not_above_the_plain_method_at_equal_iterations(data):
+    """Issue 13: after every iteration (both running, tol = 0) the accelerated method's relaxed energy
+    is at most the plain method's (up to rounding). Measured over 400 random problems (60 iterations):
+    never above. Its own final value is lower than the plain method's converged one on about 3/4 of
+    such problems and higher on about 1 in 60 (another local minimum; benchmarks/relaxed_gd.py)."""
+    problem = data.draw(grid_problems(max_side=9))
+    init = data.draw(st.one_of(st.none(), labelings(problem)), label="init")
+    plain = adm.solve(problem, BACKEND, init=init, method="fixed", max_iter=60, tol=0.0, history="ends")
+    fast = adm.solve(problem, BACKEND, init=init, max_iter=60, tol=0.0, history="ends")
+    top = max(1.0, max(abs(v) for v in plain.relaxed_history))
+    for a, b in zip(fast.relaxed_history, plain.relaxed_history):
+        assert a <= b + 1e-9 * top
+
+
+def test_accelerated_converges_in_far_fewer_iterations():
+    """On the 9 x 11 problem below: the plain method needs hundreds of iterations, the accelerated one
+    a few tens, and ends lower."""
+    rng = np.random.default_rng(3)
+    problem = adm.GridCRF(rng.standard_normal((9, 11, 3)), rng.random((4, 9, 11)), lam=1.5)
+    init = rng.integers(0, 3, (9, 11))
+    plain = adm.solve(problem, BACKEND, init=init, method="fixed", max_iter=20_000)
+    fast = adm.solve(problem, BACKEND, init=init)
+    assert plain.converged and fast.converged
+    assert fast.sweeps <= 60 and plain.sweeps >= 10 * fast.sweeps
+    assert fast.relaxed_history[-1] <= plain.relaxed_history[-1] + 1e-9 * abs(plain.relaxed_history[-1])
+    reach = next(i for i, v in enumerate(fast.relaxed_history) if v <= plain.relaxed_history[-1])
+    assert reach <= 60
+
+
+def test_the_default_cap_and_the_message():
+    rng = np.random.default_rng(6)
+    problem = adm.GridCRF(rng.standard_normal((8, 9, 4)), rng.random((2, 8, 9)), lam=1.0)
+    for method in relaxed_gd.METHODS:
+        capped = adm.solve(problem, BACKEND, method=method, max_iter=3, tol=0.0)
+        assert capped.sweeps == 3 and not capped.converged
+        assert capped.message == "stopped: 3 iterations (max_iter) reached"
+        done = adm.solve(problem, BACKEND, method=method, max_iter=20_000)
+        assert done.converged and done.message.startswith("converged: the relaxed energy changed by at most")
+    assert relaxed_gd.DEFAULT_MAX_ITER == 1000
+    assert adm.solve(problem, BACKEND).sweeps < 100  # the accelerated method, well within the default cap
+    # the cap without max_iter: the plain method needs more than 1000 iterations here
+    res = adm.solve(problem, BACKEND, method="fixed")
+    assert res.sweeps == 1000 and not res.converged and "1000 iterations (max_iter)" in res.message
+    # a tolerance of 0: the accelerated method stops once a plain step no longer lowers R
+    exact = adm.solve(problem, BACKEND, tol=0.0)
+    assert exact.converged and exact.sweeps < 1000
+
+
+@pytest.mark.parametrize("method", relaxed_gd.METHODS)
+def test_history_ends_gives_the_same_result(method):
+    rng = np.random.default_rng(7)
+    seeds = np.where(rng.random((10, 12)) < 0.1, rng.integers(0, 3, (10, 12)), 255)
+    problem = adm.GridCRF(rng.standard_normal((10, 12, 3)), rng.random((4, 10, 12)), lam=1.25, seeds=seeds)
+    every = adm.solve(problem, BACKEND, method=method, max_iter=80)
+    ends = adm.solve(problem, BACKEND, method=method, max_iter=80, history="ends")
+    np.testing.assert_array_equal(ends.labels, every.labels)
+    np.testing.assert_array_equal(ends.probs, every.probs)
+    assert ends.relaxed_history == every.relaxed_history
+    assert ends.sweeps == every.sweeps == len(every.history) - 1
+    assert ends.history == [every.history[0], every.history[-1]] and ends.history[-1] == ends.energy
+
+
+def test_callback_sees_every_iteration():
+    rng = np.random.default_rng(8)
+    problem = adm.GridCRF(rng.standard_normal((7, 8, 3)), rng.random((2, 7, 8)), lam=1.0)
+    seen = []
+    res = adm.solve(problem, BACKEND, max_iter=30, callback=lambda t, value: seen.append((t, value)))
+    assert seen == list(enumerate(res.relaxed_history))[1:]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seeds_are_respected_with_a_fixed_seed(seed):
+    """The same problem and start give the same result (no randomness), and the seeds hold."""
+    rng = np.random.default_rng(seed)
+    seeds = np.where(rng.random((12, 13)) < 0.2, rng.integers(0, 4, (12, 13)), 255)
+    problem = adm.GridCRF(rng.standard_normal((12, 13, 4)), rng.random((4, 12, 13)), lam=2.0, seeds=seeds)
+    a, b = adm.solve(problem, BACKEND), adm.solve(problem, BACKEND)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.relaxed_history == b.relaxed_history
+    assert not problem.violates_seeds(a.labels)
+    assert_valid_probs(problem, a.probs)
 
 
 # --------------------------------------------------------------------------- Fig. 1 of the paper
@@ -219,9 +316,9 @@ def test_cupy_matches_numpy():
     problem = adm.GridCRF(rng.standard_normal((24, 31, 4)), rng.random((4, 24, 31)), lam=1.25,
                           seeds=seeds)
     init = rng.integers(0, 4, (24, 31))
-    # tol = 0: both run all 200 iterations, whatever the rounding of the GPU's reductions
-    cpu = adm.solve(problem, BACKEND, init=init, max_sweeps=200, tol=0.0, device="cpu")
-    gpu = adm.solve(problem, BACKEND, init=init, max_sweeps=200, tol=0.0, device="cuda")
+    # the plain method with tol = 0: both run all 200 iterations, whatever the rounding of the GPU's reductions
+    cpu = adm.solve(problem, BACKEND, init=init, max_sweeps=200, tol=0.0, device="cpu", method="fixed")
+    gpu = adm.solve(problem, BACKEND, init=init, max_sweeps=200, tol=0.0, device="cuda", method="fixed")
     assert gpu.sweeps == cpu.sweeps == 200
     np.testing.assert_allclose(gpu.relaxed_history, cpu.relaxed_history, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(gpu.probs, cpu.probs, rtol=0, atol=1e-8)
@@ -229,6 +326,13 @@ def test_cupy_matches_numpy():
     assert np.array_equal(gpu.labels, cpu.labels)
     assert gpu.history == cpu.history
     assert not problem.violates_seeds(gpu.labels)
+    # the accelerated method takes or drops each step by comparing energies, which the GPU's rounding may
+    # tip when they are nearly equal: the same minimum, not necessarily the same path
+    fast_cpu = adm.solve(problem, BACKEND, init=init, device="cpu")
+    fast_gpu = adm.solve(problem, BACKEND, init=init, device="cuda")
+    assert fast_gpu.relaxed_history[-1] == pytest.approx(fast_cpu.relaxed_history[-1], rel=1e-6)
+    assert np.mean(fast_gpu.labels == fast_cpu.labels) >= 0.99
+    assert not problem.violates_seeds(fast_gpu.labels)
     problem_1d, _ = fig1_problem()
     res = adm.solve(problem_1d, BACKEND, init=step_labels(WEAK), device="cuda")
     assert discontinuities(res.labels) == [WEAK]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._array import AnyArray, array_module
+from .._array import AnyArray, array_module, label_sum
 from .._validation import UNLABELED, as_connectivity, as_real_array, as_scalar, describe
 from .problem import LabelingProblem, check_relaxed
 
@@ -145,20 +145,30 @@ def relaxed_energy_arrays(unary: AnyArray, weights: AnyArray, lam: float, probs:
     ``unary`` and ``probs`` are (H, W, K), ``weights`` (D, H, W), all of one array module (that of
     ``probs``); ``lam`` a float. Returns ``(value, grad)``: value a Python float, grad an (H, W, K)
     array of that module with the dtype of ``unary``.
+
+    Per edge pq of weight w: ``w (mass_p / 2 + mass_q / 2 - <S_p, S_q>)``, gradient ``w (1/2 - S_q)``
+    at p; the halves are gathered per pixel first, and every sum is over whole arrays (no reduction
+    over the short label axis), one read of the sums at the end.
     """
     xp = array_module(probs)
     height, width = probs.shape[:2]
-    mass = probs.sum(axis=2)
-    value = float(xp.sum(unary * probs))
     grad = unary.copy()
+    half = xp.zeros((height, width), dtype=grad.dtype)  # lam / 2 times the weight of the edges at each pixel
+    overlap = []
     for d in range(weights.shape[0]):
         p, q = edge_slices(d, height, width)
         w = lam * weights[(d, *p)]
-        overlap = xp.sum(probs[p] * probs[q], axis=2)
-        value += float(xp.sum(w * (0.5 * mass[p] + 0.5 * mass[q] - overlap)))
-        grad[p] += w[..., None] * (0.5 - probs[q])
-        grad[q] += w[..., None] * (0.5 - probs[p])
-    return value, grad
+        half[p] += 0.5 * w
+        half[q] += 0.5 * w
+        towards_q = w[..., None] * probs[q]
+        overlap.append(xp.sum(towards_q * probs[p]))
+        grad[p] -= towards_q
+        grad[q] -= w[..., None] * probs[p]
+    grad += half[..., None]
+    value = xp.sum(unary * probs) + xp.sum(half * label_sum(probs))
+    for term in overlap:
+        value = value - term
+    return float(value), grad
 
 
 def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float | None = None) -> np.ndarray:

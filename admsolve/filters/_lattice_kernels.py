@@ -9,119 +9,67 @@ Private, and imported on first use only: importing Numba costs a few tenths of a
 import numpy as np
 from numba import njit
 
-# Hash tables: open addressing with linear probing, in one (size, 1 + width) int32 array whose
-# row holds the index of an entry (-1 for an empty slot) and its key, so a probe reads one row.
-# The size is a power of two and the table is kept at most half full.
+# Hash tables: open addressing with linear probing in a flat int32 array of entry indices (-1 for an
+# empty slot), the keys stored as the rows of a separate array; the size is a power of two and the
+# table is kept at most half full. The key being looked up is written in the spare row after the last
+# entry, so that it is compared row against row.
+#
+# The main loop (_scan) never reallocates an array: an array reassigned inside a Numba loop costs an
+# atomic reference count update at every use, which made the construction twice as slow. It stops
+# when a table could fill up, and _build_lattice grows the arrays and resumes it.
 
 
 @njit(nogil=True, cache=True)
-def _hash_key(key):
-    """Hash of an int32 key (FNV-1a over its entries, then a shift to mix the high bits down)."""
-    h = np.uint64(14695981039346656037)
-    for k in range(key.shape[0]):
-        h = (h ^ np.uint64(np.int64(key[k]) & 0xFFFFFFFF)) * np.uint64(1099511628211)
+def _row_hash(keys, row, width):
+    """Hash of the int32 key keys[row, :width] (multiplicative, then the high bits mixed down)."""
+    h = np.uint64(0)
+    for i in range(width):
+        h = (h + np.uint64(np.int64(keys[row, i]) & 0xFFFFFFFF)) * np.uint64(0x9E3779B97F4A7C15)
     return h ^ (h >> np.uint64(29))
 
 
 @njit(nogil=True, cache=True)
-def _find_slot(table, key):
-    """Row of `table` that holds `key`, or the empty row where it would go."""
-    mask = np.uint64(table.shape[0] - 1)
-    slot = _hash_key(key) & mask
-    width = key.shape[0]
-    while True:
-        if table[slot, 0] < 0:
-            return slot
-        same = True
-        for k in range(width):
-            if table[slot, k + 1] != key[k]:
-                same = False
-                break
-        if same:
-            return slot
-        slot = (slot + np.uint64(1)) & mask
+def _rehash(keys, count, width, size):
+    """A new table of `size` slots holding the entries keys[:count]."""
+    table = np.full(size, -1, dtype=np.int32)
+    mask = np.uint64(size - 1)
+    for j in range(count):
+        slot = _row_hash(keys, j, width) & mask
+        while table[slot] >= 0:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot] = j
+    return table
 
 
 @njit(nogil=True, cache=True)
-def _new_table(size, width):
-    return np.full((size, 1 + width), -1, dtype=np.int32)
-
-
-@njit(nogil=True, cache=True)
-def _insert(table, slot, key, index):
-    """Store `key` with `index` in the empty row `slot`; returns the table, doubled when it gets
-    more than half full."""
-    table[slot, 0] = index
-    table[slot, 1:] = key
-    if 2 * (index + 1) <= table.shape[0]:
-        return table
-    grown = _new_table(2 * table.shape[0], key.shape[0])
-    for row in range(table.shape[0]):
-        if table[row, 0] >= 0:
-            grown[_find_slot(grown, table[row, 1:])] = table[row]
+def _grow(rows, count):
+    """`rows` with twice as many rows, the first `count` copied."""
+    grown = np.empty((2 * rows.shape[0], rows.shape[1]), dtype=rows.dtype)
+    grown[:count] = rows[:count]
     return grown
 
 
 @njit(nogil=True, cache=True)
-def _append_row(rows, count, row):
-    """rows[count] = row, doubling `rows` first when it is full; returns `rows`."""
-    if count == rows.shape[0]:
-        grown = np.empty((2 * count, rows.shape[1]), dtype=rows.dtype)
-        grown[:count] = rows
-        rows = grown
-    rows[count] = row
-    return rows
-
-
-@njit(nogil=True, cache=True)
-def _build_lattice(features):
-    """The lattice of (N, d) float32 features.
-
-    Returns ``(vertices, barycentric, keys, neighbours)``: (N, d+1) int32 lattice point of each
-    vertex of the simplex enclosing each pixel, (N, d+1) float64 barycentric weights (summing to 1),
-    (M, d) int32 coordinates of the M lattice points (the last coordinate is minus the sum of the
-    others), and (d+1, M, 2) int32 indices of the two neighbours of each point along each blur
-    direction, M where the neighbour does not exist.
-    """
-    n, d = features.shape
+def _scan(token, features, start, state, scale, canonical, point_keys, point_table, simplex_keys, simplex_points,
+          simplex_table, vertices, barycentric, elevated, rem0, rank, bary):
+    """Locate the points features[start:] in the lattice until done or a table could fill up; returns
+    the first point not done. ``state`` holds the number of lattice points, of simplices, and the
+    simplex of the previous point. The dimension d is ``token.ndim``: a constant of the compiled code
+    (one compilation per d), so that the loops over the coordinates are unrolled (40 % faster)."""
+    n = features.shape[0]
+    d = token.ndim
     dp1 = d + 1
-    # The simplex search runs in float32 with pydensecrf's operations and rounding, so that points
-    # on (or within float32 rounding of) a simplex boundary land on the same lattice points.
-    # Scale so that the blur (taps 1/2, 1, 1/2 along each of the d+1 directions) matches a
-    # unit-variance Gaussian: the variance of the blur is 2/3 (d+1)^2 in lattice units.
-    inv_std = np.float32(np.sqrt(2.0 / 3.0) * dp1)
-    scale = np.empty(d, dtype=np.float32)
-    for i in range(d):
-        scale[i] = np.float32(1.0 / np.sqrt((i + 1.0) * (i + 2.0)) * np.float64(inv_std))
     down = np.float32(1.0) / np.float32(dp1)
     up = np.float32(dp1)
-    # canonical[r, i]: coordinate i of the remainder-r vertex of the canonical simplex.
-    canonical = np.empty((dp1, dp1), dtype=np.int32)
-    for r in range(dp1):
-        for i in range(dp1):
-            canonical[r, i] = r if i <= d - r else r - dp1
-
-    # The lattice points found so far, keyed by their first d coordinates, and the simplices,
-    # keyed by their remainder-0 vertex and the ranks, with their d+1 lattice points: most pixels
-    # share their simplex with others and need a single look-up.
-    point_table = _new_table(2048, d)
-    keys = np.empty((1024, d), dtype=np.int32)
-    n_points = 0
-    simplex_table = _new_table(2048, 2 * d)
-    simplex_points = np.empty((1024, dp1), dtype=np.int32)
-    n_simplices = 0
-
-    vertices = np.empty((n, dp1), dtype=np.int32)
-    barycentric = np.empty((n, dp1))
-    elevated = np.empty(dp1, dtype=np.float32)
-    rem0 = np.empty(dp1, dtype=np.float32)
-    rank = np.empty(dp1, dtype=np.int64)
-    bary = np.empty(dp1 + 1, dtype=np.float32)
-    key = np.empty(d, dtype=np.int32)
-    simplex_key = np.empty(2 * d, dtype=np.int32)
-    found = np.empty(dp1, dtype=np.int32)
-    slot = np.uint64(0)
-    for p in range(n):
+    n_points, n_simplices, s = state[0], state[1], state[2]
+    point_mask = np.uint64(point_table.shape[0] - 1)
+    simplex_mask = np.uint64(simplex_table.shape[0] - 1)
+    p = start
+    while p < n:
+        # Room for one more simplex and d + 1 more points, their spare rows, tables at most half full.
+        if (n_points + dp1 + 1 >= point_keys.shape[0] or 2 * (n_points + dp1) > point_table.shape[0]
+                or n_simplices + 2 >= simplex_keys.shape[0] or 2 * (n_simplices + 1) > simplex_table.shape[0]):
+            break
         # Elevate onto the hyperplane x_0 + ... + x_d = 0 (E f, p. 5 of Adams et al.).
         total = np.float32(0.0)
         for j in range(d, 0, -1):
@@ -161,58 +109,184 @@ def _build_lattice(features):
             bary[d - rank[i]] += v
             bary[d - rank[i] + 1] -= v
         bary[0] += np.float32(1.0) + bary[dp1]
-        # The d+1 lattice points of the simplex.
+        for r in range(dp1):
+            barycentric[p, r] = bary[r]
+        # The simplex, keyed by its remainder-0 vertex and the ranks: often the previous point's, else
+        # looked up, else new, with its d+1 lattice points looked up or added.
+        row = n_simplices  # the spare row
         for i in range(d):
-            simplex_key[i] = np.int32(rem0[i])
-            simplex_key[d + i] = rank[i]
-        # (often the simplex of the previous pixel)
-        same = p > 0
-        for i in range(2 * d):
-            if simplex_table[slot, i + 1] != simplex_key[i]:
-                same = False
-                break
+            simplex_keys[row, i] = np.int32(rem0[i])
+            simplex_keys[row, d + i] = rank[i]
+        same = s >= 0
+        if same:
+            for i in range(2 * d):
+                if simplex_keys[s, i] != simplex_keys[row, i]:
+                    same = False
+                    break
         if not same:
-            slot = _find_slot(simplex_table, simplex_key)
-        s = simplex_table[slot, 0]
-        if s < 0:
-            for r in range(dp1):
-                for i in range(d):
-                    key[i] = np.int32(rem0[i]) + canonical[r, rank[i]]
-                point_slot = _find_slot(point_table, key)
-                index = point_table[point_slot, 0]
-                if index < 0:
-                    index = n_points
-                    keys = _append_row(keys, n_points, key)
-                    point_table = _insert(point_table, point_slot, key, index)
-                    n_points += 1
-                found[r] = index
-            s = n_simplices
-            simplex_points = _append_row(simplex_points, n_simplices, found)
-            simplex_table = _insert(simplex_table, slot, simplex_key, s)
-            n_simplices += 1
+            slot = _row_hash(simplex_keys, row, 2 * d) & simplex_mask
+            while True:
+                s = simplex_table[slot]
+                if s < 0:
+                    break
+                hit = True
+                for i in range(2 * d):
+                    if simplex_keys[s, i] != simplex_keys[row, i]:
+                        hit = False
+                        break
+                if hit:
+                    break
+                slot = (slot + np.uint64(1)) & simplex_mask
+            if s < 0:
+                for r in range(dp1):
+                    key_row = n_points  # the spare row
+                    for i in range(d):
+                        point_keys[key_row, i] = np.int32(rem0[i]) + canonical[r, rank[i]]
+                    point_slot = _row_hash(point_keys, key_row, d) & point_mask
+                    while True:
+                        index = point_table[point_slot]
+                        if index < 0:
+                            break
+                        hit = True
+                        for i in range(d):
+                            if point_keys[index, i] != point_keys[key_row, i]:
+                                hit = False
+                                break
+                        if hit:
+                            break
+                        point_slot = (point_slot + np.uint64(1)) & point_mask
+                    if index < 0:
+                        index = n_points
+                        point_table[point_slot] = index
+                        n_points += 1
+                    simplex_points[row, r] = index
+                s = row
+                simplex_table[slot] = s
+                n_simplices += 1
         for r in range(dp1):
             vertices[p, r] = simplex_points[s, r]
-            barycentric[p, r] = bary[r]
+        p += 1
+    state[0], state[1], state[2] = n_points, n_simplices, s
+    return p
 
-    # Blur neighbours: along direction j a point moves by +-(d+1) in coordinate j and -+1 in the
-    # others (direction d changes only the implicit coordinate d).
-    m = n_points
+
+@njit(nogil=True, cache=True)
+def _blur_neighbours(point_keys, point_table, m, d):
+    """(d+1, M, 2) indices of the two neighbours of each lattice point along each blur direction, M
+    where none: along direction j a point moves by +-(d+1) in coordinate j and -+1 in the others
+    (direction d changes only the implicit coordinate d). point_keys[m] is the spare row."""
+    dp1 = d + 1
+    mask = np.uint64(point_table.shape[0] - 1)
     neighbours = np.empty((dp1, m, 2), dtype=np.int32)
-    n1 = np.empty(d, dtype=np.int32)
-    n2 = np.empty(d, dtype=np.int32)
     for j in range(dp1):
         for index in range(m):
-            for k in range(d):
-                n1[k] = keys[index, k] - 1
-                n2[k] = keys[index, k] + 1
-            if j < d:
-                n1[j] = keys[index, j] + d
-                n2[j] = keys[index, j] - d
-            a = point_table[_find_slot(point_table, n1), 0]
-            b = point_table[_find_slot(point_table, n2), 0]
-            neighbours[j, index, 0] = a if a >= 0 else m
-            neighbours[j, index, 1] = b if b >= 0 else m
-    return vertices, barycentric, keys[:m].copy(), neighbours
+            for side in range(2):
+                sign = 1 if side == 0 else -1
+                for k in range(d):
+                    point_keys[m, k] = point_keys[index, k] - sign
+                if j < d:
+                    point_keys[m, j] = point_keys[index, j] + sign * d
+                slot = _row_hash(point_keys, m, d) & mask
+                found = m
+                while True:
+                    other = point_table[slot]
+                    if other < 0:
+                        break
+                    hit = True
+                    for k in range(d):
+                        if point_keys[other, k] != point_keys[m, k]:
+                            hit = False
+                            break
+                    if hit:
+                        found = other
+                        break
+                    slot = (slot + np.uint64(1)) & mask
+                neighbours[j, index, side] = found
+    return neighbours
+
+
+@njit(nogil=True, cache=True)
+def _build_lattice(features, token):
+    """The lattice of (N, d) float32 features; `token` is any array with d dimensions (see :func:`_scan`).
+
+    Returns ``(vertices, barycentric, keys, neighbours)``: (N, d+1) int32 lattice point of each
+    vertex of the simplex enclosing each pixel, (N, d+1) float64 barycentric weights (summing to 1),
+    (M, d) int32 coordinates of the M lattice points (the last coordinate is minus the sum of the
+    others), and (d+1, M, 2) int32 indices of the two neighbours of each point along each blur
+    direction, M where the neighbour does not exist.
+
+    The simplex search runs in float32 with pydensecrf's operations and rounding, so that points on
+    (or within float32 rounding of) a simplex boundary land on the same lattice points.
+    """
+    n, d = features.shape
+    dp1 = d + 1
+    # Scale so that the blur (taps 1/2, 1, 1/2 along each of the d+1 directions) matches a
+    # unit-variance Gaussian: the variance of the blur is 2/3 (d+1)^2 in lattice units.
+    inv_std = np.float32(np.sqrt(2.0 / 3.0) * dp1)
+    scale = np.empty(d, dtype=np.float32)
+    for i in range(d):
+        scale[i] = np.float32(1.0 / np.sqrt((i + 1.0) * (i + 2.0)) * np.float64(inv_std))
+    # canonical[r, i]: coordinate i of the remainder-r vertex of the canonical simplex.
+    canonical = np.empty((dp1, dp1), dtype=np.int32)
+    for r in range(dp1):
+        for i in range(dp1):
+            canonical[r, i] = r if i <= d - r else r - dp1
+    point_keys = np.empty((1024, d), dtype=np.int32)
+    point_table = np.full(2048, -1, dtype=np.int32)
+    simplex_keys = np.empty((1024, 2 * d), dtype=np.int32)
+    simplex_points = np.empty((1024, dp1), dtype=np.int32)
+    simplex_table = np.full(2048, -1, dtype=np.int32)
+    vertices = np.empty((n, dp1), dtype=np.int32)
+    barycentric = np.empty((n, dp1))
+    elevated = np.empty(dp1, dtype=np.float32)
+    rem0 = np.empty(dp1, dtype=np.float32)
+    rank = np.empty(dp1, dtype=np.int64)
+    bary = np.empty(dp1 + 1, dtype=np.float32)
+    state = np.array([0, 0, -1])
+    p = 0
+    while True:
+        p = _scan(token, features, p, state, scale, canonical, point_keys, point_table, simplex_keys, simplex_points,
+                  simplex_table, vertices, barycentric, elevated, rem0, rank, bary)
+        if p == n:
+            break
+        n_points, n_simplices = state[0], state[1]
+        if n_points + dp1 + 1 >= point_keys.shape[0]:
+            point_keys = _grow(point_keys, n_points)
+        if 2 * (n_points + dp1) > point_table.shape[0]:
+            point_table = _rehash(point_keys, n_points, d, 2 * point_table.shape[0])
+        if n_simplices + 2 >= simplex_keys.shape[0]:
+            simplex_keys = _grow(simplex_keys, n_simplices)
+            simplex_points = _grow(simplex_points, n_simplices)
+        if 2 * (n_simplices + 1) > simplex_table.shape[0]:
+            simplex_table = _rehash(simplex_keys, n_simplices, 2 * d, 2 * simplex_table.shape[0])
+    m = state[0]
+    if m + 1 >= point_keys.shape[0]:
+        point_keys = _grow(point_keys, m)
+    neighbours = _blur_neighbours(point_keys, point_table, m, d)
+    return vertices, barycentric, point_keys[:m].copy(), neighbours
+
+
+@njit(nogil=True, cache=True)
+def _ones_response(vertices, barycentric, neighbours, out):
+    """out = alpha S^T B S 1, the unnormalised filter of ones: :func:`_lattice_filter` on one channel of
+    ones with unit scales, the same operations (so the same numbers), without the channel loops."""
+    n, dp1 = vertices.shape
+    m = neighbours.shape[1]
+    current = np.zeros(m + 1)
+    scratch = np.zeros(m + 1)
+    for p in range(n):
+        for r in range(dp1):
+            current[vertices[p, r]] += barycentric[p, r]
+    for j in range(dp1):
+        for index in range(m):
+            scratch[index] = current[index] + 0.5 * (current[neighbours[j, index, 0]] + current[neighbours[j, index, 1]])
+        current, scratch = scratch, current
+    alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    for p in range(n):
+        value = 0.0
+        for r in range(dp1):
+            value += barycentric[p, r] * current[vertices[p, r]]
+        out[p] = alpha * value
 
 
 @njit(nogil=True, cache=True)

@@ -68,10 +68,11 @@ def as_features(features: ArrayLike, name: str = "features") -> np.ndarray:
     features = as_real_array(features, name, 2)
     n, d = features.shape
     bound = MAX_ELEVATED / (2.0 * d * (d + 1))
-    if np.abs(features).max() > bound:
+    largest = max(float(features.max()), -float(features.min()))
+    if largest > bound:
         raise ValueError(
             f"{name}: expected absolute values <= {bound:g} (the lattice is located in float32), "
-            f"got maximum {np.abs(features).max():g}"
+            f"got maximum {largest:g}"
         )
     return np.ascontiguousarray(features)
 
@@ -143,8 +144,10 @@ def gaussian_features(shape: Sequence[int], *, sxy: float) -> np.ndarray:
         raise ValueError(f"shape: expected two positive integers (H, W), got {describe(shape)}")
     sxy = as_positive(sxy, "sxy")
     height, width = int(shape[0]), int(shape[1])
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    return np.stack([xs.ravel() / sxy, ys.ravel() / sxy], axis=1)
+    features = np.empty((height, width, 2))
+    features[..., 0] = np.arange(width, dtype=np.float64) / sxy
+    features[..., 1] = (np.arange(height, dtype=np.float64) / sxy)[:, None]
+    return features.reshape(height * width, 2)
 
 
 def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarray:
@@ -175,6 +178,8 @@ def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarr
     sxy = as_positive(sxy, "sxy")
     srgb = as_positive(srgb, "srgb")
     height, width, _ = image.shape
-    return np.concatenate(
-        [gaussian_features((height, width), sxy=sxy), image.reshape(height * width, 3) / srgb], axis=1
-    )
+    features = np.empty((height, width, 5))
+    features[..., 0] = np.arange(width, dtype=np.float64) / sxy
+    features[..., 1] = (np.arange(height, dtype=np.float64) / sxy)[:, None]
+    np.divide(image, srgb, out=features[..., 2:])
+    return features.reshape(height * width, 5)

@@ -107,14 +107,12 @@ class PermutohedralLattice:
         features = as_features(features)
         self.n_points, self.dim = features.shape
         kernels = _kernels()
+        token = np.empty((1,) * self.dim, dtype=np.int8)  # its number of dimensions is d (see _scan)
         self._vertices, self._barycentric, self._keys, self._neighbours = kernels._build_lattice(
-            features.astype(np.float32))
+            features.astype(np.float32), token)
         self.n_lattice_points = self._keys.shape[0]
-        ones = np.ones(self.n_points)
-        response = np.empty((self.n_points, 1))
-        kernels._lattice_filter(self._vertices, self._barycentric, self._neighbours, ones[:, None], ones, ones,
-                                False, response)
-        self._ones_response = response[:, 0]
+        self._ones_response = np.empty(self.n_points)
+        kernels._ones_response(self._vertices, self._barycentric, self._neighbours, self._ones_response)
         self._ones_response.flags.writeable = False
         self._scale_cache = {}
 
