@@ -46,7 +46,7 @@ def test_a_run_writes_its_folder_and_metrics(data, tmp_path, optimizer, regulari
     for name in ("config.json", "checkpoint.pt", "curves.png", "predictions.png"):
         assert (run / name).is_file(), name
     assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == \
-        config(data, optimizer=optimizer, regularizer=regularizer)
+        config(data, optimizer=optimizer, regularizer=regularizer).resolved()
 
 
 def test_resume_after_a_stop_reproduces_the_next_epoch(data, tmp_path, monkeypatch):
@@ -198,3 +198,13 @@ def test_steps_jsonl_holds_one_line_per_step_also_after_a_resume(data, tmp_path,
 def test_amp_needs_a_gpu(data, tmp_path):
     with pytest.raises(ValueError, match=r"amp: mixed precision runs on a CUDA GPU \(--device cuda\), got device 'cpu'"):
         train(config(data, amp=True, device="cpu"), tmp_path / "run", progress=False)
+
+
+def test_config_json_stores_the_values_the_run_used(tmp_path):
+    settings = TrainConfig(data="synthetic", regularizer="grid", optimizer="gd", epochs=1, pretrain_epochs=0,
+                           batch_size=8, workers=1)
+    assert settings.lam is None and settings.crop_size is None and settings.model is None
+    train(settings, tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (stored["lam"], stored["crop_size"], stored["model"]) == (4.0, 96, "fcn-small")
+    assert resume(tmp_path / "run", progress=False)[-1]["epoch"] == 1  # the resolved form resumes as itself

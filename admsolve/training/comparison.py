@@ -72,7 +72,7 @@ def _run(config, folder, progress):
     stored = folder / "config.json"
     if stored.is_file():
         settings = {**json.loads(stored.read_text()), "world_size": config.world_size}  # any number of processes
-        if _resolved(settings) != _resolved(json.loads(json.dumps(dataclasses.asdict(config)))):
+        if _resolved(settings) != _resolved(json.loads(json.dumps(dataclasses.asdict(config.resolved())))):
             raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
         records = read_metrics(folder)
         if [record["epoch"] for record in records] == list(range(1, config.total_epochs + 1)):

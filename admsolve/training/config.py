@@ -133,6 +133,14 @@ class TrainConfig:
             return self.model
         return "fcn-small" if self.data == "synthetic" else "effnet-lite0"
 
+    def resolved(self) -> TrainConfig:
+        """This configuration with the values a run uses in place of its defaults of None: ``model``,
+        ``crop_size`` (96 on the synthetic data, else 224) and, with a regularizer, ``lam``. A run folder's
+        ``config.json`` stores this form."""
+        return dataclasses.replace(self, model=self.resolved_model,
+                                   crop_size=self.crop_size or (96 if self.data == "synthetic" else 224),
+                                   lam=self.lam if self.regularizer == "none" else self.weight)
+
     @property
     def total_epochs(self) -> int:
         return self.pretrain_epochs + self.epochs

@@ -96,22 +96,21 @@ class Trainer:
         self.out = Path(out)
         self.processes = start(config.device)
         self.device = self.processes.device
-        self.config = config = dataclasses.replace(config, world_size=self.processes.world_size)
+        self.config = config = dataclasses.replace(config.resolved(), world_size=self.processes.world_size)
         datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
                                  scribble_length=config.scribble_length, seed=config.seed)
                     for split in (config.train_split, config.val_split)]
         self.n_labels = datasets[0].n_labels
         if datasets[1].n_labels != self.n_labels:
             raise ValueError(f"data: the train split has {self.n_labels} labels but val has {datasets[1].n_labels}")
-        default_crop = 96 if config.data == "synthetic" else 224
         self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
-                                       crop_size=(config.crop_size or default_crop,) * 2, scale=config.scale,
+                                       crop_size=(config.crop_size,) * 2, scale=config.scale,
                                        seed=config.seed, device=self.device, workers=config.loader_workers,
                                        rank=self.processes.rank, world_size=self.processes.world_size)
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
                                    seed=config.seed, device=self.device, processes=self.processes)
         torch.manual_seed(config.seed)
-        self.model = (build_model(config.resolved_model, self.n_labels, weights=config.weights) if model is None
+        self.model = (build_model(config.model, self.n_labels, weights=config.weights) if model is None
                       else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
             self.model.load_state_dict(load_model_state(config.init, self.model, "init"))
