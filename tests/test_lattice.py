@@ -141,6 +141,15 @@ def test_disagreement_is_the_filter_of_the_other_labels(kind, normalization, tra
         lattice.disagreement(np.zeros(143))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_total_is_the_sum_of_the_filter_of_ones(normalization, transpose):
+    rng = np.random.default_rng(6)
+    lattice = PermutohedralLattice(bilateral_features(make_image("noisy", 14, 9, rng), sxy=3, srgb=13))
+    expected = lattice.filter(np.ones(126), normalization=normalization, transpose=transpose).sum()
+    assert lattice.total(normalization, transpose) == pytest.approx(expected, rel=1e-12)
+
+
 def test_scales_are_the_normalisation_and_read_only():
     rng = np.random.default_rng(5)
     lattice = PermutohedralLattice(rng.normal(size=(40, 3)))

@@ -112,7 +112,7 @@ class DenseCRF(LabelingProblem):
         self._freeze()
         self._build_kernels()
         with np.errstate(over="ignore", invalid="ignore"):
-            pairwise = sum(0.5 * compat * float(ones.sum()) for (_, compat, _), ones in zip(self.kernels, self._kernel_ones))
+            pairwise = sum(0.5 * compat * lattice.total(NORMALIZATION) for _, compat, lattice in self.kernels)
         self._check_energy_scale("unary, compat, gaussian_compat",
                                  "sum of max |unary| per pixel + the kernels' weights times compat / 2", pairwise)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._array import device_of
+from .._array import device_of, label_max
 from .._validation import UNLABELED, as_label_map, as_real_array, as_scalar, describe
 
 #: The largest energy bound a problem may have: the solvers add up to a dozen times the energy (the
@@ -66,7 +66,7 @@ class LabelingProblem:
             seeds = as_label_map(seeds, "seeds", (height, width), n_labels, unlabeled=self.unlabeled)
         self.unary, self.seeds = unary, seeds
         with np.errstate(over="ignore"):
-            self.energy_scale = float(np.abs(unary).max(axis=2).sum())
+            self.energy_scale = float(label_max(np.abs(unary)).sum())
         self._check_energy_scale("unary", "the unaries")
 
     def _check_energy_scale(self, names, terms, pairwise=0.0):

@@ -390,3 +390,29 @@ def _disagreement(vertices, barycentric, neighbours, labels, n_labels, in_scale,
             v = vertices[p, r]
             value += barycentric[p, r] * (others[v] - current[v, label])
         out[p] = alpha * out_scale[p] * value
+
+
+@njit(nogil=True, cache=True)
+def _total(vertices, barycentric, neighbours, in_scale, out_scale, reverse):
+    """sum_p (diag(out_scale) alpha S^T B S in_scale)_p, the sum of the filter of ones, as the bilinear
+    form alpha (S out_scale)^T B (S in_scale): two splats, one blur, a dot product over the lattice (no
+    slice)."""
+    n, dp1 = vertices.shape
+    m = neighbours.shape[1]
+    current = np.zeros(m + 1)
+    scratch = np.zeros(m + 1)
+    outer = np.zeros(m + 1)
+    for p in range(n):
+        for r in range(dp1):
+            v = vertices[p, r]
+            current[v] += barycentric[p, r] * in_scale[p]
+            outer[v] += barycentric[p, r] * out_scale[p]
+    for step in range(dp1):
+        j = dp1 - 1 - step if reverse else step
+        for index in range(m):
+            scratch[index] = current[index] + 0.5 * (current[neighbours[j, index, 0]] + current[neighbours[j, index, 1]])
+        current, scratch = scratch, current
+    total = 0.0
+    for index in range(m):
+        total += outer[index] * current[index]
+    return total / (1.0 + 2.0 ** (1 - dp1))

@@ -216,6 +216,23 @@ class PermutohedralLattice:
             self._scale_cache[key] = scales
         return self._scale_cache[key]
 
+    def total(self, normalization="symmetric", transpose=False):
+        """``sum_p filter(ones)[p]``, the sum of all the operator's entries, computed as a bilinear form on
+        the lattice (two splats, one blur; no slice): the dense CRF's bound on its pairwise energy.
+
+        Parameters
+        ----------
+        normalization, transpose
+            As in :meth:`filter`.
+
+        Returns
+        -------
+        float
+        """
+        in_scale, out_scale = self.scales(normalization, transpose)
+        return float(_kernels()._total(self._vertices, self._barycentric, self._neighbours, in_scale, out_scale,
+                                       as_flag(transpose, "transpose")))
+
     @property
     def structure(self):
         """``(vertices, barycentric, neighbours)``, the read-only arrays of the operator, for fused
