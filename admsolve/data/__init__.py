@@ -6,7 +6,7 @@ Layer: imports only NumPy, SciPy, Pillow and :mod:`admsolve._validation`; never 
 the backends or the training side.
 """
 
-import importlib
+from .._lazy import lazy_names
 
 #: Where each public name lives, imported on first access (PEP 562), so that importing one module of
 #: this package (e.g. :mod:`.io` for the command line) does not import SciPy through the others.
@@ -21,17 +21,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'admsolve.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_HOMES))
-
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)
 
 __all__ = [
     "DERIVED_SPLITS",

@@ -10,7 +10,7 @@ without torch; every other name here is imported on first use and needs PyTorch
 Layer: the highest below the command line; imports data, energies, filters, backends and solve.
 """
 
-import importlib
+from .._lazy import lazy_names
 
 from .config import TrainConfig
 
@@ -26,18 +26,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'admsolve.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_HOMES))
-
-
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)
 
 __all__ = [
     "ADMStep",
