@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._validation import UNLABELED
 from .adm import ADMStep
 from .config import TrainConfig
 from .distributed import Processes
-from .losses import proximal_loss
+from .losses import partial_cross_entropy, proximal_loss
 from .regularizers import REGULARIZERS
 
 
@@ -70,7 +69,7 @@ class Objective:
         averages the gradients), so that any number of processes computes the one-process loss. A
         batch without a scribbled pixel gives 0 (a crop can miss every scribble; the regularizer
         still applies)."""
-        total = F.cross_entropy(logits, scribbles, ignore_index=UNLABELED, reduction="sum")
+        total = partial_cross_entropy(logits, scribbles, reduction="sum")
         count = self.processes.sum(float((scribbles != UNLABELED).sum()))
         return total * (self.processes.world_size / count) if count else logits.sum() * 0.0
 

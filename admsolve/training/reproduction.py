@@ -95,8 +95,7 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
     Returns
     -------
     dict of str to dict
-        Run name -> {"config": TrainConfig, "records": list, "diverged": message or None,
-        "seconds": wall time of the run}.
+        Run name -> {"config": TrainConfig, "records": list, "diverged": message or None}.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,23 +115,13 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
     results = {}
     for name, config in configs.items():
         config = dataclasses.replace(config, init=init)
-        began, diverged = time.perf_counter(), None
+        diverged = None
         try:
             records = _run(config, folder / name, progress)
         except TrainingDiverged as exc:
             records, diverged = _read(folder / name), str(exc)
-        results[name] = {"config": config, "records": records, "diverged": diverged,
-                         "seconds": _wall_time(folder / name, began)}
+        results[name] = {"config": config, "records": records, "diverged": diverged}
     return results
-
-
-def _wall_time(run, began):
-    """Seconds of training and evaluation the run's records account for (this call's wall time when
-    it has none, e.g. a run that diverged at once)."""
-    records = _read(run)
-    if records:
-        return sum(r.get("train_time", 0.0) + r.get("eval_time", 0.0) for r in records)
-    return time.perf_counter() - began
 
 
 def _score(result):
