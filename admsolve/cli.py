@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -184,18 +185,36 @@ def cmd_reproduce(args):
     _training()
     from .training import reproduction
 
+    if not args.datasets and not args.report_only:
+        raise ValueError("DATA: expected at least one dataset folder (or --report-only), got none")
     plan = reproduction.Plan(seeds=_numbers(args.seeds, "seeds", int), configurations=tuple(args.configs.split(",")),
                              lam_grid=_numbers(args.lam_grid, "lam-grid"), gamma_grid=_numbers(args.gamma_grid, "gamma-grid"),
                              lengths=_numbers(args.lengths, "lengths"),
-                             solvers=tuple(name for name in args.solvers.split(",") if name), tune=not args.no_tune)
-    studies = []
+                             solvers=tuple(name for name in args.solvers.split(",") if name),
+                             variants=_variants(args.variants, reproduction.VARIANTS), tune=not args.no_tune)
     values = _config_values(args)
+    folders = {}
     for data in args.datasets:
-        base = TrainConfig(**{**values, "data": data})
-        folder = f"{args.out}/{data.rstrip('/').split('/')[-1]}"
-        studies.append(reproduction.reproduce(base, folder, plan, progress=not args.quiet))
+        folders[Path(args.out) / Path(data.rstrip("/")).name] = TrainConfig(**{**values, "data": data})
+    studies = []
+    for folder, base in folders.items():  # this call's datasets: run (or, with --report-only, read)
+        studies.append(reproduction.reproduce(base, folder, plan, progress=not args.quiet, train=not args.report_only))
+    for stored in sorted(Path(args.out).glob(f"*/{reproduction.STUDY_FILE}")):  # the other studies in --out: read
+        if stored.parent not in folders:
+            base, stored_plan = reproduction.load_study(stored.parent)
+            studies.append(reproduction.reproduce(base, stored.parent, stored_plan, progress=False, train=False))
+    if not studies:
+        raise ValueError(f"--out: expected a folder holding studies of admsolve reproduce, got none in {args.out!r}")
     report = reproduction.write_report(studies, args.report)
     print(f"wrote {report} and its figures in {report.with_suffix('')}/")
+
+
+def _variants(text, known):
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--variants: expected names among {', '.join(known)}, got {', '.join(unknown)}")
+    return {name: known[name] for name in names}
 
 
 #: Help of each TrainConfig field on the command line (its default is added from TrainConfig).
@@ -208,6 +227,8 @@ TRAINING_OPTIONS = {
     "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
     "lam": "weight of the regularizer per pixel (default per regularizer: %s)",
     "gamma": "ADM: weight of the divergence between the network and the latent labeling",
+    "gamma_growth": "ADM: gamma is multiplied by this at each regularized epoch (1: fixed, the paper's choice; "
+                    "above 1: the annealing of its eq. 6)",
     "connectivity": "grid CRF neighbourhood, 4 or 8",
     "sxy": "dense CRF: spatial kernel width in pixels",
     "srgb": "dense CRF: colour kernel width",
@@ -221,6 +242,7 @@ TRAINING_OPTIONS = {
     "init": "start the network from another run's checkpoint.pt",
     "epochs": "epochs of the regularized phase",
     "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
+    "eval_every": "evaluate every N epochs (and always after each phase's last epoch)",
     "batch_size": "images per batch",
     "crop_size": "side of the random square crops (default 96 on the synthetic data, else 224)",
     "scale": "range of the random scaling, two numbers",
@@ -306,8 +328,9 @@ def build_parser():
 
     reproduce = commands.add_parser("reproduce", help="run (or continue) the study of the paper's claims and "
                                                       "write its report (Tables 1-3, Figs. 3, 5, 6, solver ablation)")
-    reproduce.add_argument("datasets", nargs="+", metavar="DATA", help="dataset folders (or 'synthetic'), one "
-                                                                       "section of the report each")
+    reproduce.add_argument("datasets", nargs="*", metavar="DATA", help="dataset folders (or 'synthetic'), one "
+                                                                       "section of the report each (the studies "
+                                                                       "already in --out get theirs too)")
     reproduce.add_argument("--out", default="runs/reproduction", help="folder of the runs (default %(default)s); "
                                                                       "finished runs in it are reused")
     reproduce.add_argument("--report", default="docs/reproduction.md", help="the Markdown report (default "
@@ -315,7 +338,7 @@ def build_parser():
     reproduce.add_argument("--seeds", default="0,1,2", help="seeds of Tables 1-3 (default %(default)s)")
     reproduce.add_argument("--configs", default="full,pce,gd-dense,gd-grid,adm-grid,adm-dense",
                            help="configurations of the tables (default %(default)s)")
-    reproduce.add_argument("--lam-grid", default="0.25,1,4", help="lam values tried per configuration on the "
+    reproduce.add_argument("--lam-grid", default="0.5,2,8", help="lam values tried per configuration on the "
                                                                   "held-back fifth of train (default %(default)s)")
     reproduce.add_argument("--gamma-grid", default="1,4", help="gamma values tried for ADM at its best lam, besides "
                                                                "--gamma (default %(default)s)")
@@ -324,6 +347,11 @@ def build_parser():
                                                                     "scribbles ('' to skip; default %(default)s)")
     reproduce.add_argument("--solvers", default="numba-expansion,numba-swap,numba-icm,relaxed-gd",
                            help="latent solvers of the ablation ('' to skip; default %(default)s)")
+    reproduce.add_argument("--variants", default="restricted,gamma-growth",
+                           help="changes to ADM grid measured on the held-back fifth of train, among "
+                                "restricted, gamma-growth ('' to skip; default %(default)s)")
+    reproduce.add_argument("--report-only", action="store_true",
+                           help="train nothing: write the report from the runs finished so far")
     _add_training_arguments(reproduce, skip=("data",))
     reproduce.set_defaults(handler=cmd_reproduce)
 

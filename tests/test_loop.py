@@ -132,6 +132,8 @@ def test_compare_shares_phase_1_and_reuses_finished_runs(data, tmp_path, monkeyp
     (dict(epochs=0, pretrain_epochs=0), "epochs: expected at least one epoch"),
     (dict(batch_size=0), "batch_size"),
     (dict(lam=-1.0), "lam"),
+    (dict(eval_every=0), "eval_every"),
+    (dict(gamma_growth=0.5), "gamma_growth"),
 ])
 def test_bad_settings_are_named(settings, match):
     with pytest.raises(ValueError, match=match):
@@ -208,3 +210,23 @@ def test_config_json_stores_the_values_the_run_used(tmp_path):
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (stored["lam"], stored["crop_size"], stored["model"]) == (4.0, 96, "fcn-small")
     assert resume(tmp_path / "run", progress=False)[-1]["epoch"] == 1  # the resolved form resumes as itself
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_each_phase_end(data, tmp_path):
+    records = train(config(data, pretrain_epochs=2, epochs=3, eval_every=3, regularizer="none"), tmp_path / "run",
+                    progress=False)
+    assert ["miou" in r for r in records] == [False, True, True, False, True]  # the pCE end 2, 3, the last 5
+    assert ["eval_time" in r for r in records] == [False, True, True, False, True]
+
+
+def test_an_old_config_json_without_the_newer_settings_is_reused(data, tmp_path):
+    settings = config(data, regularizer="none", epochs=0)
+    run = tmp_path / "run"
+    compare(settings, run, configurations=("pce",), progress=False)
+    stored = run / "pretrain" / "config.json"
+    values = json.loads(stored.read_text())
+    del values["eval_every"], values["gamma_growth"]  # written before they existed
+    stored.write_text(json.dumps(values))
+    stamp = (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns
+    compare(settings, run, configurations=("pce",), progress=False)
+    assert (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == stamp

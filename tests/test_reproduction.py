@@ -4,6 +4,7 @@ value in the runs' metrics.jsonl."""
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -18,7 +19,7 @@ BUDGET = dict(data="synthetic", pretrain_epochs=1, epochs=1, batch_size=8, crop_
 
 def tiny_plan(**changes):
     return Plan(**{**dict(seeds=(0,), configurations=("pce", "adm-grid"), lam_grid=(4.0,), gamma_grid=(),
-                          lengths=(), solvers=()), **changes})
+                          lengths=(), solvers=(), variants={}), **changes})
 
 
 def metrics(run):
@@ -52,14 +53,54 @@ def test_the_study_writes_its_report_and_reuses_its_runs(tmp_path):
 
 
 def test_lengths_and_solvers_parts(tmp_path):
-    plan = tiny_plan(configurations=("adm-grid",), lengths=(0.0,), solvers=("numba-icm",), tune=False, seeds=(0,))
+    plan = tiny_plan(configurations=("adm-grid",), lengths=(1.0, 0.0), solvers=("numba-expansion", "numba-icm"),
+                     tune=False, seeds=(0,))
     study = reproduce(TrainConfig(**BUDGET), tmp_path / "runs", plan)
     report = write_report([study], tmp_path / "r.md")
     text = report.read_text()
-    icm = metrics(tmp_path / "runs" / "solvers" / "numba-icm")[-1]
+    icm = metrics(tmp_path / "runs" / "seed-0" / "adm-grid-numba-icm")[-1]  # in the first seed's group
     assert f"{icm['train_latent_energy']:.5f}" in text.split("latent solver")[1]
+    # the default solver's run and the generated full-length scribbles are the first seed's ADM grid run itself
+    assert study["solvers"]["numba-expansion"] is study["tables"][0]["adm-grid"]
+    assert study["lengths"][1.0]["adm-grid"] is study["tables"][0]["adm-grid"]
+    assert not (tmp_path / "runs" / "length-1").exists() and (tmp_path / "runs" / "length-0").is_dir()
     assert (tmp_path / "r" / "fig6-synthetic.png").is_file()
     assert re.search(r"\| 0 \| \d\.\d{4} / \d\.\d{4} \|", text)
+
+
+def test_variants_are_scored_on_the_held_back_part_of_train(tmp_path):
+    plan = tiny_plan(variants={"gamma-growth": {"gamma_growth": 2.0}}, configurations=("adm-grid",))
+    study = reproduce(TrainConfig(**{**BUDGET, "epochs": 2}), tmp_path / "runs", plan)
+    grown = tmp_path / "runs" / "tuning" / "adm-grid-gamma-growth"
+    assert json.loads((grown / "config.json").read_text())["val_split"] == "train-holdout"
+    records = [r for r in metrics(grown) if r["phase"] == "regularized"]
+    assert [r["gamma"] for r in records] == [2.0, 4.0]  # the base gamma 2, doubled per epoch
+    assert set(study["variants"]) == {"adm-grid-lam4", "adm-grid-gamma-growth"}  # the chosen tuning run is the reference
+    text = write_report([study], tmp_path / "r.md").read_text().split("changes to ADM grid")[1]
+    assert f"{records[-1]['miou']:.4f}" in text
+
+
+def test_a_report_of_a_study_under_way_trains_nothing(tmp_path):
+    base, out = TrainConfig(**BUDGET), tmp_path / "runs"
+    study = reproduce(base, out, tiny_plan(), train=False)
+    assert not out.exists()
+    text = write_report([study], tmp_path / "r.md").read_text()
+    assert "| ADM grid | not run |" in text.split("Table 2")[1]
+
+
+def test_a_moved_study_is_reused_and_reported_from_the_command_line(tmp_path):
+    base, out = TrainConfig(**BUDGET), tmp_path / "runs"
+    reproduce(base, out / "synthetic", tiny_plan())
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)  # e.g. committed, then checked out in another folder
+    stamps = {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.jsonl")}
+    reproduce(base, moved / "synthetic", tiny_plan())
+    assert {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.jsonl")} == stamps
+    # with no DATA, --report-only reports every study in --out from its study.json
+    report = tmp_path / "docs" / "r.md"
+    assert main(["reproduce", "--report-only", "--out", str(moved), "--report", str(report), "--quiet"]) == 0
+    adm = metrics(moved / "synthetic" / "seed-0" / "adm-grid")[-1]
+    assert f"| ADM grid | {adm['miou']:.4f} |" in report.read_text()
 
 
 def test_a_folder_without_enough_images_is_refused_in_one_line(tmp_path, capsys):

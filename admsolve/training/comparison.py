@@ -29,7 +29,7 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
 
 #: Settings that only ADM reads, and lam, which only a regularizer reads: a configuration that does not
 #: use them stores TrainConfig's defaults, so that its run is reused when only they change.
-ADM_SETTINGS = ("backend", "gamma", "max_iter", "restrict_labels")
+ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels")
 
 
 def _unused_to_defaults(config):
@@ -66,18 +66,36 @@ def _resolved(settings):
     return settings
 
 
+def _comparable(settings, folder):
+    """Stored or new run `settings` in the form two runs of `folder` are compared in: every field
+    (an older config.json lacks the newer ones: their defaults), paths resolved, any number of
+    processes; a start from the group's own shared pCE phase (``../pretrain/checkpoint.pt``) is
+    named by that role, so that a group folder can be moved (e.g. committed and checked out
+    elsewhere) and its runs still be reused."""
+    settings = _resolved(dataclasses.asdict(TrainConfig.from_dict(settings)))
+    settings["world_size"] = 1
+    init = settings.get("init")
+    if init is not None and Path(init).parent.name == "pretrain" and Path(init).name == "checkpoint.pt" \
+            and Path(init).parent.parent.name == Path(folder).resolve().parent.name:
+        settings["init"] = "the group's pretrain/checkpoint.pt"
+    return settings
+
+
 def _run(config, folder, progress):
     """Train `config` in `folder`, or reuse / resume what an earlier call left there (a finished run
     whose metrics.jsonl lost records gets them back from its checkpoint, through resume)."""
     stored = folder / "config.json"
     if stored.is_file():
-        settings = {**json.loads(stored.read_text()), "world_size": config.world_size}  # any number of processes
-        if _resolved(settings) != _resolved(json.loads(json.dumps(dataclasses.asdict(config.resolved())))):
+        if _comparable(json.loads(stored.read_text()), folder) != _comparable(dataclasses.asdict(config.resolved()),
+                                                                              folder):
             raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
         records = read_metrics(folder)
         if [record["epoch"] for record in records] == list(range(1, config.total_epochs + 1)):
             return records  # finished, with one record per epoch
-        return resume(folder, progress=progress)
+        if (folder / "checkpoint.pt").is_file():
+            return resume(folder, progress=progress)
+        for name in ("config.json", "metrics.jsonl", "steps.jsonl"):  # stopped before its first checkpoint
+            (folder / name).unlink(missing_ok=True)
     return train(config, folder, progress=progress)
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     backend: str | None = None
     lam: float | None = None
     gamma: float = 2.0
+    gamma_growth: float = 1.0
     connectivity: int = 8
     sxy: float = 80.0
     srgb: float = 13.0
@@ -66,6 +67,7 @@ class TrainConfig:
     init: str | None = None
     epochs: int = 10
     pretrain_epochs: int = 10
+    eval_every: int = 1
     batch_size: int = 8
     crop_size: int | None = None
     scale: tuple = (0.75, 1.25)
@@ -102,6 +104,8 @@ class TrainConfig:
         for name in ("epochs", "pretrain_epochs", "max_iter", "seed", "loader_workers"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
+        as_scalar(self.eval_every, "eval_every", minimum=1, integer=True)
+        as_scalar(self.gamma_growth, "gamma_growth", minimum=1.0)
         if self.crop_size is not None:
             as_scalar(self.crop_size, "crop_size", minimum=8, integer=True)
         if self.epochs + self.pretrain_epochs == 0:

@@ -162,6 +162,8 @@ class Trainer:
         phase = self.phase(epoch)
         if epoch == config.pretrain_epochs + 1 and epoch > 1:
             self._new_optimizer()  # the regularized phase starts with a fresh optimizer and schedule
+        if phase == "regularized":
+            self.objective.begin_epoch(epoch - config.pretrain_epochs)
         self.network.train()
         sums, solver_time, began = {}, 0.0, time.perf_counter()
         steps = self.batches.steps_per_epoch
@@ -192,6 +194,7 @@ class Trainer:
         record.update({f"train_{name}": total / steps for name, total in sums.items()})
         if self.objective.adm_step is not None and phase == "regularized":
             record["solver_time"] = solver_time
+            record["gamma"] = self.objective.gamma
         return record
 
     def _mean_over_processes(self, values):
@@ -266,15 +269,17 @@ class Trainer:
             self.steps.truncate(self.iteration)
 
     def run(self) -> list[dict[str, Any]]:
-        """Train until ``total_epochs``, evaluating and checkpointing after every epoch."""
+        """Train until ``total_epochs``, checkpointing after every epoch and evaluating as
+        :meth:`evaluated` says."""
         config = self.config
         if self.epoch < config.total_epochs:
             self.progress.done(f"{describe_config(config)} on {config.data} -> {self.out}")
         for epoch in range(self.epoch + 1, config.total_epochs + 1):
             record = self.train_epoch(epoch)
-            began = time.perf_counter()
-            record.update(self.evaluate(sheet=self.out / "predictions.png"))
-            record["eval_time"] = time.perf_counter() - began
+            if self.evaluated(epoch):
+                began = time.perf_counter()
+                record.update(self.evaluate(sheet=self.out / "predictions.png"))
+                record["eval_time"] = time.perf_counter() - began
             self.epoch = epoch
             self.records.append(record)
             self.save()
@@ -282,11 +287,18 @@ class Trainer:
                 self.steps.epoch(record)
                 write_records(self.out / "metrics.jsonl", self.records)
                 plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
+            scores = (f", val mIoU {record['miou']:.3f}, accuracy {record['accuracy']:.3f}, grid-CRF loss train "
+                      f"{record['grid_crf_loss_train']:.4f} val {record['grid_crf_loss_val']:.4f}"
+                      if "miou" in record else "")
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
-                               f"{record['train_loss']:.4f}, val mIoU {record['miou']:.3f}, accuracy "
-                               f"{record['accuracy']:.3f}, grid-CRF loss train {record['grid_crf_loss_train']:.4f} "
-                               f"val {record['grid_crf_loss_val']:.4f} ({record['train_time']:.1f} s)")
+                               f"{record['train_loss']:.4f}{scores} ({record['train_time']:.1f} s)")
         return self.records
+
+    def evaluated(self, epoch: int) -> bool:
+        """Whether epoch `epoch` ends with an evaluation: every ``eval_every``-th epoch and the last
+        epoch of each phase."""
+        config = self.config
+        return epoch % config.eval_every == 0 or epoch in (config.pretrain_epochs, config.total_epochs)
 
 
 def describe_config(config: TrainConfig) -> str:

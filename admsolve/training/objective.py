@@ -25,7 +25,7 @@ class Objective:
     diagnostics : dict
         After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per pixel
         at argmax S and at X, batch mean) and ``latent_changed`` (share of unscribbled pixels where
-        X differs from argmax S).
+        X differs from argmax S) and ``confidence`` (mean of max_k S over the unscribbled pixels).
     """
 
     def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
@@ -35,12 +35,20 @@ class Objective:
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}
         self.adm_step = None
         self.diagnostics = {}
+        self.gamma = config.gamma
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
                                     workers=config.workers or self.processes.solver_threads,
                                     max_iter=config.max_iter)
+
+    def begin_epoch(self, regularized_epoch: int) -> None:
+        """Set ADM's gamma for the regularized phase's epoch `regularized_epoch` (1-based):
+        ``gamma * gamma_growth ** (regularized_epoch - 1)``."""
+        self.gamma = self.config.gamma * self.config.gamma_growth ** max(regularized_epoch - 1, 0)
+        if self.adm_step is not None:
+            self.adm_step.gamma = self.gamma
 
     def __call__(self, phase: str, logits: torch.Tensor, images: np.ndarray | torch.Tensor,
                  scribbles: torch.Tensor) -> dict:
@@ -55,7 +63,7 @@ class Objective:
                 terms["proximal"] = logits.sum() * float("nan")
             elif self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.config.gamma, reduction="mean")
+                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.gamma, reduction="mean")
                 self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
             else:
                 terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images,
@@ -80,9 +88,11 @@ class Objective:
         results = self.adm_step.results
         free = scribbles == UNLABELED
         changed = (latent != logits.detach().argmax(1)) & free
+        confidence = logits.detach().float().softmax(1).amax(1)[free]
         return {"latent_start_energy": sum(r.history[0] for r in results) / (len(results) * pixels),
                 "latent_energy": sum(r.energy for r in results) / (len(results) * pixels),
-                "latent_changed": float(changed.sum()) / max(float(free.sum()), 1.0)}
+                "latent_changed": float(changed.sum()) / max(float(free.sum()), 1.0),
+                "confidence": float(confidence.mean()) if confidence.numel() else 1.0}
 
     def solver_time(self) -> float:
         """Seconds the backend spent in the last latent step (0 without one)."""

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import describe
+from ..backends import DEFAULT_PREFERENCE
+from ..energies import GridCRF
 from ..data import open_dataset
 from .comparison import _run, _unused_to_defaults
 from .config import CONFIGURATIONS, TrainConfig
@@ -49,19 +51,31 @@ LENGTH_CONFIGURATIONS = ("pce", "gd-dense", "gd-grid", "adm-grid")
 SOLVERS = ("numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 #: Fewest training images a study accepts (the held-back fifth must hold some).
 MIN_TRAIN_IMAGES = 10
+#: Changes to ADM grid tried on the held-back fifth of train (the diagnosis), by name.
+VARIANTS = {"restricted": {"restrict_labels": True}, "gamma-growth": {"gamma_growth": 2.0}}
 
 
 @dataclasses.dataclass
 class Plan:
-    """What the study runs; the budget of every run comes from the base TrainConfig."""
+    """What the study runs; the budget of every run comes from the base TrainConfig.
+
+    ``variants`` are changes to ADM grid measured on the held-back fifth of train at its chosen lam
+    and gamma (the diagnosis of ADM against GD): name -> settings.
+    """
 
     seeds: tuple = (0, 1, 2)
     configurations: tuple = tuple(TABLE_CONFIGURATIONS)
-    lam_grid: tuple = (0.25, 1.0, 4.0)
+    lam_grid: tuple = (0.5, 2.0, 8.0)
     gamma_grid: tuple = (1.0, 4.0)
     lengths: tuple = (1.0, 0.5, 0.3, 0.0)
     solvers: tuple = SOLVERS
+    variants: dict = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     tune: bool = True
+
+    def __post_init__(self):
+        for name in ("seeds", "configurations", "lam_grid", "gamma_grid", "lengths", "solvers"):
+            setattr(self, name, tuple(getattr(self, name)))
+        self.variants = {str(name): dict(settings) for name, settings in self.variants.items()}
 
 
 def _settings(key):
@@ -80,8 +94,22 @@ def _read(folder):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+#: The file a run that diverged leaves in its folder (its message), so that it is reported and not retried.
+DIVERGED = "diverged.txt"
+
+
+def _collect(config, folder):
+    """What a run folder holds, without training: {"config", "records" (those of a finished run,
+    else none), "diverged" (its message or None), "status"}."""
+    diverged = (folder / DIVERGED).read_text().strip() if (folder / DIVERGED).is_file() else None
+    finished = _finished(folder, config)
+    status = "diverged" if diverged else "finished" if finished else "not run"
+    return {"config": config, "records": _read(folder) if finished or diverged else [], "diverged": diverged,
+            "status": status}
+
+
 def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations: Mapping[str, Mapping[str, Any]], *,
-              progress: bool = True) -> dict[str, dict[str, Any]]:
+              progress: bool = True, train: bool = True) -> dict[str, dict[str, Any]]:
     """Train one group: the shared pCE phase, then each configuration from it.
 
     Parameters
@@ -91,59 +119,64 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
     folder : Path
     configurations : dict of str to dict
         Run name -> the settings that differ from `base`.
+    train : bool, optional
+        False: only read what the runs left (for a report while the study is under way).
 
     Returns
     -------
     dict of str to dict
-        Run name -> {"config": TrainConfig, "records": list, "diverged": message or None}.
+        Run name -> {"config": TrainConfig, "records": list, "diverged": message or None,
+        "status": "finished", "diverged" or "not run"}.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     configs = {name: _unused_to_defaults(dataclasses.replace(base, **settings, pretrain_epochs=0))
                for name, settings in configurations.items()}
     init = None
     if base.pretrain_epochs > 0:
+        init = str(folder / "pretrain" / "checkpoint.pt")
         pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
                                                            init=None))
         checkpoint = folder / "pretrain" / "checkpoint.pt"
-        waiting = [name for name, config in configs.items() if not _finished(folder / name, config)]
-        if waiting and not checkpoint.is_file() and (folder / "pretrain").is_dir():
-            shutil.rmtree(folder / "pretrain")  # its network is needed again and was not kept
-        if waiting or not _finished(folder / "pretrain", pretrain):
+        waiting = [name for name, config in configs.items()
+                   if not _finished(folder / name, config) and not (folder / name / DIVERGED).is_file()]
+        if train and (waiting or not _finished(folder / "pretrain", pretrain)):
+            folder.mkdir(parents=True, exist_ok=True)
+            if not checkpoint.is_file() and (folder / "pretrain").is_dir():
+                shutil.rmtree(folder / "pretrain")  # its network is needed again and was not kept
             _run(pretrain, folder / "pretrain", progress)
-        init = str(checkpoint)
     results = {}
     for name, config in configs.items():
         config = dataclasses.replace(config, init=init)
-        diverged = None
-        try:
-            records = _run(config, folder / name, progress)
-        except TrainingDiverged as exc:
-            records, diverged = _read(folder / name), str(exc)
-        results[name] = {"config": config, "records": records, "diverged": diverged}
+        if train and not (folder / name / DIVERGED).is_file():
+            try:
+                _run(config, folder / name, progress)
+            except TrainingDiverged as exc:
+                (folder / name / DIVERGED).write_text(f"{exc}\n")
+        results[name] = _collect(config, folder / name)
     return results
 
 
 def _score(result):
     """mIoU of a run's last evaluation (-1 when it diverged or has none)."""
-    return result["records"][-1]["miou"] if result["records"] and not result["diverged"] else -1.0
+    return result["records"][-1]["miou"] if result["status"] == "finished" else -1.0
 
 
 def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
-         progress: bool = True) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+         progress: bool = True, train: bool = True) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Choose lam (and gamma for ADM) per configuration on the held-back fifth of train.
 
     Every configuration with a regularizer is trained with each lam of ``plan.lam_grid`` (ADM with
     base's gamma); ADM configurations are then trained at their best lam with each other gamma of
     ``plan.gamma_grid``. The best holdout mIoU wins (ties: the first tried).
 
-    Returns ``(chosen, rows)``: {key: settings to add} and every tried run with its holdout mIoU.
+    Returns ``(chosen, rows)``: {key: settings to add} for each configuration whose runs finished,
+    and every tried run with its holdout mIoU.
     """
-    fit = dataclasses.replace(base, train_split="train-fit", val_split="train-holdout", seed=0)
+    fit = _fit(base)
     regularized = [key for key in plan.configurations if _settings(key)["regularizer"] != "none"]
     tried = {key: {f"{key}-lam{lam:g}": {"lam": lam} for lam in plan.lam_grid} for key in regularized}
     results = run_group(fit, folder, {name: {**_settings(key), **values} for key in regularized
-                                      for name, values in tried[key].items()}, progress=progress)
+                                      for name, values in tried[key].items()}, progress=progress, train=train)
     chosen, rows = {}, []
     for key in regularized:
         best = max(tried[key], key=lambda name: _score(results[name]))
@@ -153,13 +186,20 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
             more = {f"{key}-lam{lam:g}-gamma{gamma:g}": {"lam": lam, "gamma": gamma}
                     for gamma in plan.gamma_grid if gamma != base.gamma}
             results.update(run_group(fit, folder, {name: {**_settings(key), **values} for name, values in more.items()},
-                                     progress=progress))
+                                     progress=progress, train=train))
             tried[key].update(more)
             best = max([best, *more], key=lambda name: _score(results[name]))
-        chosen[key] = tried[key][best]
+        if all(results[name]["status"] != "not run" for name in tried[key]):
+            chosen[key] = tried[key][best]
         rows += [{"key": key, "run": name, "values": values, "miou": _score(results[name]),
-                  "diverged": results[name]["diverged"], "chosen": name == best} for name, values in tried[key].items()]
+                  "status": results[name]["status"], "chosen": key in chosen and name == best}
+                 for name, values in tried[key].items()]
     return chosen, rows
+
+
+def _fit(base):
+    """`base` trained on the fit part of train and scored on its held-back fifth (seed 0)."""
+    return dataclasses.replace(base, train_split="train-fit", val_split="train-holdout", seed=0)
 
 
 def check_data(data: str | os.PathLike[str]) -> DatasetLike:
@@ -174,8 +214,23 @@ def check_data(data: str | os.PathLike[str]) -> DatasetLike:
     return train
 
 
+#: The file of a study's folder that records its base configuration and plan (for later reports).
+STUDY_FILE = "study.json"
+
+
+def load_study(folder: str | os.PathLike[str]) -> tuple[TrainConfig, Plan]:
+    """The base configuration and plan a study folder was run with (its ``study.json``)."""
+    path = Path(folder) / STUDY_FILE
+    try:
+        stored = json.loads(path.read_text())
+        return TrainConfig.from_dict(stored["base"]), Plan(**stored["plan"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"study: {str(path)!r} is not a study description of admsolve reproduce "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
 def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None = None, *,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, train: bool = True) -> dict[str, Any]:
     """Run (or continue) the study on ``base.data`` under `out`.
 
     Parameters
@@ -184,41 +239,77 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
         Data, network and budget shared by every run; lam and gamma are chosen per configuration
         on the held-back fifth of train when ``plan.tune`` (else base's values are used).
     out : str or Path
-        Folder of the study's runs (one group per subfolder; finished runs are reused).
+        Folder of the study's runs (one group per subfolder; finished runs are reused) and of its
+        ``study.json`` (base and plan, read by :func:`load_study`).
     plan : Plan, optional
+    train : bool, optional
+        False: train nothing, only gather what the runs finished so far (a report of a study under way;
+        runs not finished are shown as "not run").
 
     Returns
     -------
     dict
         Everything the report shows (:func:`write_report`): "base", "plan", "out", "tuning",
-        "chosen", "tables" (per seed), "lengths", "solvers", "seconds".
+        "chosen", "variants", "tables" (per seed), "lengths", "solvers", "seconds".
+
+    The groups run in this order: tuning, the seeds of Tables 1-3, the variants, the solver ablation
+    (in the first seed's group: its ADM grid run is the default solver's), the scribble lengths (the
+    base length, when the scribbles are generated, is the first seed's group itself).
     """
     plan = Plan() if plan is None else plan
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base: expected a TrainConfig, got {describe(base)}")
     for key in plan.configurations:
         _settings(key)
+    if not plan.seeds:
+        raise ValueError("seeds: expected at least one seed, got none")
     check_data(base.data)
     out, began = Path(out), time.perf_counter()
-    study = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "tables": {}, "lengths": {}, "solvers": {}}
+    if train:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STUDY_FILE).write_text(json.dumps({"base": dataclasses.asdict(base),
+                                                  "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
+    study = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "variants": {}, "tables": {},
+             "lengths": {}, "solvers": {}}
     if plan.tune:
-        study["chosen"], study["tuning"] = tune(base, out / "tuning", plan, progress=progress)
+        study["chosen"], study["tuning"] = tune(base, out / "tuning", plan, progress=progress, train=train)
+    tuned = not plan.tune or all(key in study["chosen"] for key in plan.configurations
+                                 if _settings(key)["regularizer"] != "none")
+    if not tuned:
+        train = False  # the later groups need the chosen values: report what there is
 
     def configured(key, **extra):
         return {**_settings(key), **study["chosen"].get(key, {}), **extra}
 
     for seed in plan.seeds:
         study["tables"][seed] = run_group(dataclasses.replace(base, seed=seed), out / f"seed-{seed}",
-                                          {key: configured(key) for key in plan.configurations}, progress=progress)
+                                          {key: configured(key) for key in plan.configurations},
+                                          progress=progress, train=train)
+    if plan.variants and "adm-grid" in plan.configurations:
+        # the reference is the tuning run of the chosen values itself
+        chosen = [row["run"] for row in study["tuning"] if row["key"] == "adm-grid" and row["chosen"]]
+        study["variants"] = run_group(_fit(base), out / "tuning",
+                                      {(chosen or ["adm-grid"])[0]: configured("adm-grid"),
+                                       **{f"adm-grid-{name}": configured("adm-grid", **settings)
+                                          for name, settings in plan.variants.items()}},
+                                      progress=progress, train=train)
+    first = out / f"seed-{plan.seeds[0]}"
+    if plan.solvers and "adm-grid" in plan.configurations:
+        default = DEFAULT_PREFERENCE[GridCRF][0]
+        group = run_group(dataclasses.replace(base, seed=plan.seeds[0]), first,
+                          {f"adm-grid-{solver}": configured("adm-grid", backend=solver)
+                           for solver in plan.solvers if solver != default}, progress=progress, train=train)
+        study["solvers"] = {solver: study["tables"][plan.seeds[0]]["adm-grid"] if solver == default
+                            else group[f"adm-grid-{solver}"] for solver in plan.solvers}
+    generated = open_dataset(base.data, "train", scribbles=base.scribbles).scribble_source.startswith("generated")
     for length in plan.lengths:
         keys = [key for key in LENGTH_CONFIGURATIONS if key in plan.configurations]
+        if generated and length == base.scribble_length:
+            study["lengths"][length] = {key: study["tables"][plan.seeds[0]][key] for key in keys}
+            continue
         study["lengths"][length] = run_group(
             dataclasses.replace(base, seed=plan.seeds[0], scribbles="generate", scribble_length=length),
-            out / f"length-{length:g}", {key: configured(key) for key in keys}, progress=progress)
-    if plan.solvers and "adm-grid" in plan.configurations:
-        study["solvers"] = run_group(dataclasses.replace(base, seed=plan.seeds[0]), out / "solvers",
-                                     {solver: configured("adm-grid", backend=solver) for solver in plan.solvers},
-                                     progress=progress)
+            out / f"length-{length:g}", {key: configured(key) for key in keys}, progress=progress, train=train)
     study["seconds"] = time.perf_counter() - began
     return study
 
@@ -231,17 +322,21 @@ TABLE3 = (("accuracy", "all pixels"), ("trimap_16", "within 16 px"), ("trimap_8"
 
 
 def _last(result, key):
-    return result["records"][-1].get(key) if result["records"] and not result["diverged"] else None
+    """`key` of a finished run's last record (None otherwise)."""
+    return result["records"][-1].get(key) if result["status"] == "finished" else None
 
 
-def _spread(values, digits):
-    """"mean ± std" of the finite values (std over seeds, ddof 0), or "diverged"."""
-    values = [v for v in values if v is not None]
+def _cell(results, key, digits):
+    """"mean ± std" of `key` over the finished runs of `results` (std over seeds, ddof 0), noting
+    the runs that diverged or have not run yet."""
+    values = [_last(result, key) for result in results]
+    values = [value for value in values if value is not None]
+    notes = [f"{count} {status}" for status in ("diverged", "not run")
+             if (count := sum(result["status"] == status for result in results))]
     if not values:
-        return "diverged"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+        return "diverged" if any(result["status"] == "diverged" for result in results) else "not run"
+    text = f"{values[0]:.{digits}f}" if len(values) == 1 else f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def _table(headers, rows):
@@ -300,12 +395,12 @@ def _section(study, report, figures):
         lines += ["### Hyperparameters (chosen on the held-back fifth of train, never on val)", "",
                   _table(["configuration", "run", "values", "holdout mIoU", "chosen"],
                          [(_name(r["key"]), r["run"], json.dumps(r["values"]),
-                           "diverged" if r["diverged"] else f"{r['miou']:.4f}", "yes" if r["chosen"] else "")
+                           f"{r['miou']:.4f}" if r["status"] == "finished" else r["status"], "yes" if r["chosen"] else "")
                           for r in study["tuning"]]), ""]
     keys = list(plan.configurations)
     if seeds:
         def column(key, metric, digits):
-            return _spread([_last(tables[s][key], metric) for s in seeds], digits)
+            return _cell([tables[s][key] for s in seeds], metric, digits)
 
         lines += [f"### Table 1: grid-CRF loss per pixel (λ = 1 for measuring), {len(seeds)} seed(s)", ""]
         pair = [key for key in ("gd-grid", "adm-grid") if key in keys]
@@ -317,7 +412,7 @@ def _section(study, report, figures):
                 gd = [_last(tables[s]["gd-grid"], metric) for s in seeds]
                 adm = [_last(tables[s]["adm-grid"], metric) for s in seeds]
                 ratios = [100 * (a / g - 1) for a, g in zip(adm, gd) if a is not None and g]
-                change.append(_spread(ratios, 1) + " %" if ratios else "-")
+                change.append(f"{np.mean(ratios):.1f} ± {np.std(ratios):.1f} %" if ratios else "-")
             lines += ["ADM relative to GD (per seed, then mean ± std): " +
                       ", ".join(f"{h} {c}" for (_, h), c in zip(TABLE1, change)) + ".", ""]
         lines += ["### Table 2: val mIoU", "", _table(["configuration", "mIoU"],
@@ -336,14 +431,19 @@ def _section(study, report, figures):
     if study["lengths"]:
         lines += _lengths(study["lengths"], figures / f"fig6-{dataset}.png", report)
     if study["solvers"]:
-        lines += ["### The latent solver (ADM grid, same network budget)", "",
-                  _table(["solver", "eq. 8 energy of X per pixel", "eq. 8 at argmax S", "X ≠ argmax S", "mIoU",
-                          "solver s"],
-                         [[name, _fmt(_last(r, "train_latent_energy"), 5),
-                           _fmt(_last(r, "train_latent_start_energy"), 5), _fmt(_last(r, "train_latent_changed"), 4),
-                           _fmt(_last(r, "miou"), 4),
-                           f"{sum(x.get('solver_time', 0.0) for x in r['records']):.0f}"]
-                          for name, r in study["solvers"].items()]), ""]
+        lines += ["### The latent solver (ADM grid, same network budget, seed " f"{seeds[0]})", "",
+                  _table(["solver", "eq. 8 at argmax S", "eq. 8 at X", "X ≠ argmax S", "mIoU", "solver s"],
+                         [[name, *_latent_columns(r), _value(r, "miou", 4), _solver_seconds(r)]
+                          for name, r in study["solvers"].items()]),
+                  "", "Eq. 8 energies are per pixel, means over the last epoch's batches.", ""]
+    if study["variants"]:
+        lines += ["### Diagnosis: changes to ADM grid on the held-back fifth of train", "",
+                  _table(["run", "settings", "holdout mIoU", "eq. 8 at argmax S", "eq. 8 at X", "X ≠ argmax S",
+                          "pCE", "proximal", "solver s"],
+                         [[name, json.dumps({k: v for k, v in dataclasses.asdict(r["config"]).items()
+                                             if k in DIAGNOSED}), _value(r, "miou", 4), *_latent_columns(r),
+                           _value(r, "train_pce", 4), _value(r, "train_proximal", 4), _solver_seconds(r)]
+                          for name, r in study["variants"].items()]), ""]
     lines += [f"### Runs ({dataset})", "", _table(["run", "epochs", "wall s", "status"], _run_rows(study)), ""]
     return lines
 
@@ -352,15 +452,37 @@ def _fmt(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _value(result, key, digits):
+    """`key` of a run's last record, or the run's status when it did not finish."""
+    return _fmt(_last(result, key), digits) if result["status"] == "finished" else result["status"]
+
+
+#: Settings shown in the table of variants.
+DIAGNOSED = ("lam", "gamma", "gamma_growth", "restrict_labels", "latent_stride", "max_iter", "backend")
+
+
+def _latent_columns(result):
+    """A run's eq. 8 energy at argmax S and at X and the share of pixels X changed (last epoch)."""
+    return [_value(result, "train_latent_start_energy", 5), _value(result, "train_latent_energy", 5),
+            _value(result, "train_latent_changed", 4)]
+
+
+def _solver_seconds(result):
+    return f"{sum(r.get('solver_time', 0.0) for r in result['records']):.0f}" if result["records"] else "-"
+
+
 def _diagnosis(results):
     if "adm-grid" not in results:
         return []
-    rows = [[r["epoch"], r["phase"], _fmt(r.get("train_latent_start_energy"), 5), _fmt(r.get("train_latent_energy"), 5),
-             _fmt(r.get("train_latent_changed"), 4), _fmt(r.get("train_proximal"), 5), _fmt(r.get("miou"), 4)]
+    rows = [[r["epoch"], _fmt(r.get("gamma"), 2), _fmt(r.get("train_latent_start_energy"), 5),
+             _fmt(r.get("train_latent_energy"), 5), _fmt(r.get("train_latent_changed"), 4),
+             _fmt(r.get("train_confidence"), 4), _fmt(r.get("train_pce"), 4), _fmt(r.get("train_proximal"), 4),
+             _fmt(r.get("miou"), 4)]
             for r in results["adm-grid"]["records"]]
     return ["### Diagnosis: ADM grid's latent step per epoch (means over the epoch's batches)", "",
-            _table(["epoch", "phase", "eq. 8 at argmax S", "eq. 8 at X", "X ≠ argmax S", "proximal loss", "val mIoU"],
-                   rows), ""]
+            _table(["epoch", "gamma", "eq. 8 at argmax S", "eq. 8 at X", "X ≠ argmax S", "confidence of S", "pCE",
+                    "proximal", "val mIoU"], rows), "",
+            "Confidence of S: the mean of max_k S_p over unscribbled pixels, before the step.", ""]
 
 
 def _sheet(results, folder, path, report):
@@ -403,7 +525,7 @@ def _lengths(groups, path, report):
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-    rows = [[f"{length:g}"] + [f"{_fmt(_last(groups[length][k], 'miou'), 4)} / {_fmt(_last(groups[length][k], 'accuracy'), 4)}"
+    rows = [[f"{length:g}"] + [f"{_value(groups[length][k], 'miou', 4)} / {_value(groups[length][k], 'accuracy', 4)}"
                                for k in keys] for length in lengths]
     return ["### Fig. 6: shorter scribbles (val mIoU / accuracy, seed 0)", "",
             _table(["length"] + [_name(k) for k in keys], rows), "", f"![]({path.relative_to(report.parent)})", ""]
