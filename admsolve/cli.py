@@ -331,8 +331,9 @@ def build_parser():
     reproduce.add_argument("datasets", nargs="*", metavar="DATA", help="dataset folders (or 'synthetic'), one "
                                                                        "section of the report each (the studies "
                                                                        "already in --out get theirs too)")
-    reproduce.add_argument("--out", default="runs/reproduction", help="folder of the runs (default %(default)s); "
-                                                                      "finished runs in it are reused")
+    reproduce.add_argument("--out", default="docs/reproduction/runs",
+                           help="folder of the runs (default %(default)s: their records are kept in the repository, "
+                                "their checkpoints are not); finished runs in it are reused")
     reproduce.add_argument("--report", default="docs/reproduction.md", help="the Markdown report (default "
                                                                             "%(default)s); figures beside it")
     reproduce.add_argument("--seeds", default="0,1,2", help="seeds of Tables 1-3 (default %(default)s)")

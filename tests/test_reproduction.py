@@ -96,6 +96,13 @@ def test_a_moved_study_is_reused_and_reported_from_the_command_line(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.jsonl")}
     reproduce(base, moved / "synthetic", tiny_plan())
     assert {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.jsonl")} == stamps
+    # a run whose last record is missing resumes from its checkpoint (its init, the old pretrain, is not read)
+    run = moved / "synthetic" / "seed-0" / "adm-grid"
+    records = metrics(run)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:-1]))
+    shutil.rmtree(out)
+    reproduce(base, moved / "synthetic", tiny_plan())
+    assert metrics(run) == records
     # with no DATA, --report-only reports every study in --out from its study.json
     report = tmp_path / "docs" / "r.md"
     assert main(["reproduce", "--report-only", "--out", str(moved), "--report", str(report), "--quiet"]) == 0

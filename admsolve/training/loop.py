@@ -359,9 +359,12 @@ def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: 
             raise ValueError(f"epochs: expected at least the run's {config.epochs}, got {epochs}")
         config.epochs = epochs
         write_config(run, config)
-    trainer = Trainer(config, run, progress=progress)
     if (run / "checkpoint.pt").is_file():
+        # the checkpoint holds the network: init (which may have moved with the run's folder) is not read
+        trainer = Trainer(dataclasses.replace(config, init=None), run, progress=progress)
         trainer.restore()
+    else:
+        trainer = Trainer(config, run, progress=progress)
     return trainer.run()
 
 

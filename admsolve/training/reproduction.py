@@ -133,7 +133,7 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
                for name, settings in configurations.items()}
     init = None
     if base.pretrain_epochs > 0:
-        init = str(folder / "pretrain" / "checkpoint.pt")
+        init = str((folder / "pretrain" / "checkpoint.pt").resolve())
         pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
                                                            init=None))
         checkpoint = folder / "pretrain" / "checkpoint.pt"
