@@ -220,7 +220,7 @@ def test_eval_every_evaluates_every_nth_epoch_and_each_phase_end(data, tmp_path)
 
 
 def test_an_old_config_json_without_the_newer_settings_is_reused(data, tmp_path):
-    settings = config(data, regularizer="none", epochs=0)
+    settings = config(data, regularizer="none")
     run = tmp_path / "run"
     compare(settings, run, configurations=("pce",), progress=False)
     stored = run / "pretrain" / "config.json"

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..energies import GridCRF, contrast_weights
 from .distributed import Processes
+from .losses import grid_crf_loss
 from .metrics import SegmentationScores, prediction_sheet
 
 if TYPE_CHECKING:
@@ -44,18 +44,21 @@ def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
 
 
-def grid_crf_per_pixel(probs: torch.Tensor, image: np.ndarray, *, connectivity: int) -> tuple[float, float]:
-    """The grid-CRF term (lam = 1) of one image's output divided by its pixel count, relaxed and discrete.
+def grid_crf_per_pixel(probs: torch.Tensor, images: torch.Tensor, *, connectivity: int) -> torch.Tensor:
+    """The grid-CRF term (lam = 1) of each image's output divided by its pixel count, relaxed and discrete.
 
-    Returns ``(relaxed, discrete)``: eq. 9 (halved) at the softmax S, the term of loss (4) that GD
-    minimises, and the Potts energy of the segmentation argmax S, the discrete R(X) that ADM's latent
-    step minimises. `probs` is (1, K, H, W), `image` (H, W, 3).
+    Returns an (N, 2) float64 tensor of ``(relaxed, discrete)`` per image: eq. 9 (halved) at the
+    softmax S, the term of loss (4) that GD minimises, and the Potts energy of the segmentation
+    argmax S, the discrete R(X) that ADM's latent step minimises (the relaxation at the one-hot
+    argmax). `probs` is (N, K, H, W), `images` (N, 3, H, W) in [0, 1], on one device; the
+    contrast weights are :func:`admsolve.contrast_weights`' of the 0..255 images.
     """
-    soft = probs[0].permute(1, 2, 0).double().numpy()
-    height, width, n_labels = soft.shape
-    potts = GridCRF(np.zeros((height, width, n_labels)), contrast_weights(image, connectivity=connectivity))
-    relaxed, _ = potts.relaxed_energy(soft)
-    return relaxed / (height * width), potts.cut_weight(soft.argmax(2)) / (height * width)
+    soft = probs.double()
+    hard = torch.nn.functional.one_hot(soft.argmax(1), soft.shape[1]).permute(0, 3, 1, 2).double()
+    pictures = images.double() * 255.0
+    pixels = soft.shape[2] * soft.shape[3]
+    return torch.stack([grid_crf_loss(s, pictures, connectivity=connectivity, reduction="none") / pixels
+                        for s in (soft, hard)], dim=1)
 
 
 class Evaluator:
@@ -84,18 +87,17 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, dataset: DatasetLike, indices: Iterable[int], *,
-                progress: Callable[[int, int], object] | None = None) -> Iterator[tuple[torch.Tensor, Sample]]:
-        """(probs (1, K, H, W) tensor, sample) for each image, full size, network in eval mode; the
-        images go through the network in batches of up to :data:`EVAL_BATCH` of one size.
-        `progress(done, total)` is called after each batch."""
+                progress: Callable[[int, int], object] | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[Sample]]]:
+        """(images (B, 3, H, W), probs (B, K, H, W), samples) for each batch of up to
+        :data:`EVAL_BATCH` images of one size, full size, on the evaluation device, the network in
+        eval mode. `progress(done, total)` is called after each batch."""
         model.eval()
         indices = list(indices)
         done = 0
         for batch in _same_size_batches(dataset, indices):
-            images = np.stack([sample.image for sample in batch])
-            probs = model(image_tensor(images, self.device)).softmax(1).float().cpu()
-            for i, sample in enumerate(batch):
-                yield probs[i:i + 1], sample
+            images = image_tensor(np.stack([sample.image for sample in batch]), self.device)
+            yield images, model(images).softmax(1).float(), batch
             done += len(batch)
             if progress is not None:
                 progress(done, len(indices))
@@ -115,21 +117,21 @@ class Evaluator:
                 progress(len(self.val_images) + done, total)
 
         scores = SegmentationScores(self.n_labels)
-        val_losses, tiles = [], []
-        for i, (probs, sample) in enumerate(self.predict(model, self.val_set, self.val_images,
-                                                                 progress=val_progress)):
-            prediction = probs[0].argmax(0).numpy()
-            scores.update(prediction, sample.mask)
-            val_losses.append(grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity))
-            if sheet is not None and i < SHEET_IMAGES:
-                tiles.append((sample, prediction))
-        train_losses = [grid_crf_per_pixel(probs, sample.image, connectivity=self.connectivity)
-                        for probs, sample in self.predict(model, self.train_set, self.train_images,
-                                                          progress=train_progress)]
+        val_losses, train_losses, tiles = [], [], []
+        for images, probs, samples in self.predict(model, self.val_set, self.val_images, progress=val_progress):
+            predictions = probs.argmax(1).cpu().numpy()
+            for sample, prediction in zip(samples, predictions):
+                scores.update(prediction, sample.mask)
+                if sheet is not None and len(tiles) < SHEET_IMAGES:
+                    tiles.append((sample, prediction))
+            val_losses.append(grid_crf_per_pixel(probs, images, connectivity=self.connectivity).cpu())
+        for images, probs, _ in self.predict(model, self.train_set, self.train_images, progress=train_progress):
+            train_losses.append(grid_crf_per_pixel(probs, images, connectivity=self.connectivity).cpu())
         scores.combine(self.processes.sum)
         result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
         for split, losses in (("train", train_losses), ("val", val_losses)):
-            sums = self.processes.sum(np.concatenate([np.sum(losses, axis=0).reshape(2), [len(losses)]]))
+            losses = torch.cat(losses).numpy() if losses else np.zeros((0, 2))
+            sums = self.processes.sum(np.concatenate([losses.sum(axis=0), [len(losses)]]))
             result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()
         if sheet is not None and tiles:
             prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],

@@ -130,6 +130,7 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.records = []
+        self.plotted = time.perf_counter()  # when curves.png was last drawn
         self._new_optimizer()
 
     # ------------------------------------------------------------------ schedule
@@ -286,7 +287,10 @@ class Trainer:
             if self.processes.main:
                 self.steps.epoch(record)
                 write_records(self.out / "metrics.jsonl", self.records)
-                plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
+                if epoch in (config.pretrain_epochs, config.total_epochs) or \
+                        time.perf_counter() - self.plotted >= PLOT_INTERVAL:
+                    plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
+                    self.plotted = time.perf_counter()
             scores = (f", val mIoU {record['miou']:.3f}, accuracy {record['accuracy']:.3f}, grid-CRF loss train "
                       f"{record['grid_crf_loss_train']:.4f} val {record['grid_crf_loss_val']:.4f}"
                       if "miou" in record else "")
@@ -299,6 +303,10 @@ class Trainer:
         epoch of each phase."""
         config = self.config
         return epoch % config.eval_every == 0 or epoch in (config.pretrain_epochs, config.total_epochs)
+
+
+#: Fewest seconds between two drawings of a run's curves.png (it is also drawn at each phase's end).
+PLOT_INTERVAL = 30.0
 
 
 def describe_config(config: TrainConfig) -> str:
