@@ -256,7 +256,8 @@ TRAINING_OPTIONS = {
     "scribble_length": "length of generated scribbles, 1 (full) down to 0 (a click per region)",
     "seed": "seed of the network's initialisation, the crops and the generated scribbles",
     "device": "auto (CUDA when present), cpu or cuda",
-    "workers": "ADM: parallel solves per batch (default: the CPU count)",
+    "workers": "CPU threads of ADM's latent step (parallel solves) and of the dense-CRF loss (default: the CPU "
+               "count, divided among the processes of a node under torchrun)",
     "loader_workers": "DataLoader worker processes preparing the batches (0: in the training process)",
     "amp": "mixed precision on a CUDA GPU (bf16 where supported, else fp16 with loss scaling)",
     "tensorboard": "also write TensorBoard event files (RUN/tensorboard; needs the tensorboard package)",

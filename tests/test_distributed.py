@@ -50,3 +50,27 @@ def test_two_processes_give_the_records_of_one(tmp_path):
                     "grid_crf_energy_train"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     assert two[1]["train_proximal"] == pytest.approx(one[1]["train_proximal"], rel=1e-4)
+
+
+@pytest.mark.parametrize("regularizer,optimizer", [("dense", "gd"), ("grid", "adm")])
+def test_each_process_uses_its_share_of_the_cores_for_the_cpu_work_beside_torch(monkeypatch, regularizer, optimizer):
+    import torch
+
+    from admsolve.training import losses
+    from admsolve.training.config import TrainConfig
+    from admsolve.training.distributed import Processes
+    from admsolve.training.objective import Objective
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    seen = {}
+    monkeypatch.setattr(losses, "dense_crf_loss", lambda *args, workers, **kwargs: seen.setdefault("workers", workers)
+                        * torch.zeros(()))
+    objective = Objective(TrainConfig(regularizer=regularizer, optimizer=optimizer, workers=None),
+                          Processes(local_world_size=4))  # as on a node of 4 processes (no process group here)
+    if optimizer == "adm":
+        assert objective.adm_step.workers == 2
+    else:
+        images = torch.rand(1, 3, 8, 8)
+        objective("regularized", torch.zeros(1, 3, 8, 8, requires_grad=True), images,
+                  torch.zeros(1, 8, 8, dtype=torch.int64))
+        assert seen["workers"] == 2

@@ -22,7 +22,9 @@ _HOMES = {
     "DenseCRFLoss": "losses", "GridCRFLoss": "losses", "PartialCrossEntropyLoss": "losses", "ProximalLoss": "losses",
     "dense_crf_loss": "losses", "grid_crf_loss": "losses", "partial_cross_entropy": "losses", "proximal_loss": "losses",
     "SegmentationScores": "metrics", "confusion_matrix": "metrics",
-    "SmallFCN": "models", "build_model": "models",
+    "ASPP": "models", "DeepLabV3": "models", "EffNetLite0ASPP": "models", "EfficientNetLite0": "models",
+    "SmallFCN": "models", "build_model": "models", "efficientnet_lite0": "models", "wrap_model": "models",
+    "Plan": "reproduction", "reproduce": "reproduction", "write_report": "reproduction",
 }
 
 
@@ -30,6 +32,11 @@ __getattr__, __dir__ = lazy_names(__name__, _HOMES)
 
 __all__ = [
     "ADMStep",
+    "ASPP",
+    "DeepLabV3",
+    "EffNetLite0ASPP",
+    "EfficientNetLite0",
+    "Plan",
     "DenseCRFLoss",
     "GridCRFLoss",
     "PartialCrossEntropyLoss",
@@ -42,12 +49,16 @@ __all__ = [
     "compare",
     "confusion_matrix",
     "dense_crf_loss",
+    "efficientnet_lite0",
     "evaluate_run",
     "format_table",
     "grid_crf_loss",
     "partial_cross_entropy",
     "proximal_loss",
     "read_metrics",
+    "reproduce",
     "resume",
     "train",
+    "wrap_model",
+    "write_report",
 ]

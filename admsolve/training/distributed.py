@@ -44,7 +44,7 @@ class Processes:
 
     @property
     def solver_threads(self) -> int:
-        """This process's share of the machine's cores, for the latent step's solvers."""
+        """This process's share of the machine's cores, for the latent step's solvers and the dense loss."""
         return max(1, (os.cpu_count() or 1) // self.local_world_size)
 
     @overload

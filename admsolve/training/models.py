@@ -26,7 +26,7 @@ from torch import nn
 from .._validation import as_scalar
 from .config import MODELS, is_factory
 
-__all__ = ["MODELS", "ASPP", "EffNetLite0ASPP", "EfficientNetLite0", "EfficientNetLite0Features",
+__all__ = ["MODELS", "ASPP", "DeepLabV3", "EffNetLite0ASPP", "EfficientNetLite0", "EfficientNetLite0Features",
            "SmallFCN", "build_model", "efficientnet_lite0", "wrap_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -36,11 +36,12 @@ class Objective:
         self.adm_step = None
         self.diagnostics = {}
         self.gamma = config.gamma
+        self.workers = config.workers or self.processes.solver_threads  # CPU threads beside torch's
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
-                                    workers=config.workers or self.processes.solver_threads,
+                                    workers=self.workers,
                                     max_iter=config.max_iter)
 
     def begin_epoch(self, regularized_epoch: int) -> None:
@@ -66,8 +67,8 @@ class Objective:
                 terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.gamma, reduction="mean")
                 self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
             else:
-                terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images,
-                                                                             lam=self.config.weight, **self.settings)
+                terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images, lam=self.config.weight,
+                                                                             workers=self.workers, **self.settings)
         terms["loss"] = sum(terms.values())
         return terms
 

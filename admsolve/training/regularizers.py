@@ -36,8 +36,9 @@ class Regularizer:
     term : str
         The name of its term in the training records ("train_<term>").
     relaxed_loss : callable or None
-        ``relaxed_loss(probs, images, *, lam, **settings)``: lam R(S) per pixel, a scalar tensor
-        (what GD minimises).
+        ``relaxed_loss(probs, images, *, lam, workers, **settings)``: lam R(S) per pixel, a scalar
+        tensor (what GD minimises); `workers` is the number of CPU threads it may use beside torch's
+        (this process's share of the cores under torchrun).
     latent_problem : callable or None
         ``latent_problem(unary, image, seeds, *, lam, unlabeled, **settings)``: the problem of eq. 8
         for one image, with unaries ``-gamma log S`` given.
@@ -52,9 +53,10 @@ class Regularizer:
     latent_problem: Callable | None = None
 
 
-def _grid_loss(probs, images, *, lam, connectivity):
+def _grid_loss(probs, images, *, lam, workers, connectivity):
     from .losses import grid_crf_loss
 
+    del workers  # torch operations only: torch's own threads
     return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity, reduction="mean")
 
 
@@ -62,10 +64,10 @@ def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
     return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=seeds, unlabeled=unlabeled)
 
 
-def _dense_loss(probs, images, *, lam, sxy, srgb):
+def _dense_loss(probs, images, *, lam, workers, sxy, srgb):
     from .losses import dense_crf_loss
 
-    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, lam=lam, reduction="mean")
+    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, lam=lam, reduction="mean", workers=workers)
 
 
 def _dense_problem(unary, image, seeds, *, lam, unlabeled, sxy, srgb):
