@@ -490,8 +490,8 @@ def _sheet(results, folder, path, report):
     from PIL import Image, ImageDraw
 
     tiles = [(key, folder / key / "predictions.png") for key in results if (folder / key / "predictions.png").is_file()]
-    if not tiles:
-        return []
+    if not tiles:  # the runs' own sheets are not kept with their records: a sheet drawn before stands
+        return [f"Fig. 5: ![]({path.relative_to(report.parent)})", ""] if path.is_file() else []
     pictures = [Image.open(p).convert("RGB") for _, p in tiles]
     width = max(p.width for p in pictures)
     sheet = Image.new("RGB", (width, sum(p.height + 20 for p in pictures)), "white")
