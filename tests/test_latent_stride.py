@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch")
 
 import admsolve as adm  # noqa: E402
 from admsolve.energies.gridcrf import edge_slices  # noqa: E402
-from admsolve.training import ADMStep  # noqa: E402
+from admsolve.training import ADMStep, TrainConfig  # noqa: E402
 from admsolve.training.adm import block_mean, block_probabilities, block_seeds, upsample_labels  # noqa: E402
+from admsolve.training.objective import Objective  # noqa: E402
 
 
 def batch(seed=0, n=2, k=4, height=13, width=10, scribbled=0.1):
@@ -159,6 +160,8 @@ def test_bad_strides_are_named():
         ADMStep(latent_stride=2.0)
     with pytest.raises(TypeError, match="latent_stride: expected an integer, got bool True"):
         ADMStep(latent_stride=True)
+    with pytest.raises(ValueError, match="latent_stride: expected a value >= 1, got 0"):
+        TrainConfig(latent_stride=0)
 
 
 # ---------------------------------------------------------------- the coarse energy and the fine one
@@ -231,3 +234,18 @@ def test_on_block_constant_data_stride_s_finds_the_full_resolution_labeling(stri
     expected[1, 1] = 0
     assert np.array_equal(full[0].numpy(), blocks(expected[None], stride)[0])
     assert torch.equal(coarse, full)
+
+
+# ---------------------------------------------------------------- the training side
+
+
+def test_the_objective_reports_the_coarse_energies_per_coarse_pixel():
+    probs, images, scribbles = batch(seed=5, n=2, k=3, height=13, width=10)
+    logits = probs.log().float()
+    objective = Objective(TrainConfig(optimizer="adm", regularizer="grid", lam=1.0, latent_stride=4, workers=1))
+    assert objective.adm_step.latent_stride == 4
+    terms = objective("regularized", logits, images, scribbles)
+    assert torch.isfinite(terms["loss"])
+    results = objective.adm_step.results
+    assert objective.diagnostics["latent_energy"] == pytest.approx(sum(r.energy for r in results) / (2 * 4 * 3))
+    assert objective.diagnostics["latent_start_energy"] == pytest.approx(sum(r.history[0] for r in results) / 24)
