@@ -1,6 +1,9 @@
 """ADM's latent step on a coarser grid (``latent_stride``): pooling, block seeds, hard constraints at
 full resolution, and how the coarse energy relates to the full-resolution one."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,6 +15,7 @@ import admsolve as adm  # noqa: E402
 from admsolve.energies.gridcrf import edge_slices  # noqa: E402
 from admsolve.training import ADMStep, TrainConfig  # noqa: E402
 from admsolve.training.adm import block_mean, block_probabilities, block_seeds, upsample_labels  # noqa: E402
+from admsolve.training.comparison import _run  # noqa: E402
 from admsolve.training.objective import Objective  # noqa: E402
 
 
@@ -249,3 +253,15 @@ def test_the_objective_reports_the_coarse_energies_per_coarse_pixel():
     results = objective.adm_step.results
     assert objective.diagnostics["latent_energy"] == pytest.approx(sum(r.energy for r in results) / (2 * 4 * 3))
     assert objective.diagnostics["latent_start_energy"] == pytest.approx(sum(r.history[0] for r in results) / 24)
+
+
+def test_a_stored_run_without_latent_stride_loads_and_is_reused_with_stride_1(tmp_path):
+    config = TrainConfig(optimizer="adm", epochs=1, pretrain_epochs=0)
+    stored = json.loads(json.dumps(dataclasses.asdict(config.resolved())))
+    del stored["latent_stride"]  # a config.json written before the setting existed
+    assert TrainConfig.from_dict(stored).latent_stride == 1
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_time": 1.0}) + "\n")
+    assert _run(config, tmp_path, progress=False) == [{"epoch": 1, "train_time": 1.0}]  # reused, not trained
+    with pytest.raises(FileExistsError, match="other settings"):
+        _run(dataclasses.replace(config, latent_stride=2), tmp_path, progress=False)

@@ -66,12 +66,18 @@ def _resolved(settings):
     return settings
 
 
+#: TrainConfig's defaults, as config.json stores them.
+_DEFAULTS = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+
+
 def _run(config, folder, progress):
     """Train `config` in `folder`, or reuse / resume what an earlier call left there (a finished run
     whose metrics.jsonl lost records gets them back from its checkpoint, through resume)."""
     stored = folder / "config.json"
     if stored.is_file():
-        settings = {**json.loads(stored.read_text()), "world_size": config.world_size}  # any number of processes
+        # a setting added since the run was stored takes its default (TrainConfig.from_dict does the same);
+        # the run is reused on any number of processes
+        settings = {**_DEFAULTS, **json.loads(stored.read_text()), "world_size": config.world_size}
         if _resolved(settings) != _resolved(json.loads(json.dumps(dataclasses.asdict(config.resolved())))):
             raise FileExistsError(f"out: {str(folder)!r} holds a run with other settings; choose another --out")
         records = read_metrics(folder)
