@@ -10,10 +10,13 @@ every configuration then starts from that same network and sees the same batches
 
     python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8] [--lam] [--gamma]
                                     [--batch-size 8] [--backends numba-expansion maxflow ...] [--model fcn-small]
-                                    [--device auto] [--world-size 1]
+                                    [--device auto] [--world-size 1] [--latent-stride 1 2 4]
 
 ``--world-size N`` starts N processes under torchrun (DistributedDataParallel, gloo on the CPU, NCCL
 on GPUs), each taking its share of every batch; the times are those of rank 0.
+
+``--latent-stride`` lists ADM's latent strides (default 1, the paper's full-resolution eq. 8): one set of
+ADM rows per stride.
 
 Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
 of the latent step and its share of the ADM step. The target of issue 5: the fastest ADM step costs
@@ -91,6 +94,8 @@ def main():
     parser.add_argument("--model", default="fcn-small", help="network (a name of admsolve train --model)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--world-size", type=int, default=1, help="processes under torchrun (default 1)")
+    parser.add_argument("--latent-stride", type=int, nargs="+", default=[1],
+                        help="ADM's latent strides, one set of ADM rows each (default 1)")
     args = parser.parse_args()
     if args.world_size > 1 and "WORLD_SIZE" not in os.environ:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -114,10 +119,13 @@ def main():
     names = args.backends or [name for name, entry in adm.backends.BACKENDS.items()
                               if entry.problem is adm.GridCRF and available[name] is True]
     configurations = [("GD grid", dict(optimizer="gd"))]
-    for name in names:
-        configurations.append((f"ADM {name}", dict(optimizer="adm", backend=name)))
-        if name in RESTRICTABLE:
-            configurations.append((f"ADM {name} restricted", dict(optimizer="adm", backend=name, restrict_labels=True)))
+    for stride in args.latent_stride:
+        suffix = "" if stride == 1 else f" stride {stride}"
+        for name in names:
+            adm_settings = dict(optimizer="adm", backend=name, latent_stride=stride)
+            configurations.append((f"ADM {name}{suffix}", adm_settings))
+            if name in RESTRICTABLE:
+                configurations.append((f"ADM {name} restricted{suffix}", dict(adm_settings, restrict_labels=True)))
 
     show = trainer.processes.main
     if show:
