@@ -135,7 +135,7 @@ def main():
               f"{trainer.model.__class__.__name__}, torch {torch.__version__} on {trainer.device} with "
               f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
               f"median of {args.steps} steps")
-        print(f"{'configuration':36s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
+        print(f"{'configuration':40s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
     gd_time = None
     for label, settings in configurations:
         config = dataclasses.replace(base, **settings)
@@ -146,7 +146,7 @@ def main():
         gd_time = gd_time or step
         share = f"{latent / step:13.0%}" if config.optimizer == "adm" else f"{'-':>13s}"
         if show:
-            print(f"{label:36s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
+            print(f"{label:40s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
 
 
 if __name__ == "__main__":
