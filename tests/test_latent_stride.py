@@ -36,26 +36,30 @@ def blocks(values, stride):
 # ---------------------------------------------------------------- the pooling helpers
 
 
-@given(st.integers(1, 11), st.integers(1, 11), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**32 - 1))
-def test_block_probabilities_are_block_means_that_sum_to_one_on_partial_blocks_too(height, width, stride, k, seed):
+@given(st.integers(1, 11), st.integers(1, 11), st.integers(1, 5), st.integers(1, 5),
+       st.sampled_from([torch.float64, torch.float32]), st.integers(0, 2**32 - 1))
+def test_block_probabilities_are_block_means_that_sum_to_one_on_partial_blocks_too(height, width, stride, k, dtype,
+                                                                                   seed):
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(k), (2, height, width))
-    pooled = block_probabilities(probs, stride)
+    pooled = block_probabilities(torch.tensor(probs, dtype=dtype).permute(0, 3, 1, 2), stride)
     rows, cols = -(-height // stride), -(-width // stride)
-    assert pooled.shape == (2, rows, cols, k)
+    assert pooled.shape == (2, rows, cols, k) and pooled.dtype == np.float64
     np.testing.assert_allclose(pooled.sum(-1), 1.0, rtol=0, atol=1e-12)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
     for r in range(rows):  # each block, partial ones included, is the plain mean of the pixels it has
         for c in range(cols):
             block = probs[:, r * stride:(r + 1) * stride, c * stride:(c + 1) * stride]
-            np.testing.assert_allclose(pooled[:, r, c], block.mean(axis=(1, 2)), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(pooled[:, r, c], block.mean(axis=(1, 2)), rtol=0, atol=tolerance)
 
 
 def test_block_mean_of_a_partial_block_averages_only_its_own_pixels():
-    image = np.arange(13 * 10, dtype=float).reshape(1, 13, 10, 1)
+    image = torch.arange(13 * 10, dtype=torch.float64).reshape(1, 1, 13, 10)
     pooled = block_mean(image, 4)
-    assert pooled.shape == (1, 4, 3, 1)
-    assert pooled[0, 3, 2, 0] == image[0, 12, 8:10, 0].mean()  # 1 x 2 pixels in the corner block
-    assert pooled[0, 0, 2, 0] == image[0, 0:4, 8:10, 0].mean()  # 4 x 2
+    assert pooled.shape == (1, 1, 4, 3) and pooled.dtype == torch.float64
+    assert pooled[0, 0, 3, 2] == image[0, 0, 12, 8:10].mean()  # 1 x 2 pixels in the corner block
+    assert pooled[0, 0, 0, 2] == image[0, 0, 0:4, 8:10].mean()  # 4 x 2
+    assert block_mean(torch.ones(1, 2, 3, 2), 5).tolist() == [[[[1.0]], [[1.0]]]]  # smaller than one block
 
 
 def test_a_block_seed_is_the_most_frequent_scribbled_label():
@@ -152,7 +156,8 @@ def test_the_dense_latent_problem_is_built_on_the_coarse_grid_with_sxy_over_the_
     latent = step(probs, images, scribbles)
     problem = step.problems(probs, images, scribbles)[0]
     assert problem.shape == (7, 5) and problem.sxy == 4.0 and problem.compat == 4.0
-    np.testing.assert_allclose(problem.image, block_mean(images[:1].astype(float), 2)[0])
+    pooled = block_mean(torch.tensor(images[:1], dtype=torch.float64).permute(0, 3, 1, 2), 2)
+    np.testing.assert_allclose(problem.image, pooled[0].permute(1, 2, 0).numpy())
     scribbled = scribbles != 255
     assert latent.shape == scribbles.shape and torch.equal(latent[scribbled], scribbles[scribbled])
 

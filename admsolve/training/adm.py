@@ -118,14 +118,15 @@ class ADMStep:
         n, n_labels, height, width = probs.shape
         scribbles = _check_labels(scribbles, "scribbles", (n, height, width), n_labels, self.ignore_index)
         pictures = _images_as_numpy(images, (n, height, width))
-        soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
         seeds = scribbles.cpu().numpy()
         stride = self.latent_stride
-        if stride > 1:
-            soft = block_probabilities(soft, stride)
-            pictures = block_mean(np.stack(pictures), stride)
-            seeds = block_seeds(seeds, stride, n_labels, self.ignore_index)
-        return soft, pictures, seeds
+        if stride == 1:
+            soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
+            return soft, pictures, seeds
+        # pooled where S is (on its device, in its precision) before anything full-size is copied
+        soft = block_probabilities(probs.detach().clamp(0.0, 1.0), stride)
+        pictures = block_mean(torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2), stride)
+        return soft, pictures.permute(0, 2, 3, 1).numpy(), block_seeds(seeds, stride, n_labels, self.ignore_index)
 
     def _problems(self, soft, pictures, seeds):
         lam = self.lam
@@ -158,23 +159,19 @@ class ADMStep:
         return torch.from_numpy(latent).to(probs.device)
 
 
-def block_mean(array: np.ndarray, stride: int) -> np.ndarray:
-    """The mean of (N, H, W, C) `array` over s x s blocks of pixels: (N, ceil(H/s), ceil(W/s), C).
-    A partial block at the right or bottom edge averages the pixels it has."""
-    n, height, width, channels = array.shape
-    rows, cols = -(-height // stride), -(-width // stride)
-    padded = np.zeros((n, rows * stride, cols * stride, channels), dtype=np.float64)
-    padded[:, :height, :width] = array
-    sums = padded.reshape(n, rows, stride, cols, stride, channels).sum(axis=(2, 4))
-    counts = np.outer(np.minimum(stride, height - stride * np.arange(rows)),  # pixels per block
-                      np.minimum(stride, width - stride * np.arange(cols)))
-    return sums / counts[None, :, :, None]
+def block_mean(values: torch.Tensor, stride: int) -> torch.Tensor:
+    """The mean of (N, C, H, W) `values` over s x s blocks of pixels: (N, C, ceil(H/s), ceil(W/s)), of
+    their dtype (float32 at least) and device. A partial block at the right or bottom edge averages the
+    pixels it has (``avg_pool2d`` in ceil mode without padding divides by the pixels inside the input)."""
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    return torch.nn.functional.avg_pool2d(values, stride, ceil_mode=True)
 
 
-def block_probabilities(probs: np.ndarray, stride: int) -> np.ndarray:
-    """:func:`block_mean` of (N, H, W, K) probabilities, renormalised so that each block's sum to 1
-    (they do up to rounding when each pixel's do; a block of zeros stays zero)."""
-    pooled = block_mean(probs, stride)
+def block_probabilities(probs: torch.Tensor, stride: int) -> np.ndarray:
+    """(N, K, H, W) probabilities averaged over s x s blocks (:func:`block_mean`) and renormalised in
+    float64, so that each block's sum to 1 (they do up to rounding when each pixel's do; a block of
+    zeros stays zero): an (N, ceil(H/s), ceil(W/s), K) float64 array."""
+    pooled = block_mean(probs, stride).cpu().to(torch.float64).permute(0, 2, 3, 1).numpy()
     total = pooled.sum(axis=-1, keepdims=True)
     return np.divide(pooled, total, out=pooled, where=total > 0)
 
@@ -185,10 +182,10 @@ def block_seeds(seeds: np.ndarray, stride: int, n_labels: int, unlabeled: int = 
     block has no scribbled pixel."""
     n, height, width = seeds.shape
     rows, cols = -(-height // stride), -(-width // stride)
-    padded = np.full((n, rows * stride, cols * stride), unlabeled, dtype=np.int64)
-    padded[:, :height, :width] = seeds
-    blocks = padded.reshape(n, rows, stride, cols, stride)
-    counts = (blocks[..., None] == np.arange(n_labels)).sum(axis=(2, 4))  # (N, rows, cols, K)
+    image, y, x = np.nonzero(seeds != unlabeled)  # the scribbled pixels, counted per block and label
+    block = (image * rows + y // stride) * cols + x // stride
+    counts = np.bincount(block * n_labels + seeds[image, y, x], minlength=n * rows * cols * n_labels)
+    counts = counts.reshape(n, rows, cols, n_labels)
     return np.where(counts.any(axis=-1), counts.argmax(axis=-1), unlabeled)
 
 
