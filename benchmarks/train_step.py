@@ -10,7 +10,7 @@ every configuration then starts from that same network and sees the same batches
 
     python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8] [--lam] [--gamma]
                                     [--batch-size 8] [--backends numba-expansion maxflow ...] [--model fcn-small]
-                                    [--device auto] [--world-size 1] [--latent-stride 1 2 4]
+                                    [--device auto] [--world-size 1] [--threads N] [--latent-stride 1 2 4]
 
 ``--world-size N`` starts N processes under torchrun (DistributedDataParallel, gloo on the CPU, NCCL
 on GPUs), each taking its share of every batch; the times are those of rank 0.
@@ -94,6 +94,9 @@ def main():
     parser.add_argument("--model", default="fcn-small", help="network (a name of admsolve train --model)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--world-size", type=int, default=1, help="processes under torchrun (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: the cores divided among the processes; 1 avoids "
+                             "the stalls of torch's threads on a machine busy with other work)")
     parser.add_argument("--latent-stride", type=int, nargs="+", default=[1],
                         help="ADM's latent strides, one set of ADM rows each (default 1)")
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main():
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.world_size}", *sys.argv]
         sys.exit(subprocess.run(command).returncode)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.world_size))
 
     base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
                        batch_size=args.batch_size, lam=args.lam, gamma=args.gamma, connectivity=args.connectivity,
