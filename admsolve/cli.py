@@ -234,6 +234,7 @@ TRAINING_OPTIONS = {
     "srgb": "dense CRF: colour kernel width",
     "max_iter": "ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates)",
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
+    "latent_stride": "ADM: solve eq. 8 on a grid 1/N of the input's in each direction (1: the paper's full resolution)",
     "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
              "nn.Module giving (N, K, h, w) logits) (default effnet-lite0 on a dataset folder, fcn-small on the "
              "synthetic data)",

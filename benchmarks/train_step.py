@@ -10,10 +10,13 @@ every configuration then starts from that same network and sees the same batches
 
     python benchmarks/train_step.py [--data DIR] [--steps 5] [--warmup-steps 30 | --init CHECKPOINT] [--crop-size 256] [--connectivity 8] [--lam] [--gamma]
                                     [--batch-size 8] [--backends numba-expansion maxflow ...] [--model fcn-small]
-                                    [--device auto] [--world-size 1]
+                                    [--device auto] [--world-size 1] [--threads N] [--latent-stride 1 2 4]
 
 ``--world-size N`` starts N processes under torchrun (DistributedDataParallel, gloo on the CPU, NCCL
 on GPUs), each taking its share of every batch; the times are those of rank 0.
+
+``--latent-stride`` lists ADM's latent strides (default 1, the paper's full-resolution eq. 8): one set of
+ADM rows per stride.
 
 Printed per configuration: median seconds per step, its ratio to the GD step, the median wall time
 of the latent step and its share of the ADM step. The target of issue 5: the fastest ADM step costs
@@ -91,12 +94,17 @@ def main():
     parser.add_argument("--model", default="fcn-small", help="network (a name of admsolve train --model)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--world-size", type=int, default=1, help="processes under torchrun (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: the cores divided among the processes; 1 avoids "
+                             "the stalls of torch's threads on a machine busy with other work)")
+    parser.add_argument("--latent-stride", type=int, nargs="+", default=[1],
+                        help="ADM's latent strides, one set of ADM rows each (default 1)")
     args = parser.parse_args()
     if args.world_size > 1 and "WORLD_SIZE" not in os.environ:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.world_size}", *sys.argv]
         sys.exit(subprocess.run(command).returncode)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.world_size))
 
     base = TrainConfig(data=args.data, optimizer="gd", regularizer="grid", crop_size=args.crop_size,
                        batch_size=args.batch_size, lam=args.lam, gamma=args.gamma, connectivity=args.connectivity,
@@ -114,10 +122,13 @@ def main():
     names = args.backends or [name for name, entry in adm.backends.BACKENDS.items()
                               if entry.problem is adm.GridCRF and available[name] is True]
     configurations = [("GD grid", dict(optimizer="gd"))]
-    for name in names:
-        configurations.append((f"ADM {name}", dict(optimizer="adm", backend=name)))
-        if name in RESTRICTABLE:
-            configurations.append((f"ADM {name} restricted", dict(optimizer="adm", backend=name, restrict_labels=True)))
+    for stride in args.latent_stride:
+        suffix = "" if stride == 1 else f" stride {stride}"
+        for name in names:
+            adm_settings = dict(optimizer="adm", backend=name, latent_stride=stride)
+            configurations.append((f"ADM {name}{suffix}", adm_settings))
+            if name in RESTRICTABLE:
+                configurations.append((f"ADM {name} restricted{suffix}", dict(adm_settings, restrict_labels=True)))
 
     show = trainer.processes.main
     if show:
@@ -127,7 +138,7 @@ def main():
               f"{trainer.model.__class__.__name__}, torch {torch.__version__} on {trainer.device} with "
               f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
               f"median of {args.steps} steps")
-        print(f"{'configuration':36s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
+        print(f"{'configuration':40s} {'s/step':>7s} {'x GD':>6s} {'latent s':>9s} {'latent share':>13s}")
     gd_time = None
     for label, settings in configurations:
         config = dataclasses.replace(base, **settings)
@@ -138,7 +149,7 @@ def main():
         gd_time = gd_time or step
         share = f"{latent / step:13.0%}" if config.optimizer == "adm" else f"{'-':>13s}"
         if show:
-            print(f"{label:36s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
+            print(f"{label:40s} {step:7.3f} {step / gd_time:6.2f} {latent:9.3f} {share}", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
 
 #: Settings that only ADM reads, and lam, which only a regularizer reads: a configuration that does not
 #: use them stores TrainConfig's defaults, so that its run is reused when only they change.
-ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels")
+ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels", "latent_stride")
 
 
 def _unused_to_defaults(config):

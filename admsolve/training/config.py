@@ -62,6 +62,7 @@ class TrainConfig:
     srgb: float = 13.0
     max_iter: int = 5
     restrict_labels: bool = False
+    latent_stride: int = 1
     model: str | None = None
     weights: str | None = None
     init: str | None = None
@@ -106,6 +107,7 @@ class TrainConfig:
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
         as_scalar(self.eval_every, "eval_every", minimum=1, integer=True)
         as_scalar(self.gamma_growth, "gamma_growth", minimum=1.0)
+        as_scalar(self.latent_stride, "latent_stride", minimum=1, integer=True)
         if self.crop_size is not None:
             as_scalar(self.crop_size, "crop_size", minimum=8, integer=True)
         if self.epochs + self.pretrain_epochs == 0:

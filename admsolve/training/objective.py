@@ -24,8 +24,9 @@ class Objective:
         The latent step, for ADM with a regularizer.
     diagnostics : dict
         After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per pixel
-        at argmax S and at X, batch mean) and ``latent_changed`` (share of unscribbled pixels where
-        X differs from argmax S) and ``confidence`` (mean of max_k S over the unscribbled pixels).
+        at argmax S and at X, batch mean; per coarse pixel of the coarse problem with
+        ``latent_stride`` > 1), ``latent_changed`` (share of unscribbled pixels where X differs from
+        argmax S) and ``confidence`` (mean of max_k S over the unscribbled pixels).
     """
 
     def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
@@ -41,6 +42,7 @@ class Objective:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
+                                    latent_stride=config.latent_stride,
                                     workers=self.workers,
                                     max_iter=config.max_iter)
 
@@ -65,7 +67,9 @@ class Objective:
             elif self.adm_step is not None:
                 latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
                 terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.gamma, reduction="mean")
-                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, logits.shape[2] * logits.shape[3])
+                stride = self.config.latent_stride  # the latent problem's pixels: ceil(H / s) x ceil(W / s)
+                pixels = -(-logits.shape[2] // stride) * -(-logits.shape[3] // stride)
+                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, pixels)
             else:
                 terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images, lam=self.config.weight,
                                                                              workers=self.workers, **self.settings)
@@ -85,7 +89,10 @@ class Objective:
     def _latent_diagnostics(self, logits, latent, scribbles, pixels):
         """How the latent step moved away from the network (issue 11's diagnosis), per pixel: the
         eq. 8 energy of its start argmax S and of X, and the share of unscribbled pixels where X
-        differs from argmax S."""
+        differs from argmax S. With ``latent_stride`` s > 1 the energies are those of the coarse
+        problem per coarse pixel (`pixels` is ceil(H/s) * ceil(W/s)), which the regularizer's
+        ``coarsen`` keeps on the scale of the full-resolution figures; the share is counted at full resolution, so it includes
+        the blocks of the upsampled X."""
         results = self.adm_step.results
         free = scribbles == UNLABELED
         changed = (latent != logits.detach().argmax(1)) & free

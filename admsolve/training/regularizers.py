@@ -42,6 +42,11 @@ class Regularizer:
     latent_problem : callable or None
         ``latent_problem(unary, image, seeds, *, lam, unlabeled, **settings)``: the problem of eq. 8
         for one image, with unaries ``-gamma log S`` given.
+    coarsen : callable or None
+        ``coarsen(stride, lam, settings) -> (lam, settings)``: the weight and settings of the latent
+        problem on a grid 1/stride of the image's in each direction (``ADMStep(latent_stride=...)``),
+        chosen so that the coarse energy of a labeling, times stride², approximates the fine energy of
+        the labeling upsampled; None: the regularizer has no coarse latent problem.
     """
 
     name: str
@@ -51,6 +56,7 @@ class Regularizer:
     term: str = ""
     relaxed_loss: Callable | None = None
     latent_problem: Callable | None = None
+    coarsen: Callable | None = None
 
 
 def _grid_loss(probs, images, *, lam, workers, connectivity):
@@ -62,6 +68,12 @@ def _grid_loss(probs, images, *, lam, workers, connectivity):
 
 def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
     return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=seeds, unlabeled=unlabeled)
+
+
+def _grid_coarsen(stride, lam, settings):
+    # A coarse pixel stands for stride² pixels (its unary: their mean), a coarse edge across a block
+    # border for stride edges: lam / stride keeps the balance, coarse energy * stride² ~ fine energy.
+    return lam / stride, settings
 
 
 def _dense_loss(probs, images, *, lam, workers, sxy, srgb):
@@ -77,15 +89,21 @@ def _dense_problem(unary, image, seeds, *, lam, unlabeled, sxy, srgb):
                     seeds=seeds, unlabeled=unlabeled)
 
 
+def _dense_coarsen(stride, lam, settings):
+    # The kernel is normalised (rows sum to about 1), so the Potts term per pixel does not depend on
+    # the resolution once the spatial width covers the same image area: sxy / stride, lam unchanged.
+    return lam, {**settings, "sxy": settings["sxy"] / stride}
+
+
 #: Every regularizer, by name.
 REGULARIZERS: dict[str, Regularizer] = {
     regularizer.name: regularizer
     for regularizer in (
         Regularizer("none", default_lam=0.0),
         Regularizer("grid", default_lam=4.0, settings=("connectivity",), problem=GridCRF, term="grid_crf",
-                    relaxed_loss=_grid_loss, latent_problem=_grid_problem),
+                    relaxed_loss=_grid_loss, latent_problem=_grid_problem, coarsen=_grid_coarsen),
         Regularizer("dense", default_lam=4.0, settings=("sxy", "srgb"), problem=DenseCRF, term="dense_crf",
-                    relaxed_loss=_dense_loss, latent_problem=_dense_problem),
+                    relaxed_loss=_dense_loss, latent_problem=_dense_problem, coarsen=_dense_coarsen),
     )
 }
 
