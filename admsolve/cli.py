@@ -350,9 +350,10 @@ def build_parser():
                                                                     "scribbles ('' to skip; default %(default)s)")
     reproduce.add_argument("--solvers", default="numba-expansion,numba-swap,numba-icm,relaxed-gd",
                            help="latent solvers of the ablation ('' to skip; default %(default)s)")
-    reproduce.add_argument("--variants", default="restricted,gamma-growth",
-                           help="changes to ADM grid measured on the held-back fifth of train, among "
-                                "restricted, gamma-growth ('' to skip; default %(default)s)")
+    reproduce.add_argument("--variants", default="restricted,gamma-growth,stride-2,stride-4",
+                           help="changes to ADM grid measured on the held-back fifth of train: restricted "
+                                "(--restrict-labels), gamma-growth (--gamma-growth 2), stride-2, stride-4 "
+                                "(--latent-stride) ('' to skip; default %(default)s)")
     reproduce.add_argument("--report-only", action="store_true",
                            help="train nothing: write the report from the runs finished so far")
     _add_training_arguments(reproduce, skip=("data",))

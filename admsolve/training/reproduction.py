@@ -52,7 +52,8 @@ SOLVERS = ("numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 #: Fewest training images a study accepts (the held-back fifth must hold some).
 MIN_TRAIN_IMAGES = 10
 #: Changes to ADM grid tried on the held-back fifth of train (the diagnosis), by name.
-VARIANTS = {"restricted": {"restrict_labels": True}, "gamma-growth": {"gamma_growth": 2.0}}
+VARIANTS = {"restricted": {"restrict_labels": True}, "gamma-growth": {"gamma_growth": 2.0},
+            "stride-2": {"latent_stride": 2}, "stride-4": {"latent_stride": 4}}
 
 
 @dataclasses.dataclass
