@@ -178,3 +178,14 @@ def test_progress_line():
     quiet = io.StringIO()
     progress_line(quiet, "x").close()
     assert quiet.getvalue() == ""
+
+
+def test_the_command_line_makes_waiting_openmp_threads_sleep_unless_told_otherwise(monkeypatch, capsys):
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(["backends"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert main(["backends"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .distributed import Processes
-from .losses import grid_crf_loss
+from ..energies.gridcrf import edge_slices
+from .losses import _contrast_weights, _GridCRFFunction
 from .metrics import SegmentationScores, prediction_sheet
 
 if TYPE_CHECKING:
@@ -44,21 +45,25 @@ def image_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
 
 
+@torch.no_grad()
 def grid_crf_per_pixel(probs: torch.Tensor, images: torch.Tensor, *, connectivity: int) -> torch.Tensor:
     """The grid-CRF term (lam = 1) of each image's output divided by its pixel count, relaxed and discrete.
 
     Returns an (N, 2) float64 tensor of ``(relaxed, discrete)`` per image: eq. 9 (halved) at the
-    softmax S, the term of loss (4) that GD minimises, and the Potts energy of the segmentation
-    argmax S, the discrete R(X) that ADM's latent step minimises (the relaxation at the one-hot
-    argmax). `probs` is (N, K, H, W), `images` (N, 3, H, W) in [0, 1], on one device; the
-    contrast weights are :func:`admsolve.contrast_weights`' of the 0..255 images.
+    softmax S (:func:`~admsolve.training.grid_crf_loss`), the term of loss (4) that GD minimises, and
+    the Potts energy of the segmentation argmax S (:meth:`admsolve.GridCRF.cut_weight`), the discrete
+    R(X) that ADM's latent step minimises. `probs` is (N, K, H, W), `images` (N, 3, H, W) in [0, 1],
+    on one device; the contrast weights, computed once for both, are those of the 0..255 images.
     """
     soft = probs.double()
-    hard = torch.nn.functional.one_hot(soft.argmax(1), soft.shape[1]).permute(0, 3, 1, 2).double()
-    pictures = images.double() * 255.0
-    pixels = soft.shape[2] * soft.shape[3]
-    return torch.stack([grid_crf_loss(s, pictures, connectivity=connectivity, reduction="none") / pixels
-                        for s in (soft, hard)], dim=1)
+    labels = soft.argmax(1)
+    height, width = labels.shape[1:]
+    weights = _contrast_weights(images.double() * 255.0, connectivity)
+    potts = soft.new_zeros(len(soft))
+    for d, w in enumerate(weights):
+        (rp, cp), (rq, cq) = edge_slices(d, height, width)
+        potts += (w * (labels[:, rp, cp] != labels[:, rq, cq])).sum(dim=(1, 2))
+    return torch.stack([_GridCRFFunction.apply(soft, *weights), potts], dim=1) / (height * width)
 
 
 class Evaluator:

@@ -130,7 +130,7 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.records = []
-        self.plotted = time.perf_counter()  # when curves.png was last drawn
+        self.plotted = time.perf_counter()  # when curves.png and predictions.png were last drawn
         self._new_optimizer()
 
     # ------------------------------------------------------------------ schedule
@@ -277,9 +277,12 @@ class Trainer:
             self.progress.done(f"{describe_config(config)} on {config.data} -> {self.out}")
         for epoch in range(self.epoch + 1, config.total_epochs + 1):
             record = self.train_epoch(epoch)
+            # the figures (curves.png, predictions.png) are drawn at each phase's end and at most every PLOT_INTERVAL
+            draw = epoch in (config.pretrain_epochs, config.total_epochs) or \
+                time.perf_counter() - self.plotted >= PLOT_INTERVAL
             if self.evaluated(epoch):
                 began = time.perf_counter()
-                record.update(self.evaluate(sheet=self.out / "predictions.png"))
+                record.update(self.evaluate(sheet=self.out / "predictions.png" if draw else None))
                 record["eval_time"] = time.perf_counter() - began
             self.epoch = epoch
             self.records.append(record)
@@ -287,8 +290,7 @@ class Trainer:
             if self.processes.main:
                 self.steps.epoch(record)
                 write_records(self.out / "metrics.jsonl", self.records)
-                if epoch in (config.pretrain_epochs, config.total_epochs) or \
-                        time.perf_counter() - self.plotted >= PLOT_INTERVAL:
+                if draw:
                     plot_curves(self.records, self.out / "curves.png", title=describe_config(config))
                     self.plotted = time.perf_counter()
             scores = (f", val mIoU {record['miou']:.3f}, accuracy {record['accuracy']:.3f}, grid-CRF loss train "
@@ -305,7 +307,8 @@ class Trainer:
         return epoch % config.eval_every == 0 or epoch in (config.pretrain_epochs, config.total_epochs)
 
 
-#: Fewest seconds between two drawings of a run's curves.png (it is also drawn at each phase's end).
+#: Fewest seconds between two drawings of a run's curves.png and predictions.png (both are also drawn
+#: at each phase's end).
 PLOT_INTERVAL = 30.0
 
 
