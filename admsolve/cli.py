@@ -244,7 +244,8 @@ TRAINING_OPTIONS = {
     "init": "start the network from another run's checkpoint.pt",
     "epochs": "epochs of the regularized phase",
     "pretrain_epochs": "epochs of partial cross-entropy before it (phase 1)",
-    "eval_every": "evaluate every N epochs (and always after each phase's last epoch)",
+    "eval_every": "evaluate every N epochs and after each phase's last epoch (default 2 on the synthetic data, "
+                  "whose epochs are 4 steps, else 1)",
     "batch_size": "images per batch",
     "crop_size": "side of the random square crops (default 96 on the synthetic data, else 224)",
     "scale": "range of the random scaling, two numbers",

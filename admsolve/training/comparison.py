@@ -72,7 +72,7 @@ def _comparable(settings, folder):
     processes; a start from the group's own shared pCE phase (``../pretrain/checkpoint.pt``) is
     named by that role, so that a group folder can be moved (e.g. committed and checked out
     elsewhere) and its runs still be reused."""
-    settings = _resolved(dataclasses.asdict(TrainConfig.from_dict(settings)))
+    settings = _resolved(dataclasses.asdict(TrainConfig.from_dict(settings).resolved()))
     settings["world_size"] = 1
     init = settings.get("init")
     if init is not None and Path(init).parent.name == "pretrain" and Path(init).name == "checkpoint.pt" \

@@ -42,7 +42,8 @@ class TrainConfig:
     ("train-fit" and "train-holdout" hold back a fifth of train for choosing hyperparameters);
     ``scribbles="masks"`` trains on the full masks (the fully supervised upper bound). ``lam=None``
     takes the regularizer's ``default_lam``; ``crop_size=None`` takes 96 for the synthetic set, else
-    224; ``model=None`` takes "fcn-small" for the synthetic set, else "effnet-lite0"
+    224; ``eval_every=None`` takes 2 for the synthetic set, else 1; ``model=None`` takes "fcn-small"
+    for the synthetic set, else "effnet-lite0"
     (:attr:`resolved_model`). ``model`` is one of :data:`MODELS` or "package.module:factory" (a
     function of n_labels returning an ``nn.Module``). ``init`` starts the network from another run's
     ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
@@ -68,7 +69,7 @@ class TrainConfig:
     init: str | None = None
     epochs: int = 10
     pretrain_epochs: int = 10
-    eval_every: int = 1
+    eval_every: int | None = None
     batch_size: int = 8
     crop_size: int | None = None
     scale: tuple = (0.75, 1.25)
@@ -105,7 +106,8 @@ class TrainConfig:
         for name in ("epochs", "pretrain_epochs", "max_iter", "seed", "loader_workers"):
             as_scalar(getattr(self, name), name, minimum=0, integer=True)
         as_scalar(self.batch_size, "batch_size", minimum=1, integer=True)
-        as_scalar(self.eval_every, "eval_every", minimum=1, integer=True)
+        if self.eval_every is not None:
+            as_scalar(self.eval_every, "eval_every", minimum=1, integer=True)
         as_scalar(self.gamma_growth, "gamma_growth", minimum=1.0)
         as_scalar(self.latent_stride, "latent_stride", minimum=1, integer=True)
         if self.crop_size is not None:
@@ -141,10 +143,13 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """This configuration with the values a run uses in place of its defaults of None: ``model``,
-        ``crop_size`` (96 on the synthetic data, else 224) and, with a regularizer, ``lam``. A run folder's
+        ``crop_size`` (96 on the synthetic data, else 224), ``eval_every`` (2 on the synthetic data, whose
+        epochs are 4 steps, else 1) and, with a regularizer, ``lam``. A run folder's
         ``config.json`` stores this form."""
+        synthetic = self.data == "synthetic"
         return dataclasses.replace(self, model=self.resolved_model,
-                                   crop_size=self.crop_size or (96 if self.data == "synthetic" else 224),
+                                   crop_size=self.crop_size or (96 if synthetic else 224),
+                                   eval_every=self.eval_every or (2 if synthetic else 1),
                                    lam=self.lam if self.regularizer == "none" else self.weight)
 
     @property
