@@ -253,9 +253,10 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
         Everything the report shows (:func:`write_report`): "base", "plan", "out", "tuning",
         "chosen", "variants", "tables" (per seed), "lengths", "solvers", "seconds".
 
-    The groups run in this order: tuning, the seeds of Tables 1-3, the variants, the solver ablation
-    (in the first seed's group: its ADM grid run is the default solver's), the scribble lengths (the
-    base length, when the scribbles are generated, is the first seed's group itself).
+    The groups run in this order (the most telling first, for a study that spans sittings): tuning,
+    the first seed of Tables 1-3, the variants, the solver ablation (in the first seed's group: its
+    ADM grid run is the default solver's), the other seeds, the scribble lengths (the base length,
+    when the scribbles are generated, is the first seed's group itself).
     """
     plan = Plan() if plan is None else plan
     if not isinstance(base, TrainConfig):
@@ -282,10 +283,12 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
     def configured(key, **extra):
         return {**_settings(key), **study["chosen"].get(key, {}), **extra}
 
-    for seed in plan.seeds:
+    def seed_group(seed):
         study["tables"][seed] = run_group(dataclasses.replace(base, seed=seed), out / f"seed-{seed}",
                                           {key: configured(key) for key in plan.configurations},
                                           progress=progress, train=train)
+
+    seed_group(plan.seeds[0])
     if plan.variants and "adm-grid" in plan.configurations:
         # the reference is the tuning run of the chosen values itself
         chosen = [row["run"] for row in study["tuning"] if row["key"] == "adm-grid" and row["chosen"]]
@@ -302,6 +305,8 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
                            for solver in plan.solvers if solver != default}, progress=progress, train=train)
         study["solvers"] = {solver: study["tables"][plan.seeds[0]]["adm-grid"] if solver == default
                             else group[f"adm-grid-{solver}"] for solver in plan.solvers}
+    for seed in plan.seeds[1:]:
+        seed_group(seed)
     generated = open_dataset(base.data, "train", scribbles=base.scribbles).scribble_source.startswith("generated")
     for length in plan.lengths:
         keys = [key for key in LENGTH_CONFIGURATIONS if key in plan.configurations]
