@@ -206,7 +206,8 @@ def cmd_reproduce(args):
             studies.append(reproduction.reproduce(base, stored.parent, stored_plan, progress=False, train=False))
     if not studies:
         raise ValueError(f"--out: expected a folder holding studies of admsolve reproduce, got none in {args.out!r}")
-    report = reproduction.write_report(studies, args.report)
+    preface = Path(args.preface).read_text() if args.preface else ""
+    report = reproduction.write_report(studies, args.report, preface=preface)
     print(f"wrote {report} and its figures in {report.with_suffix('')}/")
 
 
@@ -356,6 +357,8 @@ def build_parser():
                            help="changes to ADM grid measured on the held-back fifth of train: restricted "
                                 "(--restrict-labels), gamma-growth (--gamma-growth 2), stride-2, stride-4 "
                                 "(--latent-stride) ('' to skip; default %(default)s)")
+    reproduce.add_argument("--preface", help="a Markdown file put after the report's heading (e.g. the "
+                                             "reading of its tables)")
     reproduce.add_argument("--report-only", action="store_true",
                            help="train nothing: write the report from the runs finished so far")
     _add_training_arguments(reproduce, skip=("data",))

@@ -103,11 +103,16 @@ def test_a_moved_study_is_reused_and_reported_from_the_command_line(tmp_path):
     shutil.rmtree(out)
     reproduce(base, moved / "synthetic", tiny_plan())
     assert metrics(run) == records
-    # with no DATA, --report-only reports every study in --out from its study.json
-    report = tmp_path / "docs" / "r.md"
-    assert main(["reproduce", "--report-only", "--out", str(moved), "--report", str(report), "--quiet"]) == 0
+    # with no DATA, --report-only reports every study in --out from its study.json, after the preface
+    report, preface = tmp_path / "docs" / "r.md", tmp_path / "notes.md"
+    preface.write_text("What the tables say.\n")
+    assert main(["reproduce", "--report-only", "--out", str(moved), "--report", str(report), "--quiet",
+                 "--preface", str(preface)]) == 0
     adm = metrics(moved / "synthetic" / "seed-0" / "adm-grid")[-1]
-    assert f"| ADM grid | {adm['miou']:.4f} |" in report.read_text()
+    pce = metrics(moved / "synthetic" / "seed-0" / "pce")[-1]
+    text = report.read_text()
+    assert f"| ADM grid | {adm['miou']:.4f} |" in text and "What the tables say." in text
+    assert f"ADM grid minus pCE only: {adm['miou'] - pce['miou']:+.4f} (higher in" in text  # the answers
 
 
 def test_a_folder_without_enough_images_is_refused_in_one_line(tmp_path, capsys):

@@ -387,6 +387,64 @@ def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike
     return report
 
 
+def _differences(results_a, results_b, key, relative=False):
+    """Per seed, `key` of run a minus run b (relative: in % of b), where both finished."""
+    pairs = [(_last(a, key), _last(b, key)) for a, b in zip(results_a, results_b)]
+    return [100 * (x / y - 1) if relative else x - y for x, y in pairs if x is not None and y is not None and (y or not relative)]
+
+
+def _describe_differences(values, digits, unit=""):
+    if not values:
+        return "not measured yet"
+    spread = f" ± {np.std(values):.{digits}f}" if len(values) > 1 else ""
+    higher = sum(v > 0 for v in values)
+    return f"{np.mean(values):+.{digits}f}{spread}{unit} (higher in {higher} of {len(values)} seed(s))"
+
+
+def _findings(study):
+    """The study's questions answered from its tables: differences per seed, mean ± std, and how many
+    seeds agree, so that "no" and "not at this scale" read as plainly as "yes"."""
+    tables, seeds, keys = study["tables"], list(study["tables"]), list(study["plan"].configurations)
+    lines = ["### Answers (computed from the tables below; differences per seed, then mean ± std)", ""]
+
+    def runs(key):
+        return [tables[s][key] for s in seeds] if key in keys else []
+
+    if "gd-grid" in keys and "adm-grid" in keys:
+        for key, header in TABLE1:
+            lines.append(f"- Grid-CRF {header}, ADM grid relative to GD grid: "
+                         f"{_describe_differences(_differences(runs('adm-grid'), runs('gd-grid'), key, True), 1, ' %')}.")
+        for key, header in (("miou", "val mIoU"), ("trimap_8", "accuracy within 8 px of boundaries"),
+                            ("trimap_16", "accuracy within 16 px"), ("accuracy", "accuracy")):
+            lines.append(f"- {header}, ADM grid minus GD grid: "
+                         f"{_describe_differences(_differences(runs('adm-grid'), runs('gd-grid'), key), 4)}.")
+    if "pce" in keys:
+        for key in keys:
+            if key not in ("pce", "full"):
+                lines.append(f"- val mIoU, {_name(key)} minus pCE only: "
+                             f"{_describe_differences(_differences(runs(key), runs('pce'), 'miou'), 4)}.")
+    for length, group in sorted(study["lengths"].items(), reverse=True):
+        if "adm-grid" in group and "gd-grid" in group:
+            lines.append(f"- Scribble length {length:g}: val mIoU ADM grid minus GD grid "
+                         f"{_describe_differences(_differences([group['adm-grid']], [group['gd-grid']], 'miou'), 4)}.")
+    finished = {name: r for name, r in study["solvers"].items() if r["status"] == "finished"}
+    if len(finished) > 1:
+        best = min(finished, key=lambda name: _last(finished[name], "train_latent_energy"))
+        top = max(finished, key=lambda name: _last(finished[name], "miou"))
+        lines.append(f"- Latent solvers: the lowest eq. 8 energy of X is {best}'s, the best val mIoU {top}'s; "
+                     f"mIoU ranges {min(_last(r, 'miou') for r in finished.values()):.4f}–"
+                     f"{max(_last(r, 'miou') for r in finished.values()):.4f} over {len(finished)} solvers (one seed).")
+    variants = {name: r for name, r in study["variants"].items() if r["status"] == "finished"}
+    if len(variants) > 1:
+        reference = next(iter(study["variants"]))
+        if reference in variants:
+            ranked = ", ".join(f"{name} {_last(r, 'miou') - _last(variants[reference], 'miou'):+.4f}"
+                               for name, r in variants.items() if name != reference)
+            lines.append(f"- Changes to ADM grid, holdout mIoU minus the chosen setting's ({reference}, "
+                         f"{_last(variants[reference], 'miou'):.4f}): {ranked} (one seed).")
+    return lines + [""] if len(lines) > 2 else []
+
+
 def _section(study, report, figures):
     from .metrics import plot_comparison
 
@@ -397,6 +455,7 @@ def _section(study, report, figures):
              f"Data `{base.data}`; runs in `{out}`.", "",
              "Budget and settings of every run (TrainConfig, before the per-configuration lam and gamma):", "",
              "```", json.dumps({k: v for k, v in dataclasses.asdict(base).items() if k != "init"}), "```", ""]
+    lines += _findings(study)
     if study["tuning"]:
         lines += ["### Hyperparameters (chosen on the held-back fifth of train, never on val)", "",
                   _table(["configuration", "run", "values", "holdout mIoU", "chosen"],
