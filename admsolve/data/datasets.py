@@ -474,7 +474,7 @@ class SyntheticDataset:
         self.class_names = ["background"] + [f"object {k}" for k in range(1, self.n_labels)]
         self.scribble_source = f"generated (length {self._length:g}, seed {self._seed})"
         self._colours = _hue_colours(self.n_labels)
-        self._cache = {}
+        self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -17,7 +17,7 @@ from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar
 from ..backends import lookup
 from ..energies.problem import LabelingProblem
 from ..energies.unaries import adm_unary
-from ..solve import solve_batch
+from ..solve import SolveResult, solve_batch
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
 from .regularizers import lookup_regularizer
 
@@ -84,7 +84,7 @@ class ADMStep:
         self.lam = as_scalar(lam, "lam", minimum=0.0)
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
         self.regularizer = lookup_regularizer(regularizer)
-        if self.regularizer.latent_problem is None:
+        if self.regularizer.latent_problem is None or self.regularizer.problem is None:
             raise ValueError(f"regularizer: expected one with a latent problem for ADM, got {regularizer!r}")
         self.settings = {"connectivity": as_connectivity(connectivity), "sxy": as_positive(sxy, "sxy"),
                          "srgb": as_positive(srgb, "srgb")}
@@ -100,7 +100,7 @@ class ADMStep:
                              f"latent problem), got {latent_stride!r}")
         self.ignore_index = _check_ignore_index(ignore_index)
         self.solver_options = solver_options
-        self.results = []
+        self.results: list[SolveResult] = []
 
     def problems(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor,
                  scribbles: torch.Tensor) -> list[LabelingProblem]:
@@ -153,7 +153,7 @@ class ADMStep:
                                    problem_options=per_problem, **self.solver_options)
         latent = np.stack([result.labels for result in self.results]).astype(np.int64)
         if self.latent_stride > 1:
-            latent = upsample_labels(latent, self.latent_stride, scribbles.shape[1:])
+            latent = upsample_labels(latent, self.latent_stride, (scribbles.shape[1], scribbles.shape[2]))
             full = scribbles.cpu().numpy()
             latent = np.where(full != self.ignore_index, full, latent)  # the hard constraints, at full resolution
         return torch.from_numpy(latent).to(probs.device)

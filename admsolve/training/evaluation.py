@@ -122,7 +122,9 @@ class Evaluator:
                 progress(len(self.val_images) + done, total)
 
         scores = SegmentationScores(self.n_labels)
-        val_losses, train_losses, tiles = [], [], []
+        val_losses: list[torch.Tensor] = []
+        train_losses: list[torch.Tensor] = []
+        tiles: list[tuple[Sample, np.ndarray]] = []
         for images, probs, samples in self.predict(model, self.val_set, self.val_images, progress=val_progress):
             predictions = probs.argmax(1).cpu().numpy()
             for sample, prediction in zip(samples, predictions):
@@ -134,8 +136,8 @@ class Evaluator:
             train_losses.append(grid_crf_per_pixel(probs, images, connectivity=self.connectivity).cpu())
         scores.combine(self.processes.sum)
         result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
-        for split, losses in (("train", train_losses), ("val", val_losses)):
-            losses = torch.cat(losses).numpy() if losses else np.zeros((0, 2))
+        for split, batches in (("train", train_losses), ("val", val_losses)):
+            losses = torch.cat(batches).numpy() if batches else np.zeros((0, 2))
             sums = self.processes.sum(np.concatenate([losses.sum(axis=0), [len(losses)]]))
             result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()
         if sheet is not None and tiles:

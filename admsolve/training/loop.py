@@ -129,7 +129,7 @@ class Trainer:
         self.progress = Progress(progress and self.processes.main)
         self.epoch = 0
         self.iteration = 0
-        self.records = []
+        self.records: list[dict[str, Any]] = []
         self.plotted = time.perf_counter()  # when curves.png and predictions.png were last drawn
         self._new_optimizer()
 
@@ -166,7 +166,8 @@ class Trainer:
         if phase == "regularized":
             self.objective.begin_epoch(epoch - config.pretrain_epochs)
         self.network.train()
-        sums, solver_time, began = {}, 0.0, time.perf_counter()
+        sums: dict[str, float] = {}
+        solver_time, began = 0.0, time.perf_counter()
         steps = self.batches.steps_per_epoch
         for step, images, scribbles in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
@@ -304,7 +305,8 @@ class Trainer:
         """Whether epoch `epoch` ends with an evaluation: every ``eval_every``-th epoch and the last
         epoch of each phase."""
         config = self.config
-        return epoch % config.eval_every == 0 or epoch in (config.pretrain_epochs, config.total_epochs)
+        every = config.eval_every or 1  # resolved: never None here
+        return epoch % every == 0 or epoch in (config.pretrain_epochs, config.total_epochs)
 
 
 #: Fewest seconds between two drawings of a run's curves.png and predictions.png (both are also drawn

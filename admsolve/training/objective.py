@@ -35,7 +35,7 @@ class Objective:
         self.regularizer = REGULARIZERS[config.regularizer]
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}
         self.adm_step = None
-        self.diagnostics = {}
+        self.diagnostics: dict[str, float] = {}
         self.gamma = config.gamma
         self.workers = config.workers or self.processes.solver_threads  # CPU threads beside torch's
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:

@@ -271,8 +271,8 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
         out.mkdir(parents=True, exist_ok=True)
         (out / STUDY_FILE).write_text(json.dumps({"base": dataclasses.asdict(base),
                                                   "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
-    study = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "variants": {}, "tables": {},
-             "lengths": {}, "solvers": {}}
+    study: dict[str, Any] = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "variants": {},
+                             "tables": {}, "lengths": {}, "solvers": {}}
     if plan.tune:
         study["chosen"], study["tuning"] = tune(base, out / "tuning", plan, progress=progress, train=train)
     tuned = not plan.tune or all(key in study["chosen"] for key in plan.configurations
