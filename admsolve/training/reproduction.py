@@ -486,7 +486,7 @@ def _section(study, report, figures):
                                                        [[_name(k)] + [column(k, m, 4) for m, _ in TABLE3]
                                                         for k in keys]), ""]
         first = tables[seeds[0]]
-        curves = {_name(k): first[k]["records"] for k in pair}
+        curves = {_name(k): first[k]["records"] for k in pair if first[k]["records"]}
         if curves:
             path = plot_comparison(curves, figures / f"fig3-{dataset}.png",
                                    keys=("grid_crf_loss_train", "grid_crf_energy_train", "miou"))
