@@ -44,7 +44,9 @@ def test_the_study_writes_its_report_and_reuses_its_runs(tmp_path):
     table1 = text.split("Table 1")[1].split("###")[0]
     assert f"{adm['grid_crf_energy_val']:.5f}" in table1
     tuning = metrics(out / "tuning" / "adm-grid-lam4")[-1]
-    assert f"{tuning['miou']:.4f}" in text.split("Hyperparameters")[1]
+    reference = metrics(out / "tuning" / "pce")[-1]  # pCE only on the same split and budget
+    hyperparameters = text.split("Hyperparameters")[1].split("###")[0]
+    assert f"{tuning['miou']:.4f}" in hyperparameters and f"| pce | {{}} | {reference['miou']:.4f} |" in hyperparameters
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
     again = reproduce(base, out, tiny_plan())

@@ -168,7 +168,8 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
 
     Every configuration with a regularizer is trained with each lam of ``plan.lam_grid`` (ADM with
     base's gamma); ADM configurations are then trained at their best lam with each other gamma of
-    ``plan.gamma_grid``. The best holdout mIoU wins (ties: the first tried).
+    ``plan.gamma_grid``. The best holdout mIoU wins (ties: the first tried). pCE only, with the same
+    budget, is the reference row (what a regularizer adds to).
 
     Returns ``(chosen, rows)``: {key: settings to add} for each configuration whose runs finished,
     and every tried run with its holdout mIoU.
@@ -176,9 +177,13 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
     fit = _fit(base)
     regularized = [key for key in plan.configurations if _settings(key)["regularizer"] != "none"]
     tried = {key: {f"{key}-lam{lam:g}": {"lam": lam} for lam in plan.lam_grid} for key in regularized}
-    results = run_group(fit, folder, {name: {**_settings(key), **values} for key in regularized
-                                      for name, values in tried[key].items()}, progress=progress, train=train)
-    chosen, rows = {}, []
+    reference = {"pce": _settings("pce")} if "pce" in plan.configurations else {}  # what the regularizers add to
+    results = run_group(fit, folder, {**{name: {**_settings(key), **values} for key in regularized
+                                         for name, values in tried[key].items()}, **reference},
+                        progress=progress, train=train)
+    rows = [{"key": "pce", "run": "pce", "values": {}, "miou": _score(results["pce"]),
+             "status": results["pce"]["status"], "chosen": False} for _ in reference]
+    chosen = {}
     for key in regularized:
         best = max(tried[key], key=lambda name: _score(results[name]))
         if _settings(key)["optimizer"] == "adm":
