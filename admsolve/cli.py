@@ -344,7 +344,7 @@ def build_parser():
     reproduce.add_argument("--seeds", default="0,1,2", help="seeds of Tables 1-3 (default %(default)s)")
     reproduce.add_argument("--configs", default="full,pce,gd-dense,gd-grid,adm-grid,adm-dense",
                            help="configurations of the tables (default %(default)s)")
-    reproduce.add_argument("--lam-grid", default="0.5,2,8", help="lam values tried per configuration on the "
+    reproduce.add_argument("--lam-grid", default="0.5,2,8,32", help="lam values tried per configuration on the "
                                                                   "held-back fifth of train (default %(default)s)")
     reproduce.add_argument("--gamma-grid", default="1,4", help="gamma values tried for ADM at its best lam, besides "
                                                                "--gamma (default %(default)s)")

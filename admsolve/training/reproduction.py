@@ -66,7 +66,7 @@ class Plan:
 
     seeds: tuple = (0, 1, 2)
     configurations: tuple = tuple(TABLE_CONFIGURATIONS)
-    lam_grid: tuple = (0.5, 2.0, 8.0)
+    lam_grid: tuple = (0.5, 2.0, 8.0, 32.0)
     gamma_grid: tuple = (1.0, 4.0)
     lengths: tuple = (1.0, 0.5, 0.3, 0.0)
     solvers: tuple = SOLVERS
