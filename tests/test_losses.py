@@ -225,12 +225,6 @@ def test_grid_crf_compiles_without_graph_breaks():
 # --------------------------------------------------------------------------- dense CRF
 
 
-def test_dense_features_equal_bilateral_features():
-    image = _images(1, 5, 7, seed=9)[0]
-    features = losses._bilateral_features(image, 6.5, 11.0)
-    assert np.array_equal(features, bilateral_features(image, sxy=6.5, srgb=11.0))
-
-
 def test_dense_crf_one_hot_equals_densecrf_energy():
     # DenseCRF's energy is (compat / 2) sum_k 1_k^T K (1 - 1_k): compat = 2 * lam.
     n, k, h, w = 2, 3, 5, 5

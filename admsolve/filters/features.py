@@ -12,7 +12,7 @@ from types import ModuleType
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._array import AnyArray
+from .._array import AnyArray, array_module
 from .._validation import as_positive, as_real_array, describe
 
 __all__ = [
@@ -156,7 +156,7 @@ def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarr
     Parameters
     ----------
     image : (H, W, 3) array_like
-        uint8 or float colours (used as they are, not rescaled).
+        uint8 or float colours (used as they are, not rescaled); a CuPy array gives CuPy features.
     sxy : float
         Spatial standard deviation in pixels, > 0.
     srgb : float
@@ -165,7 +165,7 @@ def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarr
     Returns
     -------
     (H*W, 5) ndarray of float64
-        Row ``y * W + x`` (raster order); x is the column index.
+        Row ``y * W + x`` (raster order); x is the column index. On the array module of `image`.
 
     Notes
     -----
@@ -174,12 +174,16 @@ def bilateral_features(image: ArrayLike, *, sxy: float, srgb: float) -> np.ndarr
     ``DenseCRF2D.addPairwiseBilateral``; ``pydensecrf.utils.create_pairwise_bilateral`` puts the
     row (y) first, so its features give a slightly different filter.
     """
-    image = as_image(image)
+    xp = array_module(image)
+    if xp is np:
+        image = as_image(image)
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected an (H, W, 3) array, got array of shape {image.shape}")
     sxy = as_positive(sxy, "sxy")
     srgb = as_positive(srgb, "srgb")
     height, width, _ = image.shape
-    features = np.empty((height, width, 5))
-    features[..., 0] = np.arange(width, dtype=np.float64) / sxy
-    features[..., 1] = (np.arange(height, dtype=np.float64) / sxy)[:, None]
-    np.divide(image, srgb, out=features[..., 2:])
+    features = xp.empty((height, width, 5))
+    features[..., 0] = xp.arange(width, dtype=xp.float64) / sxy
+    features[..., 1] = (xp.arange(height, dtype=xp.float64) / sxy)[:, None]
+    xp.divide(image, srgb, out=features[..., 2:])
     return features.reshape(height * width, 5)

@@ -52,7 +52,7 @@ from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar, de
 from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
 from ..filters.array_lattice import ArrayLattice
-from ..filters.features import normalization_scales
+from ..filters.features import bilateral_features, normalization_scales
 from ..filters.lattice import PermutohedralLattice
 
 __all__ = [
@@ -430,18 +430,6 @@ class GridCRFLoss(nn.Module):
 # --------------------------------------------------------------------------- dense CRF
 
 
-def _bilateral_features(image, sxy, srgb):
-    """(H*W, 5) float64 features ``[x / sxy, y / sxy, r / srgb, g / srgb, b / srgb]`` of an (H, W, 3)
-    NumPy or CuPy image, in raster order, on its array module: :func:`admsolve.filters.bilateral_features`."""
-    xp = array_module(image)
-    height, width, _ = image.shape
-    features = xp.empty((height * width, 5))
-    features[:, 0] = xp.tile(xp.arange(width, dtype=xp.float64), height) / sxy
-    features[:, 1] = xp.repeat(xp.arange(height, dtype=xp.float64), width) / sxy
-    features[:, 2:] = image.reshape(height * width, 3) / srgb
-    return features
-
-
 # The dense loss of one image on the CPU runs the lattice filter of admsolve.filters.lattice in its
 # three stages (splat, blur, slice: the operations of its kernel, in the same order), so that the
 # backward reuses the forward's splat and the slices give the loss's terms directly.
@@ -656,7 +644,7 @@ class _DenseCRFFunction(torch.autograd.Function):
             xp = array_module(soft)
 
             def first_pass(i):
-                image = make(_bilateral_features(images[i], sxy, srgb))
+                image = make(bilateral_features(images[i], sxy=sxy, srgb=srgb))
                 channels = soft[i].reshape(k, -1)
                 inside = xp.ones(channels.shape[1], dtype=soft.dtype) if weights is None else \
                     xp.ascontiguousarray(weights[i].reshape(-1))
