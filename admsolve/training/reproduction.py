@@ -380,10 +380,10 @@ def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike
     figures = report.with_suffix("")
     figures.mkdir(exist_ok=True)
     lines = ["# Reproduction of Marin et al., CVPR 2019, with admsolve", "",
-             f"Written by `admsolve reproduce` at commit {_commit()} on {platform.machine()} "
-             f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}); "
-             f"this call took {sum(s['seconds'] for s in studies) / 60:.1f} min (runs finished by earlier calls "
-             f"are reused and cost nothing here; each run's own wall time is in its section).", ""]
+             (f"Written by `admsolve reproduce` at commit {_commit()} on {platform.machine()} "
+              f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}); "
+              f"this call took {sum(s['seconds'] for s in studies) / 60:.1f} min (runs finished by earlier calls "
+              f"are reused and cost nothing here; each run's own wall time is in its section)."), ""]
     if preface:
         lines += [preface, ""]
     for study in studies:
@@ -501,7 +501,7 @@ def _section(study, report, figures):
     if study["lengths"]:
         lines += _lengths(study["lengths"], figures / f"fig6-{dataset}.png", report)
     if study["solvers"]:
-        lines += ["### The latent solver (ADM grid, same network budget, seed " f"{seeds[0]})", "",
+        lines += [f"### The latent solver (ADM grid, same network budget, seed {plan.seeds[0]})", "",
                   _table(["solver", "eq. 8 at argmax S", "eq. 8 at X", "X ≠ argmax S", "mIoU", "solver s"],
                          [[name, *_latent_columns(r), _value(r, "miou", 4), _solver_seconds(r)]
                           for name, r in study["solvers"].items()]),
