@@ -230,3 +230,16 @@ def test_an_old_config_json_without_the_newer_settings_is_reused(data, tmp_path)
     stamp = (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns
     compare(settings, run, configurations=("pce",), progress=False)
     assert (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_stored_run_is_reused_whatever_it_holds_in_settings_it_does_not_read(data, tmp_path):
+    settings = config(data, regularizer="none")
+    run = tmp_path / "run"
+    compare(settings, run, configurations=("pce",), progress=False)
+    stored = run / "pce" / "config.json"
+    values = json.loads(stored.read_text())
+    values.update(gamma=7.0, max_iter=1, lam=3.0)  # e.g. the defaults of an older version: pCE reads none of them
+    stored.write_text(json.dumps(values))
+    stamp = (run / "pce" / "metrics.jsonl").stat().st_mtime_ns
+    compare(settings, run, configurations=("pce",), progress=False)
+    assert (run / "pce" / "metrics.jsonl").stat().st_mtime_ns == stamp

@@ -32,13 +32,16 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
 ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels", "latent_stride")
 
 
+def _unused(config):
+    """The settings that the optimizer and regularizer of `config` do not read."""
+    unused = () if config.optimizer == "adm" and config.regularizer != "none" else ADM_SETTINGS
+    return unused + ("lam",) if config.regularizer == "none" else unused
+
+
 def _unused_to_defaults(config):
     """`config` with the settings its optimizer and regularizer do not read set to their defaults."""
     defaults = TrainConfig()
-    unused = () if config.optimizer == "adm" and config.regularizer != "none" else ADM_SETTINGS
-    if config.regularizer == "none":
-        unused += ("lam",)
-    return dataclasses.replace(config, **{name: getattr(defaults, name) for name in unused})
+    return dataclasses.replace(config, **{name: getattr(defaults, name) for name in _unused(config)})
 
 
 def _configuration(base, key, init):
@@ -72,8 +75,11 @@ def _comparable(settings, folder):
     processes; a start from the group's own shared pCE phase (``../pretrain/checkpoint.pt``) is
     named by that role, so that a group folder can be moved (e.g. committed and checked out
     elsewhere) and its runs still be reused."""
-    settings = _resolved(dataclasses.asdict(TrainConfig.from_dict(settings).resolved()))
+    config = TrainConfig.from_dict(settings).resolved()
+    settings = _resolved(dataclasses.asdict(config))
     settings["world_size"] = 1
+    for name in _unused(config):  # what the run does not read cannot tell two runs apart (nor can its default)
+        del settings[name]
     init = settings.get("init")
     if init is not None and Path(init).parent.name == "pretrain" and Path(init).name == "checkpoint.pt" \
             and Path(init).parent.parent.name == Path(folder).resolve().parent.name:
