@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lam", type=float, default=None)
-    parser.add_argument("--gamma", type=float, default=TrainConfig.gamma)
+    parser.add_argument("--gamma", type=float, default=None, help="default: as admsolve train")
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
     parser.add_argument("--backends", nargs="*", default=None, help="grid-CRF backends (default: all usable)")
     parser.add_argument("--model", default="fcn-small", help="network (a name of admsolve train --model)")

@@ -243,3 +243,16 @@ def test_a_stored_run_is_reused_whatever_it_holds_in_settings_it_does_not_read(d
     stamp = (run / "pce" / "metrics.jsonl").stat().st_mtime_ns
     compare(settings, run, configurations=("pce",), progress=False)
     assert (run / "pce" / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_lam_and_gamma_default_per_data_optimizer_and_regularizer(tmp_path):
+    from admsolve.training.config import DEFAULT_WEIGHTS
+
+    for kind, data in (("synthetic", "synthetic"), ("folder", str(tmp_path))):
+        for (optimizer, regularizer), (lam, gamma) in DEFAULT_WEIGHTS[kind].items():
+            resolved = TrainConfig(data=data, optimizer=optimizer, regularizer=regularizer).resolved()
+            assert (resolved.lam, resolved.gamma) == (lam, DEFAULT_WEIGHTS[kind][("adm", regularizer)][1])
+            assert resolved.resolved() == resolved  # resolving is idempotent
+            given = TrainConfig(data=data, optimizer=optimizer, regularizer=regularizer, lam=0.3, gamma=0.7).resolved()
+            assert (given.lam, given.gamma) == (0.3, 0.7)
+    assert TrainConfig(regularizer="none").resolved().lam is None  # pCE reads no lam

@@ -25,6 +25,16 @@ CONFIGURATIONS = {
     "adm-dense": ("ADM dense", {"optimizer": "adm", "regularizer": "dense"}),
 }
 DEFAULT_CONFIGURATIONS = ("pce", "gd-grid", "adm-grid", "gd-dense")
+#: (lam, gamma) per (optimizer, regularizer) for a run that gives none. "synthetic": the built-in data's (the
+#: README's main job). "folder": any dataset folder; the values the reproduction study chose on the held-back
+#: fifth of MSRC-21's train split (docs/reproduction.md, its hyperparameter table; effnet-lite0, 3 + 3 epochs).
+#: gamma is read by ADM only.
+DEFAULT_WEIGHTS = {
+    "synthetic": {("gd", "grid"): (4.0, 2.0), ("adm", "grid"): (4.0, 2.0),
+                  ("gd", "dense"): (4.0, 2.0), ("adm", "dense"): (4.0, 2.0)},
+    "folder": {("gd", "grid"): (0.5, 2.0), ("adm", "grid"): (8.0, 2.0),
+               ("gd", "dense"): (0.5, 2.0), ("adm", "dense"): (4.0, 2.0)},
+}
 _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -41,7 +51,7 @@ class TrainConfig:
     ``../shared/data``, or PASCAL VOC + ScribbleSup); ``train_split`` and ``val_split`` name its splits
     ("train-fit" and "train-holdout" hold back a fifth of train for choosing hyperparameters);
     ``scribbles="masks"`` trains on the full masks (the fully supervised upper bound). ``lam=None``
-    takes the regularizer's ``default_lam``; ``crop_size=None`` takes 96 for the synthetic set, else
+    and ``gamma=None`` take :data:`DEFAULT_WEIGHTS` of the data, optimizer and regularizer; ``crop_size=None`` takes 96 for the synthetic set, else
     224; ``eval_every=None`` takes 2 for the synthetic set, else 1; ``model=None`` takes "fcn-small"
     for the synthetic set, else "effnet-lite0"
     (:attr:`resolved_model`). ``model`` is one of :data:`MODELS` or "package.module:factory" (a
@@ -56,7 +66,7 @@ class TrainConfig:
     regularizer: str = "grid"
     backend: str | None = None
     lam: float | None = None
-    gamma: float = 2.0
+    gamma: float | None = None
     gamma_growth: float = 1.0
     connectivity: int = 8
     sxy: float = 80.0
@@ -114,10 +124,11 @@ class TrainConfig:
             as_scalar(self.crop_size, "crop_size", minimum=8, integer=True)
         if self.epochs + self.pretrain_epochs == 0:
             raise ValueError("epochs: expected at least one epoch in total, got epochs=0 and pretrain_epochs=0")
-        for name in ("gamma", "lr", "momentum", "weight_decay", "poly_power", "sxy", "srgb"):
+        for name in ("lr", "momentum", "weight_decay", "poly_power", "sxy", "srgb"):
             as_scalar(getattr(self, name), name, minimum=0.0)
-        if self.lam is not None:
-            as_scalar(self.lam, "lam", minimum=0.0)
+        for name in ("lam", "gamma"):
+            if getattr(self, name) is not None:
+                as_scalar(getattr(self, name), name, minimum=0.0)
         if self.backend is not None:
             entry = lookup(self.backend)
             if self.optimizer != "adm" or self.regularizer == "none":
@@ -131,8 +142,22 @@ class TrainConfig:
 
     @property
     def weight(self) -> float:
-        """lam, or the regularizer's default."""
-        return REGULARIZERS[self.regularizer].default_lam if self.lam is None else self.lam
+        """lam, or its default for the data, the optimizer and the regularizer (:data:`DEFAULT_WEIGHTS`)."""
+        if self.lam is not None:
+            return self.lam
+        return 0.0 if self.regularizer == "none" else self._default_weights()[0]
+
+    @property
+    def resolved_gamma(self) -> float:
+        """gamma, or its default for the data and the regularizer (:data:`DEFAULT_WEIGHTS`, ADM's entry)."""
+        if self.gamma is not None:
+            return self.gamma
+        return self._default_weights("adm")[1]
+
+    def _default_weights(self, optimizer=None):
+        kind = "synthetic" if self.data == "synthetic" else "folder"
+        regularizer = "grid" if self.regularizer == "none" else self.regularizer
+        return DEFAULT_WEIGHTS[kind][(optimizer or self.optimizer, regularizer)]
 
     @property
     def resolved_model(self) -> str:
@@ -144,13 +169,14 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This configuration with the values a run uses in place of its defaults of None: ``model``,
         ``crop_size`` (96 on the synthetic data, else 224), ``eval_every`` (2 on the synthetic data, whose
-        epochs are 4 steps, else 1) and, with a regularizer, ``lam``. A run folder's
+        epochs are 4 steps, else 1), ``gamma`` and, with a regularizer, ``lam`` (:data:`DEFAULT_WEIGHTS`). A run folder's
         ``config.json`` stores this form."""
         synthetic = self.data == "synthetic"
         return dataclasses.replace(self, model=self.resolved_model,
                                    crop_size=self.crop_size or (96 if synthetic else 224),
                                    eval_every=self.eval_every or (2 if synthetic else 1),
-                                   lam=self.lam if self.regularizer == "none" else self.weight)
+                                   lam=self.lam if self.regularizer == "none" else self.weight,
+                                   gamma=self.resolved_gamma)
 
     @property
     def total_epochs(self) -> int:

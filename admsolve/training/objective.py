@@ -30,7 +30,7 @@ class Objective:
     """
 
     def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
-        self.config = config
+        self.config = config = config.resolved()  # lam and gamma as the run uses them
         self.processes = Processes() if processes is None else processes
         self.regularizer = REGULARIZERS[config.regularizer]
         self.settings = {name: getattr(config, name) for name in self.regularizer.settings}

@@ -26,8 +26,6 @@ class Regularizer:
     ----------
     name : str
         The key in :data:`REGULARIZERS` and the value of ``TrainConfig.regularizer``.
-    default_lam : float
-        Its weight per pixel when a run gives none.
     settings : tuple of str
         The :class:`~admsolve.training.TrainConfig` fields (and ``ADMStep`` arguments) it reads,
         passed as keywords to `relaxed_loss` and `latent_problem`.
@@ -50,7 +48,6 @@ class Regularizer:
     """
 
     name: str
-    default_lam: float
     settings: tuple[str, ...] = ()
     problem: type[LabelingProblem] | None = None
     term: str = ""
@@ -99,10 +96,10 @@ def _dense_coarsen(stride, lam, settings):
 REGULARIZERS: dict[str, Regularizer] = {
     regularizer.name: regularizer
     for regularizer in (
-        Regularizer("none", default_lam=0.0),
-        Regularizer("grid", default_lam=4.0, settings=("connectivity",), problem=GridCRF, term="grid_crf",
+        Regularizer("none"),
+        Regularizer("grid", settings=("connectivity",), problem=GridCRF, term="grid_crf",
                     relaxed_loss=_grid_loss, latent_problem=_grid_problem, coarsen=_grid_coarsen),
-        Regularizer("dense", default_lam=4.0, settings=("sxy", "srgb"), problem=DenseCRF, term="dense_crf",
+        Regularizer("dense", settings=("sxy", "srgb"), problem=DenseCRF, term="dense_crf",
                     relaxed_loss=_dense_loss, latent_problem=_dense_problem, coarsen=_dense_coarsen),
     )
 }

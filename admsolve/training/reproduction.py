@@ -51,6 +51,8 @@ LENGTH_CONFIGURATIONS = ("pce", "gd-dense", "gd-grid", "adm-grid")
 SOLVERS = ("numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 #: Fewest training images a study accepts (the held-back fifth must hold some).
 MIN_TRAIN_IMAGES = 10
+#: The gamma ADM is tuned from when the base configuration gives none (then the others of the gamma grid).
+STUDY_GAMMA = 2.0
 #: Changes to ADM grid tried on the held-back fifth of train (the diagnosis), by name.
 VARIANTS = {"restricted": {"restrict_labels": True}, "gamma-growth": {"gamma_growth": 2.0},
             "stride-2": {"latent_stride": 2}, "stride-4": {"latent_stride": 4}}
@@ -167,7 +169,7 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
     """Choose lam (and gamma for ADM) per configuration on the held-back fifth of train.
 
     Every configuration with a regularizer is trained with each lam of ``plan.lam_grid`` (ADM with
-    base's gamma); ADM configurations are then trained at their best lam with each other gamma of
+    base's gamma, or :data:`STUDY_GAMMA`); ADM configurations are then trained at their best lam with each other gamma of
     ``plan.gamma_grid``. The best holdout mIoU wins (ties: the first tried). pCE only, with the same
     budget, is the reference row (what a regularizer adds to).
 
@@ -175,8 +177,11 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
     and every tried run with its holdout mIoU.
     """
     fit = _fit(base)
+    first_gamma = STUDY_GAMMA if base.gamma is None else base.gamma
     regularized = [key for key in plan.configurations if _settings(key)["regularizer"] != "none"]
-    tried = {key: {f"{key}-lam{lam:g}": {"lam": lam} for lam in plan.lam_grid} for key in regularized}
+    tried = {key: {f"{key}-lam{lam:g}": {"lam": lam, **({"gamma": first_gamma} if _settings(key)["optimizer"] == "adm"
+                                                         else {})}
+                   for lam in plan.lam_grid} for key in regularized}
     reference = {"pce": _settings("pce")} if "pce" in plan.configurations else {}  # what the regularizers add to
     results = run_group(fit, folder, {**{name: {**_settings(key), **values} for key in regularized
                                          for name, values in tried[key].items()}, **reference},
@@ -188,9 +193,9 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
         best = max(tried[key], key=lambda name: _score(results[name]))
         if _settings(key)["optimizer"] == "adm":
             lam = tried[key][best]["lam"]
-            tried[key][best] = {"lam": lam, "gamma": base.gamma}
+            tried[key][best] = {"lam": lam, "gamma": first_gamma}
             more = {f"{key}-lam{lam:g}-gamma{gamma:g}": {"lam": lam, "gamma": gamma}
-                    for gamma in plan.gamma_grid if gamma != base.gamma}
+                    for gamma in plan.gamma_grid if gamma != first_gamma}
             results.update(run_group(fit, folder, {name: {**_settings(key), **values} for name, values in more.items()},
                                      progress=progress, train=train))
             tried[key].update(more)
