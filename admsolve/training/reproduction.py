@@ -404,8 +404,6 @@ def _differences(results_a, results_b, key, relative=False):
 
 
 def _describe_differences(values, digits, unit=""):
-    if not values:
-        return "not measured yet"
     spread = f" ± {np.std(values):.{digits}f}" if len(values) > 1 else ""
     higher = sum(v > 0 for v in values)
     return f"{np.mean(values):+.{digits}f}{spread}{unit} (higher in {higher} of {len(values)} seed(s))"
@@ -420,23 +418,24 @@ def _findings(study):
     def runs(key):
         return [tables[s][key] for s in seeds] if key in keys else []
 
-    if "gd-grid" in keys and "adm-grid" in keys:
-        for key, header in TABLE1:
-            lines.append(f"- Grid-CRF {header}, ADM grid relative to GD grid: "
-                         f"{_describe_differences(_differences(runs('adm-grid'), runs('gd-grid'), key, True), 1, ' %')}.")
-        for key, header in (("miou", "val mIoU"), ("trimap_8", "accuracy within 8 px of boundaries"),
-                            ("trimap_16", "accuracy within 16 px"), ("accuracy", "accuracy")):
-            lines.append(f"- {header}, ADM grid minus GD grid: "
-                         f"{_describe_differences(_differences(runs('adm-grid'), runs('gd-grid'), key), 4)}.")
-    if "pce" in keys:
-        for key in keys:
-            if key not in ("pce", "full"):
-                lines.append(f"- val mIoU, {_name(key)} minus pCE only: "
-                             f"{_describe_differences(_differences(runs(key), runs('pce'), 'miou'), 4)}.")
+    def compared(text, a, b, key, digits, relative=False, unit=""):
+        values = _differences(a, b, key, relative)
+        if values:  # only what has been measured
+            lines.append(f"- {text}: {_describe_differences(values, digits, unit)}.")
+
+    for key, header in TABLE1:
+        compared(f"Grid-CRF {header}, ADM grid relative to GD grid", runs("adm-grid"), runs("gd-grid"), key, 1,
+                 relative=True, unit=" %")
+    for key, header in (("miou", "val mIoU"), ("trimap_8", "accuracy within 8 px of boundaries"),
+                        ("trimap_16", "accuracy within 16 px"), ("accuracy", "accuracy")):
+        compared(f"{header}, ADM grid minus GD grid", runs("adm-grid"), runs("gd-grid"), key, 4)
+    for key in keys:
+        if key not in ("pce", "full"):
+            compared(f"val mIoU, {_name(key)} minus pCE only", runs(key), runs("pce"), "miou", 4)
     for length, group in sorted(study["lengths"].items(), reverse=True):
         if "adm-grid" in group and "gd-grid" in group:
-            lines.append(f"- Scribble length {length:g}: val mIoU ADM grid minus GD grid "
-                         f"{_describe_differences(_differences([group['adm-grid']], [group['gd-grid']], 'miou'), 4)}.")
+            compared(f"Scribble length {length:g}: val mIoU ADM grid minus GD grid", [group["adm-grid"]],
+                     [group["gd-grid"]], "miou", 4)
     finished = {name: r for name, r in study["solvers"].items() if r["status"] == "finished"}
     if len(finished) > 1:
         best = min(finished, key=lambda name: _last(finished[name], "train_latent_energy"))
@@ -452,7 +451,8 @@ def _findings(study):
                                for name, r in variants.items() if name != reference)
             lines.append(f"- Changes to ADM grid, holdout mIoU minus the chosen setting's ({reference}, "
                          f"{_last(variants[reference], 'miou'):.4f}): {ranked} (one seed).")
-    return lines + [""] if len(lines) > 2 else []
+    return lines + [""] if len(lines) > 2 else lines + ["Nothing to answer yet: the runs the answers compare have "
+                                                        "not finished.", ""]
 
 
 def _section(study, report, figures):
