@@ -228,9 +228,10 @@ TRAINING_OPTIONS = {
     "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
     "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
     "lam": "weight of the regularizer per pixel (default per optimizer and regularizer: on dataset folders the "
-           "values the reproduction study chose, GD grid 0.5, ADM grid 8, GD dense 0.5, ADM dense 4; on the "
+           "values the reproduction study chose, GD grid 0.5, ADM grid 8, GD dense 0.5, ADM dense 0.5; on the "
            "synthetic data 4)",
-    "gamma": "ADM: weight of the divergence between the network and the latent labeling (default 2)",
+    "gamma": "ADM: weight of the divergence between the network and the latent labeling (default: on dataset "
+             "folders the study's choice, 2 for the grid CRF and 1 for the dense CRF; on the synthetic data 2)",
     "gamma_growth": "ADM: gamma is multiplied by this at each regularized epoch (1: fixed, the paper's choice; "
                     "above 1: the annealing of its eq. 6)",
     "connectivity": "grid CRF neighbourhood, 4 or 8",

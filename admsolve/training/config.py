@@ -33,7 +33,7 @@ DEFAULT_WEIGHTS = {
     "synthetic": {("gd", "grid"): (4.0, 2.0), ("adm", "grid"): (4.0, 2.0),
                   ("gd", "dense"): (4.0, 2.0), ("adm", "dense"): (4.0, 2.0)},
     "folder": {("gd", "grid"): (0.5, 2.0), ("adm", "grid"): (8.0, 2.0),
-               ("gd", "dense"): (0.5, 2.0), ("adm", "dense"): (4.0, 2.0)},
+               ("gd", "dense"): (0.5, 1.0), ("adm", "dense"): (0.5, 1.0)},
 }
 _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
