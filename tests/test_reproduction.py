@@ -34,7 +34,7 @@ def test_the_study_writes_its_report_and_reuses_its_runs(tmp_path):
     for title in ("Table 1", "Table 2", "Table 3", "Hyperparameters", "Diagnosis", "Runs"):
         assert title in text, title
     assert (report.with_suffix("") / "fig3-synthetic.png").is_file()
-    assert (report.with_suffix("") / "fig5-synthetic.png").is_file()
+    assert (report.with_suffix("") / "fig5-synthetic.jpg").is_file()
 
     # every number of Table 2 is the last record of its run
     adm = metrics(out / "seed-0" / "adm-grid")[-1]

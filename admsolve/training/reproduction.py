@@ -51,6 +51,8 @@ LENGTH_CONFIGURATIONS = ("pce", "gd-dense", "gd-grid", "adm-grid")
 SOLVERS = ("numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 #: Fewest training images a study accepts (the held-back fifth must hold some).
 MIN_TRAIN_IMAGES = 10
+#: Widest Fig. 5 in pixels (the stacked prediction sheets are scaled down to it).
+SHEET_WIDTH = 960
 #: The gamma ADM is tuned from when the base configuration gives none (then the others of the gamma grid).
 STUDY_GAMMA = 2.0
 #: Changes to ADM grid tried on the held-back fifth of train (the diagnosis), by name.
@@ -391,7 +393,8 @@ def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike
               f"are reused and cost nothing here; each run's own wall time is in its section)."), ""]
     if preface:
         lines += [preface, ""]
-    for study in studies:
+    # the most complete study first (a study under way reads "not run" in most cells)
+    for study in sorted(studies, key=lambda study: -sum(row[3] == "finished" for row in _run_rows(study))):
         lines += _section(study, report, figures)
     report.write_text("\n".join(lines))
     return report
@@ -502,7 +505,7 @@ def _section(study, report, figures):
                                    keys=("grid_crf_loss_train", "grid_crf_energy_train", "miou"))
             lines += [f"Fig. 3 (seed {seeds[0]}): ![]({path.relative_to(report.parent)})", ""]
         lines += _diagnosis(first)
-        lines += _sheet(first, Path(out) / f"seed-{seeds[0]}", figures / f"fig5-{dataset}.png", report)
+        lines += _sheet(first, Path(out) / f"seed-{seeds[0]}", figures / f"fig5-{dataset}.jpg", report)
     if study["lengths"]:
         lines += _lengths(study["lengths"], figures / f"fig6-{dataset}.png", report)
     if study["solvers"]:
@@ -575,7 +578,9 @@ def _sheet(results, folder, path, report):
         ImageDraw.Draw(sheet).text((4, top + 4), _name(key), fill="black")
         sheet.paste(picture, (0, top + 20))
         top += picture.height + 20
-    sheet.save(path)
+    if sheet.width > SHEET_WIDTH:  # a figure for reading in the repository, not the runs' full-size sheets
+        sheet = sheet.resize((SHEET_WIDTH, round(sheet.height * SHEET_WIDTH / sheet.width)), Image.LANCZOS)
+    sheet.save(path, quality=85)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
     return [f"Fig. 5: ![]({path.relative_to(report.parent)})", ""]
 
 
