@@ -219,30 +219,27 @@ def test_eval_every_evaluates_every_nth_epoch_and_each_phase_end(data, tmp_path)
     assert ["eval_time" in r for r in records] == [False, True, True, False, True]
 
 
-def test_an_old_config_json_without_the_newer_settings_is_reused(data, tmp_path):
-    settings = config(data, regularizer="none")
-    run = tmp_path / "run"
-    compare(settings, run, configurations=("pce",), progress=False)
-    stored = run / "pretrain" / "config.json"
-    values = json.loads(stored.read_text())
+def _older(values):
     del values["eval_every"], values["gamma_growth"]  # written before they existed
-    stored.write_text(json.dumps(values))
-    stamp = (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns
-    compare(settings, run, configurations=("pce",), progress=False)
-    assert (run / "pretrain" / "metrics.jsonl").stat().st_mtime_ns == stamp
 
 
-def test_a_stored_run_is_reused_whatever_it_holds_in_settings_it_does_not_read(data, tmp_path):
+def _unread(values):
+    values.update(gamma=7.0, max_iter=1, lam=3.0)  # e.g. the defaults of an older version: pCE reads none of them
+
+
+@pytest.mark.parametrize("change", [_older, _unread])
+def test_a_stored_run_is_reused_whatever_it_holds_beyond_the_settings_it_reads(data, tmp_path, change):
     settings = config(data, regularizer="none")
     run = tmp_path / "run"
     compare(settings, run, configurations=("pce",), progress=False)
-    stored = run / "pce" / "config.json"
-    values = json.loads(stored.read_text())
-    values.update(gamma=7.0, max_iter=1, lam=3.0)  # e.g. the defaults of an older version: pCE reads none of them
-    stored.write_text(json.dumps(values))
-    stamp = (run / "pce" / "metrics.jsonl").stat().st_mtime_ns
+    for name in ("pretrain", "pce"):
+        stored = run / name / "config.json"
+        values = json.loads(stored.read_text())
+        change(values)
+        stored.write_text(json.dumps(values))
+    stamps = [(run / name / "metrics.jsonl").stat().st_mtime_ns for name in ("pretrain", "pce")]
     compare(settings, run, configurations=("pce",), progress=False)
-    assert (run / "pce" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert [(run / name / "metrics.jsonl").stat().st_mtime_ns for name in ("pretrain", "pce")] == stamps
 
 
 def test_lam_and_gamma_default_per_data_optimizer_and_regularizer(tmp_path):
