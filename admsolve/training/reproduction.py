@@ -52,7 +52,7 @@ SOLVERS = ("numba-expansion", "numba-swap", "numba-icm", "relaxed-gd")
 #: Fewest training images a study accepts (the held-back fifth must hold some).
 MIN_TRAIN_IMAGES = 10
 #: Widest Fig. 5 in pixels (the stacked prediction sheets are scaled down to it).
-SHEET_WIDTH = 960
+SHEET_WIDTH = 640
 #: The gamma ADM is tuned from when the base configuration gives none (then the others of the gamma grid).
 STUDY_GAMMA = 2.0
 #: Changes to ADM grid tried on the held-back fifth of train (the diagnosis), by name.
@@ -580,7 +580,7 @@ def _sheet(results, folder, path, report):
         top += picture.height + 20
     if sheet.width > SHEET_WIDTH:  # a figure for reading in the repository, not the runs' full-size sheets
         sheet = sheet.resize((SHEET_WIDTH, round(sheet.height * SHEET_WIDTH / sheet.width)), Image.LANCZOS)
-    sheet.save(path, quality=85)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
+    sheet.save(path, quality=80)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
     return [f"Fig. 5: ![]({path.relative_to(report.parent)})", ""]
 
 
