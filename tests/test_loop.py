@@ -227,7 +227,11 @@ def _unread(values):
     values.update(gamma=7.0, max_iter=1, lam=3.0)  # e.g. the defaults of an older version: pCE reads none of them
 
 
-@pytest.mark.parametrize("change", [_older, _unread])
+def _resources(values):
+    values.update(workers=1, loader_workers=2, world_size=2, tensorboard=True)  # how it ran, not what it computed
+
+
+@pytest.mark.parametrize("change", [_older, _unread, _resources])
 def test_a_stored_run_is_reused_whatever_it_holds_beyond_the_settings_it_reads(data, tmp_path, change):
     settings = config(data, regularizer="none")
     run = tmp_path / "run"

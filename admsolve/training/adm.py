@@ -141,10 +141,7 @@ class ADMStep:
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""
         soft, pictures, seeds = self._latent_inputs(probs, images, scribbles)
         problems = self._problems(soft, pictures, seeds)
-        if self.latent_stride == 1:
-            inits = list(probs.detach().argmax(1).cpu().numpy())  # argmax S, the warm start
-        else:
-            inits = list(soft.argmax(-1))  # argmax of the pooled S
+        inits = list(soft.argmax(-1))  # argmax S (pooled on the latent grid), the warm start
         per_problem = None
         if self.restrict_labels:
             per_problem = [{"labels": np.union1d(np.unique(init), np.unique(seed[seed != self.ignore_index]))}

@@ -54,6 +54,11 @@ def _configuration(base, key, init):
     return _unused_to_defaults(dataclasses.replace(base, **settings, pretrain_epochs=0, init=init))
 
 
+#: Settings that change how a run is computed or logged, not its results (the same batches for any number of
+#: loader workers, the same latent labels for any number of solver threads, the same records on any number
+#: of processes): runs that differ only in them are the same run.
+RESOURCE_SETTINGS = ("workers", "loader_workers", "world_size", "tensorboard")
+
 #: Settings that name files or folders: stored resolved, and compared resolved.
 PATH_SETTINGS = ("data", "init", "weights")
 
@@ -71,13 +76,14 @@ def _resolved(settings):
 
 def _comparable(settings, folder):
     """Stored or new run `settings` in the form two runs of `folder` are compared in: every field
-    (an older config.json lacks the newer ones: their defaults), paths resolved, any number of
-    processes; a start from the group's own shared pCE phase (``../pretrain/checkpoint.pt``) is
-    named by that role, so that a group folder can be moved (e.g. committed and checked out
+    (an older config.json lacks the newer ones: their defaults), paths resolved, the
+    :data:`RESOURCE_SETTINGS` left out; a start from the group's own shared pCE phase
+    (``../pretrain/checkpoint.pt``) is named by that role, so that a group folder can be moved (e.g. committed and checked out
     elsewhere) and its runs still be reused."""
     config = TrainConfig.from_dict(settings).resolved()
     settings = _resolved(dataclasses.asdict(config))
-    settings["world_size"] = 1
+    for name in RESOURCE_SETTINGS:  # how the work was spread or logged, not what it computed
+        del settings[name]
     for name in _unused(config):  # what the run does not read cannot tell two runs apart (nor can its default)
         del settings[name]
     init = settings.get("init")
