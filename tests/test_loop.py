@@ -219,6 +219,17 @@ def test_eval_every_evaluates_every_nth_epoch_and_each_phase_end(data, tmp_path)
     assert ["eval_time" in r for r in records] == [False, True, True, False, True]
 
 
+def test_evaluating_more_often_changes_nothing_in_the_training(data, tmp_path):
+    # why compare and reproduce reuse a run whatever its eval_every (the study's later groups evaluate less)
+    runs = [train(config(data, optimizer="adm", pretrain_epochs=1, epochs=2, eval_every=every), tmp_path / str(every),
+                  progress=False) for every in (1, 3)]
+    assert ["miou" in r for r in runs[0]] == [True, True, True] and ["miou" in r for r in runs[1]] == [True, False, True]
+    for key in ("train_loss", "train_pce", "train_proximal", "train_latent_energy"):
+        assert [r.get(key) for r in runs[0]] == [r.get(key) for r in runs[1]], key
+    for key in ("miou", "accuracy", "grid_crf_loss_val", "grid_crf_energy_train"):
+        assert runs[0][-1][key] == runs[1][-1][key], key
+
+
 def _older(values):
     del values["eval_every"], values["gamma_growth"]  # written before they existed
 
@@ -228,7 +239,7 @@ def _unread(values):
 
 
 def _resources(values):
-    values.update(workers=1, loader_workers=2, world_size=2, tensorboard=True)  # how it ran, not what it computed
+    values.update(workers=1, loader_workers=2, world_size=2, tensorboard=True, eval_every=9)  # how it ran, not what it learnt
 
 
 @pytest.mark.parametrize("change", [_older, _unread, _resources])

@@ -54,10 +54,11 @@ def _configuration(base, key, init):
     return _unused_to_defaults(dataclasses.replace(base, **settings, pretrain_epochs=0, init=init))
 
 
-#: Settings that change how a run is computed or logged, not its results (the same batches for any number of
-#: loader workers, the same latent labels for any number of solver threads, the same records on any number
-#: of processes): runs that differ only in them are the same run.
-RESOURCE_SETTINGS = ("workers", "loader_workers", "world_size", "tensorboard")
+#: Settings that change how a run is computed or logged, not what it learns (the same batches for any number
+#: of loader workers, the same latent labels for any number of solver threads, the same records on any
+#: number of processes; evaluating touches neither the weights nor a random draw): runs that differ only in
+#: them are the same run.
+RESOURCE_SETTINGS = ("workers", "loader_workers", "world_size", "tensorboard", "eval_every")
 
 #: Settings that name files or folders: stored resolved, and compared resolved.
 PATH_SETTINGS = ("data", "init", "weights")
