@@ -28,6 +28,25 @@ def _row_hash(keys, row, width):
     return h ^ (h >> np.uint64(29))
 
 
+@njit(inline="always")
+def _probe(keys, row, width, table, mask):
+    """Linear probing for the key keys[row, :width] in `table` (indices of rows of `keys`, -1 for an
+    empty slot): (index of the equal row, its slot), or (-1, the empty slot where it would go)."""
+    slot = _row_hash(keys, row, width) & mask
+    while True:
+        index = table[slot]
+        if index < 0:
+            return index, slot
+        hit = True
+        for i in range(width):
+            if keys[index, i] != keys[row, i]:
+                hit = False
+                break
+        if hit:
+            return index, slot
+        slot = (slot + np.uint64(1)) & mask
+
+
 @njit(nogil=True, cache=True)
 def _rehash(keys, count, width, size):
     """A new table of `size` slots holding the entries keys[:count]."""
@@ -124,37 +143,13 @@ def _scan(token, features, start, state, scale, canonical, point_keys, point_tab
                     same = False
                     break
         if not same:
-            slot = _row_hash(simplex_keys, row, 2 * d) & simplex_mask
-            while True:
-                s = simplex_table[slot]
-                if s < 0:
-                    break
-                hit = True
-                for i in range(2 * d):
-                    if simplex_keys[s, i] != simplex_keys[row, i]:
-                        hit = False
-                        break
-                if hit:
-                    break
-                slot = (slot + np.uint64(1)) & simplex_mask
+            s, slot = _probe(simplex_keys, row, 2 * d, simplex_table, simplex_mask)
             if s < 0:
                 for r in range(dp1):
                     key_row = n_points  # the spare row
                     for i in range(d):
                         point_keys[key_row, i] = np.int32(rem0[i]) + canonical[r, rank[i]]
-                    point_slot = _row_hash(point_keys, key_row, d) & point_mask
-                    while True:
-                        index = point_table[point_slot]
-                        if index < 0:
-                            break
-                        hit = True
-                        for i in range(d):
-                            if point_keys[index, i] != point_keys[key_row, i]:
-                                hit = False
-                                break
-                        if hit:
-                            break
-                        point_slot = (point_slot + np.uint64(1)) & point_mask
+                    index, point_slot = _probe(point_keys, key_row, d, point_table, point_mask)
                     if index < 0:
                         index = n_points
                         point_table[point_slot] = index
@@ -186,22 +181,8 @@ def _blur_neighbours(point_keys, point_table, m, d):
                     point_keys[m, k] = point_keys[index, k] - sign
                 if j < d:
                     point_keys[m, j] = point_keys[index, j] + sign * d
-                slot = _row_hash(point_keys, m, d) & mask
-                found = m
-                while True:
-                    other = point_table[slot]
-                    if other < 0:
-                        break
-                    hit = True
-                    for k in range(d):
-                        if point_keys[other, k] != point_keys[m, k]:
-                            hit = False
-                            break
-                    if hit:
-                        found = other
-                        break
-                    slot = (slot + np.uint64(1)) & mask
-                neighbours[j, index, side] = found
+                other, _ = _probe(point_keys, m, d, point_table, mask)
+                neighbours[j, index, side] = m if other < 0 else other
     return neighbours
 
 
