@@ -1,5 +1,5 @@
 """The Numba kernels of :mod:`admsolve.filters.lattice` (the permutohedral lattice): hash tables, the
-lattice construction, the splat-blur-slice filter, the exact O(N^2) filter, and the filter of a
+lattice construction, the splat-blur-slice filter and its stages, the exact O(N^2) filter, and the filter of a
 labeling's indicator vectors read at each pixel's own label.
 
 Private, and imported on first use only: importing Numba costs a few tenths of a second, which
@@ -270,20 +270,18 @@ def _ones_response(vertices, barycentric, neighbours, out):
         out[p] = alpha * value
 
 
-@njit(nogil=True, cache=True)
-def _lattice_filter(vertices, barycentric, neighbours, values, in_scale, out_scale, reverse, out):
-    """out = diag(out_scale) alpha S^T B S diag(in_scale) values.
+# The filter's three stages, shared with the dense loss (admsolve.training.losses), which splats once for
+# its forward and backward and reads its terms straight from the slices.
 
-    Splat with the barycentric weights (S), blur along the d+1 directions 0..d (B; d..0 when
-    `reverse`, which gives the transpose), slice with the same weights (S^T), times the constant
-    alpha = 1 / (1 + 2^-d) of Adams et al. (the weight a lattice point gets back from itself).
-    """
+
+@njit(nogil=True, cache=True)
+def splat(vertices, barycentric, values, in_scale, n_lattice_points):
+    """(M + 1, C) float64 lattice values S diag(in_scale) values of the (N, C) `values`: each point's
+    row times its scale, spread over its simplex's vertices with its barycentric weights. Row M, the
+    value of every missing neighbour, stays zero."""
     n, dp1 = vertices.shape
-    m = neighbours.shape[1]
     c = values.shape[1]
-    # Row m stays zero: the value of every missing neighbour.
-    current = np.zeros((m + 1, c))
-    scratch = np.zeros((m + 1, c))
+    lattice = np.zeros((n_lattice_points + 1, c))
     row = np.empty(c)
     for p in range(n):
         s = in_scale[p]
@@ -293,24 +291,55 @@ def _lattice_filter(vertices, barycentric, neighbours, values, in_scale, out_sca
             v = vertices[p, r]
             w = barycentric[p, r]
             for k in range(c):
-                current[v, k] += w * row[k]
+                lattice[v, k] += w * row[k]
+    return lattice
+
+
+@njit(nogil=True, cache=True)
+def blur(neighbours, lattice, channels, reverse):
+    """B of the first `channels` columns of the (M + 1, C) lattice values, a new array: along the
+    directions 0..d, each point plus half of its two neighbours (d..0 when `reverse`: B^T)."""
+    dp1, m = neighbours.shape[0], neighbours.shape[1]
+    current = lattice[:, :channels].copy()
+    scratch = np.zeros_like(current)
     for step in range(dp1):
         j = dp1 - 1 - step if reverse else step
         for index in range(m):
             a = neighbours[j, index, 0]
             b = neighbours[j, index, 1]
-            for k in range(c):
+            for k in range(channels):
                 scratch[index, k] = current[index, k] + 0.5 * (current[a, k] + current[b, k])
         current, scratch = scratch, current
+    return current
+
+
+@njit(inline="always")
+def slice_row(vertices, barycentric, lattice, p, row):
+    """row[k] = (S^T lattice)[p, k] for k < row.size: point p's barycentric sum of its vertices' values."""
+    for k in range(row.size):
+        row[k] = 0.0
+    for r in range(vertices.shape[1]):
+        v = vertices[p, r]
+        w = barycentric[p, r]
+        for k in range(row.size):
+            row[k] += w * lattice[v, k]
+
+
+@njit(nogil=True, cache=True)
+def _lattice_filter(vertices, barycentric, neighbours, values, in_scale, out_scale, reverse, out):
+    """out = diag(out_scale) alpha S^T B S diag(in_scale) values.
+
+    Splat with the barycentric weights (S), blur along the d+1 directions 0..d (B; d..0 when
+    `reverse`, which gives the transpose), slice with the same weights (S^T), times the constant
+    alpha = 1 / (1 + 2^-d) of Adams et al. (the weight a lattice point gets back from itself).
+    """
+    n, dp1 = vertices.shape
+    c = values.shape[1]
+    blurred = blur(neighbours, splat(vertices, barycentric, values, in_scale, neighbours.shape[1]), c, reverse)
     alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
+    row = np.empty(c)
     for p in range(n):
-        for k in range(c):
-            row[k] = 0.0
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for k in range(c):
-                row[k] += w * current[v, k]
+        slice_row(vertices, barycentric, blurred, p, row)
         s = alpha * out_scale[p]
         for k in range(c):
             out[p, k] = s * row[k]
@@ -342,21 +371,13 @@ def _disagreement(vertices, barycentric, neighbours, labels, n_labels, in_scale,
     total over the labels minus p's own: O((N + M K) d) instead of O((N + M) d K)."""
     n, dp1 = vertices.shape
     m = neighbours.shape[1]
-    current = np.zeros((m + 1, n_labels))
-    scratch = np.zeros((m + 1, n_labels))
+    splatted = np.zeros((m + 1, n_labels))
     for p in range(n):
         s = in_scale[p]
         label = labels[p]
         for r in range(dp1):
-            current[vertices[p, r], label] += barycentric[p, r] * s
-    for step in range(dp1):
-        j = dp1 - 1 - step if reverse else step
-        for index in range(m):
-            a = neighbours[j, index, 0]
-            b = neighbours[j, index, 1]
-            for k in range(n_labels):
-                scratch[index, k] = current[index, k] + 0.5 * (current[a, k] + current[b, k])
-        current, scratch = scratch, current
+            splatted[vertices[p, r], label] += barycentric[p, r] * s
+    current = blur(neighbours, splatted, n_labels, reverse)
     others = np.empty(m + 1)  # per lattice point: the total over the labels (row m: 0)
     for index in range(m + 1):
         total = 0.0

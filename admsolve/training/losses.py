@@ -51,6 +51,7 @@ from .._array import array_module
 from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar, describe
 from ..energies.densecrf import NORMALIZATION
 from ..energies.gridcrf import N_DIRECTIONS, edge_slices
+from ..filters._lattice_kernels import blur, slice_row, splat
 from ..filters.array_lattice import ArrayLattice
 from ..filters.features import bilateral_features, normalization_scales
 from ..filters.lattice import PermutohedralLattice
@@ -430,48 +431,8 @@ class GridCRFLoss(nn.Module):
 # --------------------------------------------------------------------------- dense CRF
 
 
-# The dense loss of one image on the CPU runs the lattice filter of admsolve.filters.lattice in its
-# three stages (splat, blur, slice: the operations of its kernel, in the same order), so that the
-# backward reuses the forward's splat and the slices give the loss's terms directly.
-
-
-@njit(nogil=True, cache=True)
-def _splat(vertices, barycentric, scale, segments, roi, n_lattice_points):
-    """(M + 1, K + 1) float64 lattice values of ``[T | r]`` (T (P, K), r (P,)), each pixel's row
-    times ``scale[p]``; row M (the missing neighbour) stays zero."""
-    n, dp1 = vertices.shape
-    k = segments.shape[1]
-    lattice = np.zeros((n_lattice_points + 1, k + 1))
-    row = np.empty(k + 1)
-    for p in range(n):
-        s = scale[p]
-        for c in range(k):
-            row[c] = s * segments[p, c]
-        row[k] = s * roi[p]
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for c in range(k + 1):
-                lattice[v, c] += w * row[c]
-    return lattice
-
-
-@njit(nogil=True, cache=True)
-def _blur(neighbours, lattice, channels, reverse):
-    """The blur of the first `channels` columns of the lattice values, along the directions 0..d
-    (d..0 when `reverse`, for the transpose)."""
-    dp1, m = neighbours.shape[0], neighbours.shape[1]
-    current = lattice[:, :channels].copy()
-    scratch = np.zeros_like(current)
-    for step in range(dp1):
-        j = dp1 - 1 - step if reverse else step
-        for index in range(m):
-            a = neighbours[j, index, 0]
-            b = neighbours[j, index, 1]
-            for c in range(channels):
-                scratch[index, c] = current[index, c] + 0.5 * (current[a, c] + current[b, c])
-        current, scratch = scratch, current
-    return current
+# The dense loss of one image on the CPU runs the stages of the lattice filter (admsolve.filters) itself, so
+# that the backward reuses the forward's splat and the slices give the loss's terms directly.
 
 
 @njit(nogil=True, cache=True)
@@ -479,18 +440,12 @@ def _slice_loss(vertices, barycentric, scale, blurred, segments, difference):
     """Slice the blurred ``[T | r]`` into ``difference = W r - W T`` (P, K); returns
     ``sum(T * difference)``, summed in float64."""
     n, dp1 = vertices.shape
-    k = segments.shape[1]
+    k = difference.shape[1]
     alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
     row = np.empty(k + 1)
     total = 0.0
     for p in range(n):
-        for c in range(k + 1):
-            row[c] = 0.0
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for c in range(k + 1):
-                row[c] += w * blurred[v, c]
+        slice_row(vertices, barycentric, blurred, p, row)
         s = alpha * scale[p]
         kernel_roi = s * row[k]
         for c in range(k):
@@ -508,13 +463,7 @@ def _slice_gradient(vertices, barycentric, scale, blurred, difference, gradient)
     alpha = 1.0 / (1.0 + 2.0 ** (1 - dp1))
     row = np.empty(k)
     for p in range(n):
-        for c in range(k):
-            row[c] = 0.0
-        for r in range(dp1):
-            v = vertices[p, r]
-            w = barycentric[p, r]
-            for c in range(k):
-                row[c] += w * blurred[v, c]
+        slice_row(vertices, barycentric, blurred, p, row)
         s = alpha * scale[p]
         for c in range(k):
             gradient[p, c] = difference[p, c] - s * row[c]
@@ -542,18 +491,18 @@ class _LatticeImage:
     def forward(self, soft, roi):
         """``sum_k T_k^T W (r - T_k)`` of the (K, P) soft labels T and the (P,) ROI weights r."""
         lattice = self.lattice
-        segments = np.ascontiguousarray(soft.T)
-        self.splatted = _splat(lattice._vertices, lattice._barycentric, self.scale, segments, roi,
-                               lattice.n_lattice_points)
-        blurred = _blur(lattice._neighbours, self.splatted, self.splatted.shape[1], False)
-        self.difference = np.empty_like(segments)
-        return _slice_loss(lattice._vertices, lattice._barycentric, self.scale, blurred, segments,
-                           self.difference)
+        values = np.empty((soft.shape[1], soft.shape[0] + 1), dtype=soft.dtype)  # [T | r], (P, K + 1)
+        values[:, :-1] = soft.T
+        values[:, -1] = roi
+        self.splatted = splat(lattice._vertices, lattice._barycentric, values, self.scale, lattice.n_lattice_points)
+        blurred = blur(lattice._neighbours, self.splatted, self.splatted.shape[1], False)
+        self.difference = np.empty((values.shape[0], values.shape[1] - 1), dtype=soft.dtype)
+        return _slice_loss(lattice._vertices, lattice._barycentric, self.scale, blurred, values, self.difference)
 
     def backward(self, factor, out):
         """``out = factor (W r - W T - W^T T)``, the (K, P) gradient with respect to T."""
         lattice = self.lattice
-        blurred = _blur(lattice._neighbours, self.splatted, self.difference.shape[1], True)
+        blurred = blur(lattice._neighbours, self.splatted, self.difference.shape[1], True)
         gradient = np.empty_like(self.difference)
         _slice_gradient(lattice._vertices, lattice._barycentric, self.scale, blurred, self.difference, gradient)
         for start in range(0, gradient.shape[0], _TRANSPOSE_BLOCK):
