@@ -54,6 +54,18 @@ def test_the_study_writes_its_report_and_reuses_its_runs(tmp_path):
     assert again["tables"][0]["adm-grid"]["records"] == study["tables"][0]["adm-grid"]["records"]
 
 
+def test_gd_and_adm_are_also_compared_at_the_same_lam(tmp_path):
+    study = reproduce(TrainConfig(**BUDGET), tmp_path / "runs", tiny_plan(configurations=("gd-grid", "adm-grid")))
+    text = write_report([study], tmp_path / "r.md").read_text()
+    gd, adm = (metrics(tmp_path / "runs" / "tuning" / f"{key}-lam4")[-1] for key in ("gd-grid", "adm-grid"))
+    row = text.split("at the same λ")[1].split("###")[0].split("\n| 4 |")[1].split("\n")[0]
+    assert f"{gd['grid_crf_loss_train']:.4f} / {adm['grid_crf_loss_train']:.4f}" in row
+    objectives = [r["train_pce"] + 4 * r["grid_crf_loss_train"] for r in (gd, adm)]
+    assert f"{objectives[0]:.4f} / {objectives[1]:.4f}" in row
+    answer = f"pCE + λ·R(S) on train λ 4 {100 * (objectives[1] / objectives[0] - 1):+.1f} %"
+    assert answer in text.split("Answers")[1]
+
+
 def test_lengths_and_solvers_parts(tmp_path):
     plan = tiny_plan(configurations=("adm-grid",), lengths=(1.0, 0.0), solvers=("numba-expansion", "numba-icm"),
                      tune=False, seeds=(0,))

@@ -176,7 +176,7 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
     budget, is the reference row (what a regularizer adds to).
 
     Returns ``(chosen, rows)``: {key: settings to add} for each configuration whose runs finished,
-    and every tried run with its holdout mIoU.
+    and every tried run with its holdout mIoU (and its collected ``result``).
     """
     fit = _fit(base)
     first_gamma = STUDY_GAMMA if base.gamma is None else base.gamma
@@ -189,7 +189,7 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
                                          for name, values in tried[key].items()}, **reference},
                         progress=progress, train=train)
     rows = [{"key": "pce", "run": "pce", "values": {}, "miou": _score(results["pce"]),
-             "status": results["pce"]["status"], "chosen": False} for _ in reference]
+             "status": results["pce"]["status"], "chosen": False, "result": results["pce"]} for _ in reference]
     chosen = {}
     for key in regularized:
         best = max(tried[key], key=lambda name: _score(results[name]))
@@ -205,7 +205,8 @@ def tune(base: TrainConfig, folder: str | os.PathLike[str], plan: Plan, *,
         if all(results[name]["status"] != "not run" for name in tried[key]):
             chosen[key] = tried[key][best]
         rows += [{"key": key, "run": name, "values": values, "miou": _score(results[name]),
-                  "status": results[name]["status"], "chosen": key in chosen and name == best}
+                  "status": results[name]["status"], "chosen": key in chosen and name == best,
+                  "result": results[name]}
                  for name, values in tried[key].items()]
     return chosen, rows
 
@@ -435,6 +436,15 @@ def _findings(study):
     for key, header in TABLE1:
         compared(f"Grid-CRF {header}, ADM grid relative to GD grid", runs("adm-grid"), runs("gd-grid"), key, 1,
                  relative=True, unit=" %")
+    pairs = _equal_lam_pairs(study)
+    if pairs:
+        changes = ", ".join(f"λ {lam:g} {_relative(_objective(adm, lam), _objective(gd, lam))}" for lam, gd, adm in pairs)
+        lower = sum(_objective(adm, lam) < _objective(gd, lam) for lam, gd, adm in pairs)
+        relaxed = ", ".join(f"λ {lam:g} {_relative(_last(adm, 'grid_crf_loss_train'), _last(gd, 'grid_crf_loss_train'))}"
+                            for lam, gd, adm in pairs)
+        lines.append(f"- The same λ for both (the tuning runs, held-back fifth of train, one seed), ADM grid relative to "
+                     f"GD grid: pCE + λ·R(S) on train {changes} (lower in {lower} of {len(pairs)} λ); R(S) alone "
+                     f"{relaxed}.")
     for key, header in (("miou", "val mIoU"), ("trimap_8", "accuracy within 8 px of boundaries"),
                         ("trimap_16", "accuracy within 16 px"), ("accuracy", "accuracy")):
         compared(f"{header}, ADM grid minus GD grid", runs("adm-grid"), runs("gd-grid"), key, 4)
@@ -474,8 +484,8 @@ def _section(study, report, figures):
              f"Data `{base.data}`; runs in `{out}`.", "",
              "Budget and settings of every run (TrainConfig, before the per-configuration lam and gamma):", "",
              "```", json.dumps({k: v for k, v in dataclasses.asdict(base).items() if k != "init"}), "```", "",
-             f"The groups after seed {plan.seeds[0]}'s (the other seeds, the scribble lengths) evaluate at the end of "
-             "each phase only; their training is the same.", ""]
+             (f"The groups after seed {plan.seeds[0]}'s (the other seeds, the scribble lengths) evaluate at the end "
+              "of each phase only; their training is the same."), ""]
     lines += _findings(study)
     if study["tuning"]:
         lines += ["### Hyperparameters (chosen on the held-back fifth of train, never on val)", "",
@@ -483,6 +493,7 @@ def _section(study, report, figures):
                          [(_name(r["key"]), r["run"], json.dumps(r["values"]),
                            f"{r['miou']:.4f}" if r["status"] == "finished" else r["status"], "yes" if r["chosen"] else "")
                           for r in study["tuning"]]), ""]
+    lines += _equal_lam(study)
     keys = list(plan.configurations)
     if seeds:
         def column(key, metric, digits):
@@ -532,6 +543,42 @@ def _section(study, report, figures):
                           for name, r in study["variants"].items()]), ""]
     lines += [f"### Runs ({dataset})", "", _table(["run", "epochs", "wall s", "status"], _run_rows(study)), ""]
     return lines
+
+
+def _equal_lam_pairs(study):
+    """(lam, GD grid's result, ADM grid's result) for each lam of the grid both finished in the tuning (ADM at
+    its first gamma): the paper's comparison, the same objective pCE + lam R for both optimizers."""
+    runs = {row["run"]: row["result"] for row in study["tuning"] if row["status"] == "finished"}
+    return [(lam, runs[f"gd-grid-lam{lam:g}"], runs[f"adm-grid-lam{lam:g}"]) for lam in study["plan"].lam_grid
+            if f"gd-grid-lam{lam:g}" in runs and f"adm-grid-lam{lam:g}" in runs]
+
+
+def _relative(value, reference):
+    return f"{100 * (value / reference - 1):+.1f} %"
+
+
+def _objective(result, lam):
+    """pCE + lam R(S) on train: the last epoch's mean pCE over its steps, plus lam times the relaxed grid-CRF
+    loss of the final network on the training images (measured at lam 1)."""
+    return _last(result, "train_pce") + lam * _last(result, "grid_crf_loss_train")
+
+
+#: The columns of the comparison at the same lam: (metric, header), read from each run's last record.
+EQUAL_LAM = (("grid_crf_loss_train", "R(S) train"), ("grid_crf_loss_val", "R(S) holdout"),
+             ("grid_crf_energy_train", "Potts(argmax) train"), ("train_pce", "pCE train"), ("miou", "holdout mIoU"))
+
+
+def _equal_lam(study):
+    """Table 1 as the paper measures it: GD grid and ADM grid trained with the same lam (the tuning runs)."""
+    pairs = _equal_lam_pairs(study)
+    if not pairs:
+        return []
+    rows = [[f"{lam:g}", *(f"{_last(gd, metric):.4f} / {_last(adm, metric):.4f}" for metric, _ in EQUAL_LAM),
+             f"{_objective(gd, lam):.4f} / {_objective(adm, lam):.4f}"] for lam, gd, adm in pairs]
+    return ["### GD grid against ADM grid at the same λ (the tuning runs: held-back fifth of train, one seed)", "",
+            _table(["λ", *(f"{header} (GD / ADM)" for _, header in EQUAL_LAM), "pCE + λ·R(S) train (GD / ADM)"], rows),
+            "", ("R(S): the relaxed grid-CRF loss of the final network, per pixel at λ = 1; pCE train: the mean over "
+                 "the last epoch's steps. The tables below compare each optimizer at its own chosen λ."), ""]
 
 
 def _fmt(value, digits):
