@@ -102,6 +102,21 @@ def test_a_report_of_a_study_under_way_trains_nothing(tmp_path):
     assert "| ADM grid | not run |" in text.split("Table 2")[1]
 
 
+def test_the_list_of_runs_tells_finished_stopped_and_diverged_apart(tmp_path):
+    from admsolve.training.reproduction import DIVERGED
+
+    base, out = TrainConfig(**{**BUDGET, "epochs": 2}), tmp_path / "runs"
+    reproduce(base, out, tiny_plan())
+    stopped = out / "seed-0" / "adm-grid" / "metrics.jsonl"
+    stopped.write_text(stopped.read_text().splitlines()[0] + "\n")
+    (out / "seed-0" / "pce" / DIVERGED).write_text("diverged at iteration 3\n")
+    text = write_report([reproduce(base, out, tiny_plan(), train=False)], tmp_path / "r.md").read_text()
+    runs = text.split("### Runs")[1]
+    assert "| seed-0/adm-grid | 1 |" in runs and "| stopped after 1 of 2 epochs" in runs
+    assert re.search(r"\| seed-0/pce \| 2 \| \d+ \| diverged \|", runs)
+    assert re.search(r"\| seed-0/pretrain \| 1 \| \d+ \| finished \|", runs)
+
+
 def test_a_moved_study_is_reused_and_reported_from_the_command_line(tmp_path):
     base, out = TrainConfig(**BUDGET), tmp_path / "runs"
     reproduce(base, out / "synthetic", tiny_plan())

@@ -673,7 +673,8 @@ def _run_rows(study):
         run = path.parent
         records = _read(run)
         seconds = sum(r.get("train_time", 0.0) + r.get("eval_time", 0.0) for r in records)
-        diverged = sorted(run.glob("diverged-*.pt"))
-        rows.append([run.relative_to(study["out"]).as_posix(), len(records), f"{seconds:.0f}",
-                     f"diverged ({diverged[0].name})" if diverged else "finished"])
+        config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        status = ("diverged" if (run / DIVERGED).is_file() else "finished" if _finished(run, config)
+                  else f"stopped after {len(records)} of {config.total_epochs} epochs (under way, or to resume)")
+        rows.append([run.relative_to(study["out"]).as_posix(), len(records), f"{seconds:.0f}", status])
     return rows
