@@ -237,7 +237,8 @@ TRAINING_OPTIONS = {
     "connectivity": "grid CRF neighbourhood, 4 or 8",
     "sxy": "dense CRF: spatial kernel width in pixels",
     "srgb": "dense CRF: colour kernel width",
-    "max_iter": "ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates)",
+    "max_iter": ("ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates; "
+                 "relaxed-gd steps: 5 hardly move X off argmax S, it needs tens)"),
     "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
     "latent_stride": "ADM: solve eq. 8 on a grid 1/N of the input's in each direction (1: the paper's full resolution)",
     "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
