@@ -79,8 +79,8 @@ def _comparable(settings, folder):
     """Stored or new run `settings` in the form two runs of `folder` are compared in: every field
     (an older config.json lacks the newer ones: their defaults), paths resolved, the
     :data:`RESOURCE_SETTINGS` left out; a start from the group's own shared pCE phase
-    (``../pretrain/checkpoint.pt``) is named by that role, so that a group folder can be moved (e.g. committed and checked out
-    elsewhere) and its runs still be reused."""
+    (``../pretrain/checkpoint.pt``) is named by that role, so that a group folder can be moved
+    (e.g. committed and checked out elsewhere) and its runs still be reused."""
     config = TrainConfig.from_dict(settings).resolved()
     settings = _resolved(dataclasses.asdict(config))
     for name in RESOURCE_SETTINGS:  # how the work was spread or logged, not what it computed
