@@ -67,13 +67,18 @@ def test_gd_and_adm_are_also_compared_at_the_same_lam(tmp_path):
 
 
 def test_lengths_and_solvers_parts(tmp_path):
-    plan = tiny_plan(configurations=("adm-grid",), lengths=(1.0, 0.0), solvers=("numba-expansion", "numba-icm"),
-                     tune=False, seeds=(0,))
+    plan = tiny_plan(configurations=("adm-grid",), lengths=(1.0, 0.0),
+                     solvers=("numba-expansion", "numba-icm", "relaxed-gd"), tune=False, seeds=(0,))
     study = reproduce(TrainConfig(**BUDGET), tmp_path / "runs", plan)
     report = write_report([study], tmp_path / "r.md")
     text = report.read_text()
     icm = metrics(tmp_path / "runs" / "seed-0" / "adm-grid-numba-icm")[-1]  # in the first seed's group
-    assert f"{icm['train_latent_energy']:.5f}" in text.split("latent solver")[1]
+    solvers = text.split("latent solver")[1]
+    assert f"| numba-icm | 5 | {icm['train_latent_start_energy']:.5f} | {icm['train_latent_energy']:.5f} |" in solvers
+    # relaxed GD gets the tens of steps it needs (the moves keep the base's 5 sweeps)
+    relaxed = json.loads((tmp_path / "runs" / "seed-0" / "adm-grid-relaxed-gd" / "config.json").read_text())
+    assert (relaxed["max_iter"], relaxed["backend"]) == (50, "relaxed-gd")
+    assert "| relaxed-gd | 50 |" in solvers
     # the default solver's run and the generated full-length scribbles are the first seed's ADM grid run itself
     assert study["solvers"]["numba-expansion"] is study["tables"][0]["adm-grid"]
     assert study["lengths"][1.0]["adm-grid"] is study["tables"][0]["adm-grid"]
