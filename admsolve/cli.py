@@ -188,12 +188,13 @@ def cmd_reproduce(args):
 
     if not args.datasets and not args.report_only:
         raise ValueError("DATA: expected at least one dataset folder (or --report-only), got none")
+    values = _config_values(args)
     plan = reproduction.Plan(seeds=_numbers(args.seeds, "seeds", int), configurations=tuple(args.configs.split(",")),
                              lam_grid=_numbers(args.lam_grid, "lam-grid"), gamma_grid=_numbers(args.gamma_grid, "gamma-grid"),
                              lengths=_numbers(args.lengths, "lengths"),
                              solvers=tuple(name for name in args.solvers.split(",") if name),
-                             variants=_variants(args.variants, reproduction.VARIANTS), tune=not args.no_tune)
-    values = _config_values(args)
+                             variants=_variants(args.variants, reproduction.variants(TrainConfig(**values).epochs)),
+                             tune=not args.no_tune)
     folders = {}
     for data in args.datasets:
         folders[Path(args.out) / Path(data.rstrip("/")).name] = TrainConfig(**{**values, "data": data})
@@ -357,7 +358,7 @@ def build_parser():
                            help="latent solvers of the ablation ('' to skip; default %(default)s)")
     reproduce.add_argument("--variants", default="restricted,gamma-growth,stride-2,stride-4",
                            help="changes to ADM grid measured on the held-back fifth of train: restricted "
-                                "(--restrict-labels), gamma-growth (--gamma-growth 2), stride-2, stride-4 "
+                                "(--restrict-labels), gamma-growth (γ growing 4× over the epochs, --gamma-growth), stride-2, stride-4 "
                                 "(--latent-stride) ('' to skip; default %(default)s)")
     reproduce.add_argument("--preface", help="a Markdown file put after the report's heading (e.g. the "
                                              "reading of its tables)")

@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 
 from admsolve.cli import main  # noqa: E402
 from admsolve.training import TrainConfig  # noqa: E402
-from admsolve.training.reproduction import Plan, check_data, reproduce, write_report  # noqa: E402
+from admsolve.training.reproduction import (GAMMA_GROWTH, Plan, check_data, reproduce, variants,  # noqa: E402
+                                            write_report)
 
 BUDGET = dict(data="synthetic", pretrain_epochs=1, epochs=1, batch_size=8, crop_size=48, workers=1)
 
@@ -88,15 +89,26 @@ def test_lengths_and_solvers_parts(tmp_path):
 
 
 def test_variants_are_scored_on_the_held_back_part_of_train(tmp_path):
-    plan = tiny_plan(variants={"gamma-growth": {"gamma_growth": 2.0}}, configurations=("adm-grid",))
+    plan = tiny_plan(variants={"gamma-growth": variants(2)["gamma-growth"]}, configurations=("adm-grid",))
     study = reproduce(TrainConfig(**{**BUDGET, "epochs": 2}), tmp_path / "runs", plan)
     grown = tmp_path / "runs" / "tuning" / "adm-grid-gamma-growth"
     assert json.loads((grown / "config.json").read_text())["val_split"] == "train-holdout"
     records = [r for r in metrics(grown) if r["phase"] == "regularized"]
-    assert [r["gamma"] for r in records] == [2.0, 4.0]  # the base gamma 2, doubled per epoch
+    assert [r["gamma"] for r in records] == [2.0, 8.0]  # the base gamma 2, grown 4x over the 2 epochs
     assert set(study["variants"]) == {"adm-grid-lam4", "adm-grid-gamma-growth"}  # the chosen tuning run is the reference
     text = write_report([study], tmp_path / "r.md").read_text().split("changes to ADM grid")[1]
     assert f"{records[-1]['miou']:.4f}" in text
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 15])
+def test_gamma_grows_by_the_same_factor_over_a_phase_of_any_length(epochs):
+    growth = variants(epochs)["gamma-growth"]["gamma_growth"]
+    assert growth ** max(epochs - 1, 1) == pytest.approx(GAMMA_GROWTH)
+
+
+def test_a_plan_without_variants_takes_those_of_its_budget(tmp_path):
+    study = reproduce(TrainConfig(**{**BUDGET, "epochs": 3}), tmp_path, Plan(), train=False)
+    assert study["plan"].variants == variants(3) and variants(3)["gamma-growth"] == {"gamma_growth": 2.0}
 
 
 def test_a_report_of_a_study_under_way_trains_nothing(tmp_path):
