@@ -358,8 +358,8 @@ def build_parser():
                            help="latent solvers of the ablation ('' to skip; default %(default)s)")
     reproduce.add_argument("--variants", default="restricted,gamma-growth,stride-2,stride-4",
                            help="changes to ADM grid measured on the held-back fifth of train: restricted "
-                                "(--restrict-labels), gamma-growth (γ growing 4× over the epochs, --gamma-growth), stride-2, stride-4 "
-                                "(--latent-stride) ('' to skip; default %(default)s)")
+                                "(--restrict-labels), gamma-growth (γ growing 4× over the epochs, --gamma-growth), "
+                                "stride-2, stride-4 (--latent-stride) ('' to skip; default %(default)s)")
     reproduce.add_argument("--preface", help="a Markdown file put after the report's heading (e.g. the "
                                              "reading of its tables)")
     reproduce.add_argument("--report-only", action="store_true",

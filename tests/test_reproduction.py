@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 
 from admsolve.cli import main  # noqa: E402
 from admsolve.training import TrainConfig  # noqa: E402
-from admsolve.training.reproduction import (GAMMA_GROWTH, Plan, check_data, reproduce, variants,  # noqa: E402
-                                            write_report)
+from admsolve.training.reproduction import (DIVERGED, GAMMA_GROWTH, Plan, check_data, reproduce,  # noqa: E402
+                                            variants, write_report)
 
 BUDGET = dict(data="synthetic", pretrain_epochs=1, epochs=1, batch_size=8, crop_size=48, workers=1)
 
@@ -120,8 +120,6 @@ def test_a_report_of_a_study_under_way_trains_nothing(tmp_path):
 
 
 def test_the_list_of_runs_tells_finished_stopped_and_diverged_apart(tmp_path):
-    from admsolve.training.reproduction import DIVERGED
-
     base, out = TrainConfig(**{**BUDGET, "epochs": 2}), tmp_path / "runs"
     reproduce(base, out, tiny_plan())
     stopped = out / "seed-0" / "adm-grid" / "metrics.jsonl"

@@ -106,8 +106,8 @@ def _settings(key):
     raise ValueError(f"configurations: expected keys among {', '.join(TABLE_CONFIGURATIONS)}, got {key!r}")
 
 
-def _finished(folder, config):
-    records = _read(folder)
+def _finished(records, config):
+    """Whether a run's `records` (its metrics.jsonl) reach the last epoch of `config`."""
     return bool(records) and records[-1]["epoch"] >= config.total_epochs
 
 
@@ -124,9 +124,10 @@ def _collect(config, folder):
     """What a run folder holds, without training: {"config", "records" (those of a finished run,
     else none), "diverged" (its message or None), "status"}."""
     diverged = (folder / DIVERGED).read_text().strip() if (folder / DIVERGED).is_file() else None
-    finished = _finished(folder, config)
+    records = _read(folder)
+    finished = _finished(records, config)
     status = "diverged" if diverged else "finished" if finished else "not run"
-    return {"config": config, "records": _read(folder) if finished or diverged else [], "diverged": diverged,
+    return {"config": config, "records": records if finished or diverged else [], "diverged": diverged,
             "status": status}
 
 
@@ -160,8 +161,8 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
                                                            init=None))
         checkpoint = folder / "pretrain" / "checkpoint.pt"
         waiting = [name for name, config in configs.items()
-                   if not _finished(folder / name, config) and not (folder / name / DIVERGED).is_file()]
-        if train and (waiting or not _finished(folder / "pretrain", pretrain)):
+                   if not _finished(_read(folder / name), config) and not (folder / name / DIVERGED).is_file()]
+        if train and (waiting or not _finished(_read(folder / "pretrain"), pretrain)):
             folder.mkdir(parents=True, exist_ok=True)
             if not checkpoint.is_file() and (folder / "pretrain").is_dir():
                 shutil.rmtree(folder / "pretrain")  # its network is needed again and was not kept
@@ -339,8 +340,8 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
     if plan.solvers and "adm-grid" in plan.configurations:
         default = DEFAULT_PREFERENCE[GridCRF][0]
         group = run_group(dataclasses.replace(base, seed=plan.seeds[0]), first,
-                          {f"adm-grid-{solver}": configured("adm-grid", backend=solver,
-                                                             max_iter=max(base.max_iter, SOLVER_ITERATIONS.get(solver, 0)))
+                          {f"adm-grid-{solver}": configured(
+                              "adm-grid", backend=solver, max_iter=max(base.max_iter, SOLVER_ITERATIONS.get(solver, 0)))
                            for solver in plan.solvers if solver != default}, progress=progress, train=train)
         study["solvers"] = {solver: study["tables"][plan.seeds[0]]["adm-grid"] if solver == default
                             else group[f"adm-grid-{solver}"] for solver in plan.solvers}
@@ -696,7 +697,7 @@ def _run_rows(study):
         records = _read(run)
         seconds = sum(r.get("train_time", 0.0) + r.get("eval_time", 0.0) for r in records)
         config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-        status = ("diverged" if (run / DIVERGED).is_file() else "finished" if _finished(run, config)
+        status = ("diverged" if (run / DIVERGED).is_file() else "finished" if _finished(records, config)
                   else f"stopped after {len(records)} of {config.total_epochs} epochs (under way, or to resume)")
         rows.append([run.relative_to(study["out"]).as_posix(), len(records), f"{seconds:.0f}", status])
     return rows
