@@ -18,7 +18,8 @@ from .energies.gridcrf import GridCRF, contrast_weights
 from .data.io import (check_image_path, check_label_map_path, colorize, overlay, read_image, read_label_map,
                       save_sheet, write_label_map)
 from .solve import solve
-from .training.config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS, TrainConfig
+from .training.config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, LATENT_INITS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
+                              SCHEDULES, TrainConfig)
 from .training.regularizers import REGULARIZERS
 from .energies.unaries import scribble_unary
 
@@ -255,8 +256,20 @@ TRAINING_OPTIONS = {
     "batch_size": "images per batch",
     "crop_size": "side of the random square crops (default 96 on the synthetic data, else 224)",
     "scale": "range of the random scaling, two numbers",
-    "network_optimizer": "adam or sgd, with a poly learning-rate schedule per phase",
+    "network_optimizer": "adam or sgd, new at the start of each phase",
     "lr": "base learning rate",
+    "schedule": "learning-rate schedule of a phase, restarted in each: poly, step (divided by 10 after each third, "
+                "the authors') or constant",
+    "finetune_optimizer": "the regularized phase's network optimizer (default: --network-optimizer)",
+    "finetune_lr": "the regularized phase's base learning rate (default: --lr; the authors fine-tune at 1e-4)",
+    "finetune_schedule": "the regularized phase's schedule (default: --schedule)",
+    "proximal_weight": "ADM: weight of eq. 7's cross-entropy towards the latent labeling (default: gamma, the "
+                       "paper's equations; the authors' code: 1.5)",
+    "latent_init": "ADM: the labeling the solver starts from: argmax (of the network's softmax) or label-0 "
+                   "(gco's default, the authors' code)",
+    "dropout": "effnet-lite0: dropout before the classifier while training (the authors' network: 0.5)",
+    "padding_in_losses": "let crop padding take part in the regularizers, ADM's latent step and the proximal term "
+                         "(the behaviour before 0.3; by default padding is left out of every loss)",
     "momentum": "sgd momentum",
     "weight_decay": "weight decay",
     "poly_power": "power of the poly schedule",
@@ -284,7 +297,9 @@ def _add_training_arguments(parser, *, skip=()):
         if field.default is not None and field.type != "bool":
             help_text += f" (default {field.default})"
         choices = {"optimizer": OPTIMIZERS, "regularizer": tuple(REGULARIZERS),
-                   "network_optimizer": NETWORK_OPTIMIZERS, "connectivity": (4, 8)}.get(field.name)
+                   "network_optimizer": NETWORK_OPTIMIZERS, "finetune_optimizer": NETWORK_OPTIMIZERS,
+                   "schedule": SCHEDULES, "finetune_schedule": SCHEDULES, "latent_init": LATENT_INITS,
+                   "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif field.name == "scale":

@@ -72,8 +72,8 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_what_was_written(data, tmp_pat
     run = tmp_path / "run"
     losses = Objective.__call__
 
-    def nan_in_phase_2(self, phase, logits, images, scribbles):
-        terms = losses(self, phase, logits, images, scribbles)
+    def nan_in_phase_2(self, phase, logits, images, scribbles, valid):
+        terms = losses(self, phase, logits, images, scribbles, valid)
         if phase == "regularized":
             terms["loss"] = terms["loss"] * float("nan")
         return terms
@@ -154,11 +154,11 @@ def test_loader_workers_give_the_same_batches(data):
                              device=torch.device("cpu"), workers=workers) for workers in (0, 2)]
     serial, parallel = (list(kind.epoch(2)) for kind in kinds)
     assert len(serial) == len(parallel) == kinds[0].steps_per_epoch
-    for (s1, i1, c1), (s2, i2, c2) in zip(serial, parallel):
+    for (s1, i1, c1, v1), (s2, i2, c2, v2) in zip(serial, parallel):
         assert s1 == s2
         np.testing.assert_array_equal(i1, i2)
-        assert torch.equal(c1, c2)
-    images, scribbles = kinds[0].batch(2, kinds[0].order(2)[:6])
+        assert torch.equal(c1, c2) and torch.equal(v1, v2)
+    images, scribbles, valid = kinds[0].batch(2, kinds[0].order(2)[:6])
     np.testing.assert_array_equal(images, serial[0][1])
 
 

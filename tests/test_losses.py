@@ -298,15 +298,18 @@ def test_dense_crf_roi():
     assert torch.equal(dense_crf_loss(probs, images, sxy=4, srgb=30, reduction="none",
                                       roi=torch.ones(n, h, w, dtype=torch.bool)), everywhere)
     roi = torch.ones(n, h, w)
-    roi[:, :, 4:] = 0.0  # e.g. padding on the right
+    roi[:, :, 4:] = 0.0  # e.g. padding on the right: outside the ROI's bounding box
+    roi[:, 2, 1] = 0.0  # and a pixel inside the box
     probs.grad = None
     values = dense_crf_loss(probs, images, sxy=4, srgb=30, roi=roi, reduction="none")
     values.sum().backward()
-    assert torch.all(probs.grad[:, :, :, 4:] == 0) and torch.all(probs.grad[:, :, :, :4] != 0)
-    for i in range(n):  # sum_k (r S_k)^T W (r - r S_k), W the lattice operator as a matrix
-        r = roi[i].reshape(-1).numpy()
-        masked = r[:, None] * probs[i].detach().reshape(k, -1).t().numpy()
-        expected = np.sum(masked * (_dense_matrix(images[i], 4, 30) @ (r[:, None] - masked)))
+    outside = roi == 0
+    assert torch.all(probs.grad.permute(1, 0, 2, 3)[:, outside] == 0)
+    assert torch.all(probs.grad.permute(1, 0, 2, 3)[:, ~outside] != 0)
+    for i in range(n):  # sum_k (r S_k)^T W (r - r S_k), W the lattice operator of the box as a matrix
+        r = roi[i, :, :4].reshape(-1).numpy()
+        masked = r[:, None] * probs[i, :, :, :4].detach().reshape(k, -1).t().numpy()
+        expected = np.sum(masked * (_dense_matrix(images[i][:, :4], 4, 30) @ (r[:, None] - masked)))
         assert values[i].item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -322,7 +325,7 @@ def test_dense_crf_scale_factor_computes_at_that_scale():
     total = dense_crf_loss(probs, images, sxy=8, srgb=20, roi=roi, scale_factor=0.5, reduction="sum")
     assert total.item() == pytest.approx(expected.item(), rel=1e-12)
     mean = DenseCRFLoss(sxy=8, srgb=20, scale_factor=0.5)(probs, images, roi)
-    assert (mean * n * (h // 2) * (w // 2)).item() == pytest.approx(total.item(), rel=1e-12)
+    assert (mean * roi[:, ::2, ::2].sum()).item() == pytest.approx(total.item(), rel=1e-12)  # per pixel inside
     assert torch.autograd.gradcheck(
         lambda s: dense_crf_loss(s, images[:1, :6, :8], sxy=8, srgb=20, roi=roi[:1, :6, :8], scale_factor=0.5),
         (_probs(1, 2, 6, 8, seed=16),))

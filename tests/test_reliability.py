@@ -387,8 +387,9 @@ def test_item1_checkpoints_load_with_weights_only_and_resume_exactly_with_dropou
     a network with dropout continues exactly as if it had not stopped."""
     from admsolve.training import loop
 
-    def with_dropout(name, n_labels, weights=None):  # the fcn-small network, then dropout on its logits
-        return torch.nn.Sequential(build_model(name, n_labels, weights=weights), torch.nn.Dropout2d(0.3))
+    def with_dropout(name, n_labels, weights=None, dropout=0.0):  # the fcn-small network, then dropout on its logits
+        return torch.nn.Sequential(build_model(name, n_labels, weights=weights, dropout=dropout),
+                                   torch.nn.Dropout2d(0.3))
 
     monkeypatch.setattr(loop, "build_model", with_dropout)
     settings = tiny(data, optimizer="gd")

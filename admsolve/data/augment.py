@@ -19,7 +19,9 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
     Scales by one factor drawn uniformly from `scale` (image bilinear, scribbles and mask nearest,
     via Pillow), pads the bottom and right to at least `crop_size` (the image with `fill`,
     scribbles and mask with `UNLABELED`), crops a random window of `crop_size`, and mirrors it left to
-    right with probability 1/2 when `flip`.
+    right with probability 1/2 when `flip`. The crop's ``valid`` marks the pixels of the photograph
+    (False on the padding, so that the losses leave it out): for a sample without ``valid``, the
+    rectangle of the image within the window.
 
     Parameters
     ----------
@@ -38,7 +40,8 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
     Returns
     -------
     Sample
-        New arrays of shape `crop_size`; the mask stays None where it was None.
+        New arrays of shape `crop_size`; the mask stays None where it was None; ``valid`` is a bool
+        array (the input's own ``valid``, if any, is cropped with the image).
     """
     if not isinstance(sample, Sample):
         raise TypeError(f"sample: expected a Sample, got {describe(sample)}")
@@ -50,7 +53,8 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
     image = np.asarray(sample.image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"sample.image: expected an (H, W, 3) uint8 array, got {describe(image)}")
-    planes = {"scribbles": sample.scribbles, "mask": sample.mask}
+    valid = np.ones(image.shape[:2], np.uint8) if sample.valid is None else np.asarray(sample.valid, np.uint8)
+    planes = {"scribbles": sample.scribbles, "mask": sample.mask, "valid": valid}
     for name, plane in planes.items():
         if plane is not None and np.shape(plane) != image.shape[:2]:
             raise ValueError(f"sample.{name}: expected shape {image.shape[:2]} (the image's), "
@@ -66,7 +70,7 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
     pad = ((0, max(crop_h - size[1], 0)), (0, max(crop_w - size[0], 0)))
     if pad[0][1] or pad[1][1]:
         image = np.stack([np.pad(image[..., c], pad, constant_values=fill[c]) for c in range(3)], 2)
-        planes = {k: None if v is None else np.pad(v, pad, constant_values=UNLABELED)
+        planes = {k: None if v is None else np.pad(v, pad, constant_values=0 if k == "valid" else UNLABELED)
                   for k, v in planes.items()}
     top = rng.integers(0, image.shape[0] - crop_h + 1)
     left = rng.integers(0, image.shape[1] - crop_w + 1)
@@ -78,7 +82,8 @@ def augment(sample: Sample, rng: np.random.Generator, *, crop_size: Sequence[int
             return None
         return np.array(array[top:top + crop_h, left:left + crop_w][:, ::step])
 
-    return Sample(sample.id, window(image), window(planes["scribbles"]), window(planes["mask"]))
+    return Sample(sample.id, window(image), window(planes["scribbles"]), window(planes["mask"]),
+                  window(planes["valid"]).astype(bool))
 
 
 def _resize(array, size, resample):

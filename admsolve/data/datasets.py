@@ -48,12 +48,16 @@ class Sample(NamedTuple):
         Scribbled label 0..K-1, `UNLABELED` (255) where unscribbled.
     mask : (H, W) ndarray of uint8 or None
         Ground-truth labels, `UNLABELED` where void; None when the dataset has no masks.
+    valid : (H, W) ndarray of bool or None
+        The pixels of the photograph, False on padding added by
+        :func:`~admsolve.data.augment.augment` (kept out of every loss); None: every pixel.
     """
 
     id: str
     image: np.ndarray
     scribbles: np.ndarray
     mask: np.ndarray | None
+    valid: np.ndarray | None = None
 
 
 class DatasetLike(Protocol):

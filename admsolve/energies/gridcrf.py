@@ -171,7 +171,8 @@ def relaxed_energy_arrays(unary: AnyArray, weights: AnyArray, lam: float, probs:
     return float(value), grad
 
 
-def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float | None = None) -> np.ndarray:
+def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float | None = None,
+                     mask: ArrayLike | None = None) -> np.ndarray:
     """Contrast-sensitive edge weights of a grid CRF (eq. 2 of the paper, without lambda).
 
     ``w_pq = exp(-||I_p - I_q||^2 / (2 sigma^2)) / dist(p, q)``: diagonal edges are divided by sqrt(2).
@@ -185,11 +186,15 @@ def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float |
         sigma^2 of eq. 2. By default the Boykov-Jolly rule: the mean of ||I_p - I_q||^2 over all
         neighbouring pairs of the chosen connectivity. If that mean is 0 (a constant image) the
         exponential is taken as 1: weights are 1 (diagonals 1/sqrt(2)).
+    mask : (H, W) array_like of bool, optional
+        The pixels that take part (e.g. not crop padding): an edge with an end outside the mask gets
+        weight 0 and is left out of sigma^2's mean, so the weights inside equal those of the
+        masked-out pixels' absence. Default: every pixel.
 
     Returns
     -------
     weights : (D, H, W) ndarray of float64
-        D = 2 or 4; entries for edges leaving the image are 0.
+        D = 2 or 4; entries for edges leaving the image (or the mask) are 0.
     """
     connectivity = as_connectivity(connectivity)
     image = as_real_array(image, "image", (2, 3))
@@ -215,6 +220,14 @@ def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float |
         p, q = edge_slices(d, height, width)
         sq_diff[(d, *p)] = np.sum((image[p] - image[q]) ** 2, axis=2)
     inside = inside_mask(n_directions, height, width)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (height, width) or mask.dtype != bool:
+            raise ValueError(f"mask: expected a bool array of shape {(height, width)} (the image's), "
+                             f"got {describe(mask)}")
+        for d in range(n_directions):
+            p, q = edge_slices(d, height, width)
+            inside[(d, *p)] &= mask[p] & mask[q]
     if sigma2 is None:
         sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
         weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)

@@ -8,7 +8,7 @@ of the image's in each direction (:func:`block_probabilities`, :func:`block_mean
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from ..backends import lookup
 from ..energies.problem import LabelingProblem
 from ..energies.unaries import adm_unary
 from ..solve import SolveResult, solve_batch
-from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _images_as_numpy
+from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _describe, _images_as_numpy
+from .config import LATENT_INITS
 from .regularizers import lookup_regularizer
 
 
@@ -60,6 +61,10 @@ class ADMStep:
         change of lam). X is upsampled by repetition to the full size and set to the scribbles on
         every scribbled pixel, so the hard constraints hold at full resolution; ``results`` and
         :meth:`problems` are those of the coarse problems.
+    latent_init : {"argmax", "label-0"}, optional
+        The labeling each solve starts from (scribbles applied): "argmax" S (pooled on the latent
+        grid), a warm start close to the answer; "label-0", every pixel label 0 (gco's default, the
+        start of the authors' code).
     workers : int, optional
         Parallel solves, as in :func:`admsolve.solve_batch` (threads for the Numba backends).
     ignore_index : int, optional
@@ -67,8 +72,11 @@ class ADMStep:
     **solver_options
         Passed to the backend, e.g. ``max_iter=5`` (the paper's setting: 5 sweeps of expansion).
 
-    Each solve starts from argmax S (seeds applied), a warm start close to the answer. The solver
-    results of the last call are kept in ``self.results`` (energies, times).
+    Pixels outside the `valid` mask of a call (crop padding) take no part: each image's problem is
+    built on the bounding box of its valid pixels (a padded crop's photograph exactly), and inside
+    that box the grid problem cuts the others off (no edges, no unary cost). The solver results of
+    the last call are kept in ``self.results`` (energies, times) and the valid pixels of each
+    problem in ``self.problem_pixels``.
 
     Examples
     --------
@@ -79,8 +87,8 @@ class ADMStep:
 
     def __init__(self, *, lam: float = 2.0, gamma: float = 1.0, regularizer: str = "grid", connectivity: int = 8,
                  sxy: float = 80, srgb: float = 13, backend: str | Callable[..., dict] | None = None,
-                 restrict_labels: bool = False, latent_stride: int = 1, workers: int | None = None,
-                 ignore_index: int = UNLABELED, **solver_options: Any) -> None:
+                 restrict_labels: bool = False, latent_stride: int = 1, latent_init: str = "argmax",
+                 workers: int | None = None, ignore_index: int = UNLABELED, **solver_options: Any) -> None:
         self.lam = as_scalar(lam, "lam", minimum=0.0)
         self.gamma = as_scalar(gamma, "gamma", minimum=0.0)
         self.regularizer = lookup_regularizer(regularizer)
@@ -98,62 +106,118 @@ class ADMStep:
         if self.latent_stride > 1 and self.regularizer.coarsen is None:
             raise ValueError(f"latent_stride: expected 1 with the {regularizer} regularizer (it has no coarse "
                              f"latent problem), got {latent_stride!r}")
+        if latent_init not in LATENT_INITS:
+            raise ValueError(f"latent_init: expected one of {', '.join(LATENT_INITS)}, got {latent_init!r}")
+        self.latent_init = latent_init
         self.ignore_index = _check_ignore_index(ignore_index)
         self.solver_options = solver_options
         self.results: list[SolveResult] = []
+        self.problem_pixels: list[int] = []
 
-    def problems(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor,
-                 scribbles: torch.Tensor) -> list[LabelingProblem]:
-        """The eq. 8 problem of each image, as solved (on the coarse grid when ``latent_stride`` > 1):
-        a ``list`` of the regularizer's problem class.
+    def problems(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor, scribbles: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> list[LabelingProblem]:
+        """The eq. 8 problem of each image, as solved (on the coarse grid when ``latent_stride`` > 1,
+        on the bounding box of the valid pixels): a ``list`` of the regularizer's problem class.
 
         probs : (N, K, H, W) tensor of softmax probabilities (detached here); images : (N, H, W, 3)
-        array or (N, 3, H, W) tensor; scribbles : (N, H, W) int64 tensor, `ignore_index` unscribbled.
+        array or (N, 3, H, W) tensor; scribbles : (N, H, W) int64 tensor, `ignore_index` unscribbled;
+        valid : (N, H, W) bool tensor, the pixels that take part (False on crop padding), or None
+        (every pixel).
         """
-        return self._problems(*self._latent_inputs(probs, images, scribbles))
+        return self._problems(self._latent_inputs(probs, images, scribbles, valid))
 
-    def _latent_inputs(self, probs, images, scribbles):
-        """S as (N, h, w, K) float64, the N (h, w, 3) images and the (N, h, w) seeds on the latent grid."""
+    def _latent_inputs(self, probs, images, scribbles, valid):
+        """Each image's eq. 8 inputs (:class:`_Latent`) on the latent grid, cut to the bounding box of
+        its valid pixels."""
         probs = _check_float_tensor(probs, "probs")
         n, n_labels, height, width = probs.shape
         scribbles = _check_labels(scribbles, "scribbles", (n, height, width), n_labels, self.ignore_index)
         pictures = _images_as_numpy(images, (n, height, width))
         seeds = scribbles.cpu().numpy()
+        masks = [None] * n if valid is None else _check_valid(valid, (n, height, width)).cpu().numpy()
         stride = self.latent_stride
         if stride == 1:
             soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
-            return soft, pictures, seeds
-        # pooled where S is (on its device, in its precision) before anything full-size is copied
-        soft = block_probabilities(probs.detach().clamp(0.0, 1.0), stride)
-        pictures = block_mean(torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2), stride)
-        return soft, pictures.permute(0, 2, 3, 1).numpy(), block_seeds(seeds, stride, n_labels, self.ignore_index)
+        inputs = []
+        for i, mask in enumerate(masks):
+            box = (slice(None), slice(None)) if mask is None else _bounding_box(mask, i)
+            mask = None if mask is None or mask[box].all() else mask[box]
+            if stride == 1:
+                inputs.append(_Latent(soft[i][box], pictures[i][box], seeds[i][box], mask, box))
+                continue
+            # pooled where S is (on its device, in its precision) before anything full-size is copied
+            picture = torch.from_numpy(np.ascontiguousarray(pictures[i][box])).permute(2, 0, 1)[None]
+            coarse_mask = None if mask is None else \
+                block_mean(torch.from_numpy(mask)[None, None], stride)[0, 0].numpy() > 0
+            inputs.append(_Latent(block_probabilities(probs[i:i + 1, :, box[0], box[1]].detach().clamp(0.0, 1.0),
+                                                      stride)[0],
+                                  block_mean(picture, stride)[0].permute(1, 2, 0).numpy(),
+                                  block_seeds(seeds[i:i + 1][:, box[0], box[1]], stride, n_labels,
+                                              self.ignore_index)[0],
+                                  coarse_mask, box))
+        return inputs
 
-    def _problems(self, soft, pictures, seeds):
+    def _problems(self, inputs):
         lam = self.lam
         settings = {name: self.settings[name] for name in self.regularizer.settings}
         if self.latent_stride > 1:
             lam, settings = self.regularizer.coarsen(self.latent_stride, lam, settings)
-        return [self.regularizer.latent_problem(adm_unary(soft[i], gamma=self.gamma), pictures[i], seeds[i],
-                                                lam=lam, unlabeled=self.ignore_index, **settings)
-                for i in range(len(soft))]
+        return [self.regularizer.latent_problem(adm_unary(latent.soft, gamma=self.gamma), latent.image, latent.seeds,
+                                                lam=lam, unlabeled=self.ignore_index, valid=latent.valid, **settings)
+                for latent in inputs]
 
-    def __call__(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor, scribbles: torch.Tensor) -> torch.Tensor:
-        """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected."""
-        soft, pictures, seeds = self._latent_inputs(probs, images, scribbles)
-        problems = self._problems(soft, pictures, seeds)
-        inits = list(soft.argmax(-1))  # argmax S (pooled on the latent grid), the warm start
+    def __call__(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor, scribbles: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected; argmax S
+        outside the bounding box of the `valid` pixels (see :meth:`problems`), where no loss reads X."""
+        inputs = self._latent_inputs(probs, images, scribbles, valid)
+        problems = self._problems(inputs)
+        guesses = [latent.soft.argmax(-1) for latent in inputs]  # argmax S (pooled on the latent grid)
+        inits = guesses if self.latent_init == "argmax" else [np.zeros_like(guess) for guess in guesses]
         per_problem = None
         if self.restrict_labels:
-            per_problem = [{"labels": np.union1d(np.unique(init), np.unique(seed[seed != self.ignore_index]))}
-                           for init, seed in zip(inits, seeds)]
+            per_problem = [{"labels": np.union1d(np.unique(guess), np.unique(latent.seeds[latent.seeds != self.ignore_index]))}
+                           for guess, latent in zip(guesses, inputs)]
         self.results = solve_batch(problems, self.backend, workers=self.workers, inits=inits,
                                    problem_options=per_problem, **self.solver_options)
-        latent = np.stack([result.labels for result in self.results]).astype(np.int64)
+        self.problem_pixels = [latent.soft.shape[0] * latent.soft.shape[1] if latent.valid is None else
+                               int(latent.valid.sum()) for latent in inputs]
+        labels = probs.detach().argmax(1).cpu().numpy()
+        for i, (result, latent) in enumerate(zip(self.results, inputs)):
+            inside = labels[i][latent.box]
+            inside[...] = result.labels if self.latent_stride == 1 else \
+                upsample_labels(result.labels[None], self.latent_stride, inside.shape)[0]
         if self.latent_stride > 1:
-            latent = upsample_labels(latent, self.latent_stride, (scribbles.shape[1], scribbles.shape[2]))
             full = scribbles.cpu().numpy()
-            latent = np.where(full != self.ignore_index, full, latent)  # the hard constraints, at full resolution
-        return torch.from_numpy(latent).to(probs.device)
+            labels = np.where(full != self.ignore_index, full, labels)  # the hard constraints, at full resolution
+        return torch.from_numpy(labels).to(probs.device)
+
+
+class _Latent(NamedTuple):
+    """One image's eq. 8 inputs on the latent grid, within the bounding box `box` (rows, columns) of
+    its valid pixels: S (h, w, K) float64, the image (h, w, 3), the seeds (h, w) and the valid pixels
+    (h, w) bool, None when all are."""
+
+    soft: np.ndarray
+    image: np.ndarray
+    seeds: np.ndarray
+    valid: np.ndarray | None
+    box: tuple[slice, slice]
+
+
+def _check_valid(valid, shape):
+    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != tuple(shape):
+        raise ValueError(f"valid: expected a bool tensor of shape {tuple(shape)} (the predictions'), "
+                         f"got {_describe(valid)}")
+    return valid
+
+
+def _bounding_box(mask, index):
+    """(rows, columns) slices of the smallest box holding the True pixels of (H, W) `mask`."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError(f"valid: expected at least one valid pixel in each image, image {index} has none")
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
 def block_mean(values: torch.Tensor, stride: int) -> torch.Tensor:

@@ -31,15 +31,16 @@ class _Crops(Dataset):
     def __getitem__(self, index):
         sample = augment(self.dataset[index], np.random.default_rng([self.seed, self.epoch, index]),
                          crop_size=self.crop_size, scale=self.scale)
-        return sample.image, sample.scribbles
+        return sample.image, sample.scribbles, sample.valid
 
 
 def _collate(samples):
-    """(N, H, W, 3) uint8 images as NumPy (the latent step and the contrast weights read them) and
-    (N, H, W) int64 scribbles as a tensor."""
-    images = np.stack([image for image, _ in samples])
-    scribbles = torch.from_numpy(np.stack([s for _, s in samples]).astype(np.int64))
-    return images, scribbles
+    """(N, H, W, 3) uint8 images as NumPy (the latent step and the contrast weights read them),
+    (N, H, W) int64 scribbles and (N, H, W) bool valid pixels (False on crop padding) as tensors."""
+    images = np.stack([image for image, _, _ in samples])
+    scribbles = torch.from_numpy(np.stack([s for _, s, _ in samples]).astype(np.int64))
+    valid = torch.from_numpy(np.stack([v for _, _, v in samples]))
+    return images, scribbles, valid
 
 
 class TrainingBatches:
@@ -84,17 +85,17 @@ class TrainingBatches:
         return [order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world_size].tolist()
                 for step in range(self.steps_per_epoch)]
 
-    def batch(self, epoch: int, indices: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
-        """Augmented crops of the training images `indices`: (N, H, W, 3) uint8 images and
-        (N, H, W) int64 scribbles on the device."""
+    def batch(self, epoch: int, indices: Sequence[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Augmented crops of the training images `indices`: (N, H, W, 3) uint8 images, (N, H, W) int64
+        scribbles and (N, H, W) bool valid pixels (False on crop padding), the tensors on the device."""
         crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
-        images, scribbles = _collate([crops[i] for i in indices])
-        return images, scribbles.to(self.device)
+        images, scribbles, valid = _collate([crops[i] for i in indices])
+        return images, scribbles.to(self.device), valid.to(self.device)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
-        """The batches of `epoch`, in order: ``(step, images, scribbles)``."""
+    def epoch(self, epoch: int) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch`, in order: ``(step, images, scribbles, valid)`` as :meth:`batch`."""
         crops = _Crops(self.dataset, epoch, crop_size=self.crop_size, scale=self.scale, seed=self.seed)
         loader = DataLoader(crops, batch_sampler=self.shares(epoch), num_workers=self.workers, collate_fn=_collate,
                             pin_memory=self.device.type == "cuda")
-        for step, (images, scribbles) in enumerate(loader):
-            yield step, images, scribbles.to(self.device, non_blocking=True)
+        for step, (images, scribbles, valid) in enumerate(loader):
+            yield step, images, scribbles.to(self.device, non_blocking=True), valid.to(self.device, non_blocking=True)

@@ -29,13 +29,15 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
 
 #: Settings that only ADM reads, and lam, which only a regularizer reads: a configuration that does not
 #: use them stores TrainConfig's defaults, so that its run is reused when only they change.
-ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels", "latent_stride")
+ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels", "latent_stride",
+                "proximal_weight", "latent_init")
 
 
 def _unused(config):
-    """The settings that the optimizer and regularizer of `config` do not read."""
+    """The settings that the optimizer and regularizer of `config` do not read (without a regularizer,
+    no loss reaches crop padding: only the partial cross-entropy, and padding has no scribbles)."""
     unused = () if config.optimizer == "adm" and config.regularizer != "none" else ADM_SETTINGS
-    return unused + ("lam",) if config.regularizer == "none" else unused
+    return unused + ("lam", "padding_in_losses") if config.regularizer == "none" else unused
 
 
 def _unused_to_defaults(config):

@@ -16,6 +16,14 @@ from .regularizers import REGULARIZERS, lookup_regularizer
 MODELS = ("fcn-small", "effnet-lite0", "deeplabv3-resnet50", "deeplabv3-resnet101", "deeplabv3-mobilenet")
 OPTIMIZERS = ("gd", "adm")
 NETWORK_OPTIMIZERS = ("adam", "sgd")
+#: Learning-rate schedules over a phase: "poly", lr (1 - t/T)^poly_power; "step", lr divided by 10 after each
+#: third of the phase (the authors' Caffe solvers: 9000 iterations, step 3000); "constant".
+SCHEDULES = ("poly", "step", "constant")
+#: The starting labelings of ADM's latent step: argmax S, or label 0 everywhere (gco's default, the authors' code).
+LATENT_INITS = ("argmax", "label-0")
+#: The value a setting takes in a config.json written before the setting existed, where that differs from its
+#: default: those runs computed the older behaviour (crop padding took part in the losses).
+STORED_BEFORE = {"padding_in_losses": True}
 #: Configurations of `admsolve compare`: key -> (name in the table, settings that differ from the base configuration)
 CONFIGURATIONS = {
     "pce": ("pCE only", {"optimizer": "gd", "regularizer": "none"}),
@@ -57,6 +65,15 @@ class TrainConfig:
     (:attr:`resolved_model`). ``model`` is one of :data:`MODELS` or "package.module:factory" (a
     function of n_labels returning an ``nn.Module``). ``init`` starts the network from another run's
     ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
+
+    The regularized phase starts a new network optimizer and schedule: ``finetune_optimizer``,
+    ``finetune_lr`` and ``finetune_schedule`` (None: those of the pCE phase, ``network_optimizer``,
+    ``lr`` and ``schedule``). ``proximal_weight`` is the weight of eq. 7's term towards X (None: gamma,
+    the paper's equations; the authors' code weights it apart, 1.5). ``latent_init`` is the labeling
+    ADM's solver starts from. ``dropout`` is applied before the classifier of "effnet-lite0" while it
+    trains (so the S of the latent step sees it, as in the authors' training). ``padding_in_losses``
+    True lets crop padding take part in the losses and the latent step, as before the valid-pixel
+    mask (runs stored before it read as True).
     """
 
     data: str = "synthetic"
@@ -85,9 +102,17 @@ class TrainConfig:
     scale: tuple = (0.75, 1.25)
     network_optimizer: str = "adam"
     lr: float = 1e-3
+    schedule: str = "poly"
+    finetune_optimizer: str | None = None
+    finetune_lr: float | None = None
+    finetune_schedule: str | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    proximal_weight: float | None = None
+    latent_init: str = "argmax"
+    dropout: float = 0.0
+    padding_in_losses: bool = False
     scribbles: str = "auto"
     scribble_length: float = 1.0
     seed: int = 0
@@ -100,9 +125,12 @@ class TrainConfig:
 
     def __post_init__(self):
         self.scale = tuple(self.scale)
-        for name, allowed in (("optimizer", OPTIMIZERS), ("network_optimizer", NETWORK_OPTIMIZERS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("network_optimizer", NETWORK_OPTIMIZERS),
+                              ("finetune_optimizer", NETWORK_OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("finetune_schedule", SCHEDULES), ("latent_init", LATENT_INITS)):
+            value = getattr(self, name)
+            if value not in allowed and not (value is None and name.startswith("finetune_")):
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
         known = isinstance(self.model, str) and (self.model in MODELS or is_factory(self.model))
         if self.model is not None and not known:
             raise ValueError(f"model: expected None, one of {', '.join(MODELS)} or 'package.module:factory', "
@@ -126,9 +154,14 @@ class TrainConfig:
             raise ValueError("epochs: expected at least one epoch in total, got epochs=0 and pretrain_epochs=0")
         for name in ("lr", "momentum", "weight_decay", "poly_power", "sxy", "srgb"):
             as_scalar(getattr(self, name), name, minimum=0.0)
-        for name in ("lam", "gamma"):
+        for name in ("lam", "gamma", "finetune_lr", "proximal_weight"):
             if getattr(self, name) is not None:
                 as_scalar(getattr(self, name), name, minimum=0.0)
+        if not 0.0 <= as_scalar(self.dropout, "dropout") < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.dropout and self.resolved_model != "effnet-lite0":
+            raise ValueError(f"dropout: expected 0 with model {self.resolved_model!r} (only effnet-lite0 has a "
+                             f"dropout layer), got {self.dropout!r}")
         if self.backend is not None:
             entry = lookup(self.backend)
             if self.optimizer != "adm" or self.regularizer == "none":
@@ -182,10 +215,21 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return self.pretrain_epochs + self.epochs
 
+    @property
+    def phase_settings(self) -> dict[str, tuple[str, float, str]]:
+        """(network optimizer, lr, schedule) of each phase, "pce" and "regularized", defaults resolved."""
+        pce = (self.network_optimizer, self.lr, self.schedule)
+        return {"pce": pce,
+                "regularized": (self.finetune_optimizer or pce[0],
+                                pce[1] if self.finetune_lr is None else self.finetune_lr,
+                                self.finetune_schedule or pce[2])}
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """The configuration of a dict of settings, such as a stored config.json: a setting it lacks
+        takes its default, or its :data:`STORED_BEFORE` value (a config.json from before it existed)."""
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        return cls(**{**STORED_BEFORE, **values})

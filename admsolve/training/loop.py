@@ -110,7 +110,7 @@ class Trainer:
         self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
                                    seed=config.seed, device=self.device, processes=self.processes)
         torch.manual_seed(config.seed)
-        self.model = (build_model(config.model, self.n_labels, weights=config.weights) if model is None
+        self.model = (build_model(config.model, self.n_labels, weights=config.weights, dropout=config.dropout) if model is None
                       else wrap_model(model, self.n_labels)).to(self.device)
         if config.init:
             self.model.load_state_dict(load_model_state(config.init, self.model, "init"))
@@ -131,7 +131,7 @@ class Trainer:
         self.iteration = 0
         self.records: list[dict[str, Any]] = []
         self.plotted = time.perf_counter()  # when curves.png and predictions.png were last drawn
-        self._new_optimizer()
+        self._new_optimizer(1)
 
     # ------------------------------------------------------------------ schedule
 
@@ -139,21 +139,36 @@ class Trainer:
         """"pce" for the first pretrain_epochs epochs (1-based), then "regularized"."""
         return "pce" if epoch <= self.config.pretrain_epochs or self.config.regularizer == "none" else "regularized"
 
-    def _new_optimizer(self):
+    def _phase_settings(self, epoch: int) -> tuple[str, float, str]:
+        """(network optimizer, lr, schedule) of the phase holding `epoch`: the pCE phase's for the first
+        ``pretrain_epochs`` epochs, then the regularized phase's (also when there is no regularizer, so
+        that a pCE-only run continued from a shared pCE phase fine-tunes as the others do)."""
+        return self.config.phase_settings["pce" if epoch <= self.config.pretrain_epochs else "regularized"]
+
+    def _new_optimizer(self, epoch: int) -> None:
+        """A fresh network optimizer for the phase holding `epoch`."""
         config = self.config
-        if config.network_optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        kind, lr, _ = self._phase_settings(epoch)
+        if kind == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=config.weight_decay)
         else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=config.momentum,
                                              weight_decay=config.weight_decay)
 
     def learning_rate(self, epoch: int, step: int) -> float:
-        """Poly schedule, restarted at the start of each phase: lr (1 - t / T)^power."""
+        """The phase's schedule, restarted at the start of each phase, at fraction t / T of it: "poly"
+        lr (1 - t / T)^power, "step" lr / 10 per third passed (the authors'), "constant" lr."""
         config = self.config
         first, last = (1, config.pretrain_epochs) if epoch <= config.pretrain_epochs else \
             (config.pretrain_epochs + 1, config.total_epochs)
         steps = self.batches.steps_per_epoch
-        return config.lr * (1.0 - ((epoch - first) * steps + step) / ((last - first + 1) * steps)) ** config.poly_power
+        done = ((epoch - first) * steps + step) / ((last - first + 1) * steps)
+        _, lr, schedule = self._phase_settings(epoch)
+        if schedule == "poly":
+            return lr * (1.0 - done) ** config.poly_power
+        if schedule == "step":
+            return lr * 0.1 ** math.floor(3 * done)
+        return lr
 
     # ------------------------------------------------------------------ one epoch
 
@@ -162,19 +177,19 @@ class Trainer:
         config = self.config
         phase = self.phase(epoch)
         if epoch == config.pretrain_epochs + 1 and epoch > 1:
-            self._new_optimizer()  # the regularized phase starts with a fresh optimizer and schedule
+            self._new_optimizer(epoch)  # the regularized phase starts with a fresh optimizer and schedule
         if phase == "regularized":
             self.objective.begin_epoch(epoch - config.pretrain_epochs)
         self.network.train()
         sums: dict[str, float] = {}
         solver_time, began = 0.0, time.perf_counter()
         steps = self.batches.steps_per_epoch
-        for step, images, scribbles in self.batches.epoch(epoch):
+        for step, images, scribbles, valid in self.batches.epoch(epoch):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(epoch, step)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.network(image_tensor(images, self.device))
-                terms = self.objective(phase, logits, images, scribbles)
+                terms = self.objective(phase, logits, images, scribbles, valid)
             if phase == "regularized":
                 solver_time += self.objective.solver_time()
             values = self._mean_over_processes({name: value.item() for name, value in terms.items()})
@@ -248,6 +263,7 @@ class Trainer:
         check_model_state(self.model, state["model"], path)
         self.model.load_state_dict(state["model"])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
+        self._new_optimizer(max(self.epoch, 1))  # the stored state is that of the last epoch's phase
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:

@@ -193,6 +193,11 @@ def _reduce(per_image, reduction, count):
     return total if reduction == "sum" else total / count
 
 
+def _pixels(roi, count):
+    """The pixels a "mean" divides by: the sum of the ROI (at least 1), or `count` without one."""
+    return count if roi is None else roi.sum().clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------- partial cross-entropy
 
 
@@ -278,25 +283,33 @@ class PartialCrossEntropyLoss(nn.Module):
 # --------------------------------------------------------------------------- grid CRF
 
 
-def _contrast_weights(images, connectivity, sigma2=None):
+def _contrast_weights(images, connectivity, sigma2=None, roi=None):
     """Contrast weights of a batch of images in torch, as :func:`admsolve.contrast_weights` per image.
 
     `images` is an (N, C, H, W) float tensor. Returns one tensor per direction d of
     :data:`admsolve.energies.gridcrf.OFFSETS` (2 or 4), of shape (N, H - dy, W - |dx|): the weights
     of the edges inside the image, ``weights[(d, *p)]`` of the NumPy function with ``p, _ =
     edge_slices(d, H, W)``. ``sigma2`` None: per image, the mean of the squared colour differences
-    over all its edges (Boykov-Jolly), the exponential taken as 1 where that mean is 0.
+    over all its edges (Boykov-Jolly), the exponential taken as 1 where that mean is 0. ``roi``
+    (N, H, W), 1 inside and 0 outside: each edge is weighted by ``r_p r_q``, in sigma^2's mean too
+    (``mask=`` of the NumPy function).
     """
     _, _, height, width = images.shape
-    squared = []
+    squared, inside = [], []
     for d in range(N_DIRECTIONS[connectivity]):
         (rp, cp), (rq, cq) = edge_slices(d, height, width)
         squared.append((images[:, :, rp, cp] - images[:, :, rq, cq]).square().sum(dim=1))
+        inside.append(None if roi is None else roi[:, rp, cp] * roi[:, rq, cq])
     if sigma2 is None:
-        edges = sum(s[0].numel() for s in squared)
-        mean = sum(s.sum(dim=(1, 2)) for s in squared) / max(edges, 1)
+        if roi is None:
+            edges = sum(s[0].numel() for s in squared)
+            mean = sum(s.sum(dim=(1, 2)) for s in squared) / max(edges, 1)
+        else:
+            edges = sum(m.sum(dim=(1, 2)) for m in inside)
+            mean = sum((s * m).sum(dim=(1, 2)) for s, m in zip(squared, inside)) / edges.clamp_min(1.0)
         sigma2 = torch.where(mean > 0, mean, torch.ones_like(mean))[:, None, None]
-    weights = [torch.exp(-s / (2.0 * sigma2)) for s in squared]
+    weights = [torch.exp(-s / (2.0 * sigma2)) if m is None else torch.exp(-s / (2.0 * sigma2)) * m
+               for s, m in zip(squared, inside)]
     return [w / math.sqrt(2.0) if d >= 2 else w for d, w in enumerate(weights)]
 
 
@@ -347,7 +360,8 @@ class _GridCRFFunction(torch.autograd.Function):
 
 
 def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity: int = 8,
-                  sigma2: float | None = None, reduction: str = "mean") -> torch.Tensor:
+                  sigma2: float | None = None, roi: torch.Tensor | None = None,
+                  reduction: str = "mean") -> torch.Tensor:
     r"""Relaxed grid-CRF (Potts) loss of soft labels.
 
     For each image, ``lam * sum_{pq} w_pq (<1, S_p>/2 + <1, S_q>/2 - <S_p, S_q>)`` over the edges
@@ -371,10 +385,16 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     connectivity : {4, 8}, optional
     sigma2 : float, optional
         sigma^2 of the contrast weights, > 0; default: per image, as :func:`admsolve.contrast_weights`.
+    roi : (N, H, W) torch.Tensor of bool or float, optional
+        Region of interest r: 1 (True) inside, 0 outside (e.g. crop padding). Each edge's weight is
+        multiplied by ``r_p r_q``, also in the Boykov-Jolly mean of sigma^2, so an edge with an end
+        outside counts nowhere: on the pixels inside, the loss and its gradient are those of the
+        image without the outside pixels. Default: every pixel.
     reduction : {"mean", "sum", "none"}, optional
         "mean" (the default; formerly the value was the "sum" divided by N): the sum divided
-        by N * H * W, the per-pixel scale of ``admsolve train``; "sum": the sum over the batch;
-        "none": the (N,) per-image values.
+        by the pixels inside the ROI (N * H * W without one; the ROI's sum, at least 1), the
+        per-pixel scale of ``admsolve train``; "sum": the sum over the batch; "none": the (N,)
+        per-image values.
 
     Returns
     -------
@@ -392,10 +412,11 @@ def grid_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, connectivity
     n, _, height, width = probs.shape
     dtype = _compute_dtype(probs)
     soft = probs.to(dtype)
+    inside = None if roi is None else _check_roi(roi, (n, height, width)).to(device=probs.device, dtype=dtype)
     with torch.no_grad():
         weights = _contrast_weights(_images_as_tensor(images, (n, height, width), probs.device, dtype),
-                                    connectivity, sigma2)
-    return _reduce(lam * _GridCRFFunction.apply(soft, *weights), reduction, n * height * width)
+                                    connectivity, sigma2, inside)
+    return _reduce(lam * _GridCRFFunction.apply(soft, *weights), reduction, _pixels(inside, n * height * width))
 
 
 class GridCRFLoss(nn.Module):
@@ -419,9 +440,9 @@ class GridCRFLoss(nn.Module):
         self.sigma2 = None if sigma2 is None else as_positive(sigma2, "sigma2")
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, probs: torch.Tensor, images) -> torch.Tensor:
+    def forward(self, probs: torch.Tensor, images, roi: torch.Tensor | None = None) -> torch.Tensor:
         return grid_crf_loss(probs, images, lam=self.lam, connectivity=self.connectivity,
-                             sigma2=self.sigma2, reduction=self.reduction)
+                             sigma2=self.sigma2, roi=roi, reduction=self.reduction)
 
     def extra_repr(self):
         return (f"lam={self.lam:g}, connectivity={self.connectivity}, sigma2={self.sigma2}, "
@@ -577,6 +598,10 @@ class _DenseCRFFunction(torch.autograd.Function):
     module of T's device); `make` (:class:`_LatticeImage` or :class:`_ArrayImage`) builds the loss
     of one image from its features, and keeps it for the backward, ``dL/dT = W r - W T - W^T T``.
 
+    With an ROI, each image is filtered on the bounding box of its ROI only (pixel positions counted
+    from the box's corner): pixels outside it take no part, in the kernel's normalisation neither,
+    and get zero gradient. For a rectangular ROI (crop padding) the loss is that of the image inside.
+
     The tensors are read and written as arrays of their device's module (NumPy or CuPy) sharing
     their memory, image by image on `workers` threads (the Numba kernels and NumPy's large
     operations release the GIL; each image is computed on its own, so the result does not depend
@@ -593,12 +618,16 @@ class _DenseCRFFunction(torch.autograd.Function):
             xp = array_module(soft)
 
             def first_pass(i):
-                image = make(bilateral_features(images[i], sxy=sxy, srgb=srgb))
-                channels = soft[i].reshape(k, -1)
+                box = (slice(None), slice(None)) if weights is None else _bounding_box(weights[i], xp)
+                if box is None:  # nothing inside the ROI
+                    values[i] = 0.0
+                    return None
+                image = make(bilateral_features(images[i][box], sxy=sxy, srgb=srgb))
+                channels = soft[i][(slice(None), *box)].reshape(k, -1)
                 inside = xp.ones(channels.shape[1], dtype=soft.dtype) if weights is None else \
-                    xp.ascontiguousarray(weights[i].reshape(-1))
+                    xp.ascontiguousarray(weights[i][box].reshape(-1))
                 values[i] = image.forward(channels, inside)
-                return image
+                return image, box
 
             ctx.images = _map(first_pass, n, workers)
         ctx.shape, ctx.workers = segments.shape, workers
@@ -607,12 +636,38 @@ class _DenseCRFFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        n, k = ctx.shape[:2]
+        n, k, height, width = ctx.shape
         grad_segments = grad.new_empty(ctx.shape)
         with _on_device(grad_segments):
             scale, out = _as_array(grad.contiguous()), _as_array(grad_segments)
-            _map(lambda i: ctx.images[i].backward(scale[i], out[i].reshape(k, -1)), n, ctx.workers)
+            xp = array_module(out)
+
+            def backward_pass(i):
+                if ctx.images[i] is None:
+                    out[i] = 0.0
+                    return
+                image, box = ctx.images[i]
+                inside = out[i][(slice(None), *box)]
+                if inside.size == out[i].size:  # the whole image: written in place
+                    image.backward(scale[i], out[i].reshape(k, -1))
+                    return
+                gradient = xp.empty((k, inside[0].size), dtype=out.dtype)
+                image.backward(scale[i], gradient)
+                out[i] = 0.0
+                inside[...] = gradient.reshape(inside.shape)
+
+            _map(backward_pass, n, ctx.workers)
         return grad_segments, None, None, None, None, None, None
+
+
+def _bounding_box(weights, xp):
+    """(rows, columns) slices of the smallest box holding every pixel of (H, W) `weights` above 0,
+    or None when there is none."""
+    rows = xp.flatnonzero((weights > 0).any(axis=1))
+    if rows.size == 0:
+        return None
+    columns = xp.flatnonzero((weights > 0).any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
 
 
 def _check_roi(roi, shape):
@@ -677,16 +732,22 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
         Spatial (pixels of the full-size image) and colour standard deviations of the bilateral
         kernel, > 0.
     roi : (N, H, W) torch.Tensor of bool or float, optional
-        Region of interest r: 1 (True) inside, 0 outside (e.g. padding), as rloss's ROI. S is
+        Region of interest r: 1 (True) inside, 0 outside (e.g. crop padding), as rloss's ROI. S is
         replaced by ``r S`` and the 1 by r, ``sum_k (r S_k)^T W (r - r S_k)``: only pairs of pixels
-        inside the region count, and pixels outside get no gradient. Default: every pixel.
+        inside the region count, and pixels outside get no gradient. Each image is filtered on the
+        bounding box of its ROI alone (positions counted from the box's corner), so that pixels
+        outside the box do not enter the kernel's normalisation either: for a rectangular ROI such
+        as crop padding's, the loss and gradient inside equal those of the image cut to the
+        rectangle; pixels outside the ROI but inside its box still count in the normalisation.
+        Default: every pixel.
     scale_factor : float, optional
         In (0, 1]: the images (nearest), S (bilinear) and the ROI (nearest) are downscaled by it,
         as ``F.interpolate(..., scale_factor=scale_factor)`` does, and ``sxy`` with them, before
         filtering (rloss's ``scale_factor``); the loss is computed at that scale.
     reduction : {"mean", "sum", "none"}, optional
         "mean" (the default; formerly the value was the "sum" divided by N): the sum divided
-        by N * h * w, h x w the size at `scale_factor`, the per-pixel scale of ``admsolve train``;
+        by the pixels inside the ROI at `scale_factor` (N * h * w without one, h x w the size at
+        `scale_factor`; the ROI's sum, at least 1), the per-pixel scale of ``admsolve train``;
         "sum": the sum over the batch; "none": the (N,) per-image values.
     workers : int, optional
         Threads over the images of the batch on the CPU; default: the number of CPUs (at most N).
@@ -725,7 +786,7 @@ def dense_crf_loss(probs: torch.Tensor, images, *, lam: float = 1.0, sxy: float 
     segments = soft if weights is None else soft * weights[:, None]
     per_image = _DenseCRFFunction.apply(segments, weights, pictures, sxy * scale_factor, srgb,
                                         _IMAGES[probs.device.type], workers if probs.device.type == "cpu" else 1)
-    return _reduce(lam * per_image, reduction, n * height * width)
+    return _reduce(lam * per_image, reduction, _pixels(weights, n * height * width))
 
 
 class DenseCRFLoss(nn.Module):
@@ -775,7 +836,8 @@ class DenseCRFLoss(nn.Module):
 
 
 def proximal_loss(logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.Tensor, *, gamma: float = 1.0,
-                  ignore_index: int = UNLABELED, reduction: str = "mean") -> torch.Tensor:
+                  ignore_index: int = UNLABELED, roi: torch.Tensor | None = None,
+                  reduction: str = "mean") -> torch.Tensor:
     r"""Proximal term of eq. 7: ``gamma * sum_{p in Omega_H} D(X_p | S_p)`` of each image.
 
     ``D(X_p | S_p) = -log S_p[X_p]`` is the cross-entropy of ``S = softmax(logits)`` towards the
@@ -793,10 +855,14 @@ def proximal_loss(logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.T
     gamma : float, optional
         Weight of the term, >= 0.
     ignore_index : int, optional
+    roi : (N, H, W) torch.Tensor of bool or float, optional
+        Region of interest r: each pixel's term is weighted by r_p, so pixels outside (0, e.g. crop
+        padding) take no part. Default: every pixel.
     reduction : {"mean", "sum", "none"}, optional
         "mean" (the default; formerly the value was the "sum" divided by N): the sum divided
-        by N * H * W (all pixels, scribbled or not), the per-pixel scale of ``admsolve train``;
-        "sum": the sum over the batch; "none": the (N,) per-image sums (eq. 7).
+        by the pixels inside the ROI, scribbled or not (N * H * W without one; the ROI's sum, at
+        least 1), the per-pixel scale of ``admsolve train``; "sum": the sum over the batch; "none":
+        the (N,) per-image sums (eq. 7).
 
     Returns
     -------
@@ -811,8 +877,12 @@ def proximal_loss(logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.T
     latent = _check_labels(latent, "latent", (n, height, width), k)
     scribbles = _check_labels(scribbles, "scribbles", (n, height, width), k, ignore_index)
     target = torch.where(scribbles == ignore_index, latent, torch.full_like(latent, -100))
-    per_pixel = F.cross_entropy(logits.to(_compute_dtype(logits)), target, ignore_index=-100, reduction="none")
-    return _reduce(gamma * per_pixel.sum(dim=(1, 2)), reduction, n * height * width)
+    dtype = _compute_dtype(logits)
+    per_pixel = F.cross_entropy(logits.to(dtype), target, ignore_index=-100, reduction="none")
+    inside = None if roi is None else _check_roi(roi, (n, height, width)).to(device=logits.device, dtype=dtype)
+    if inside is not None:
+        per_pixel = per_pixel * inside
+    return _reduce(gamma * per_pixel.sum(dim=(1, 2)), reduction, _pixels(inside, n * height * width))
 
 
 class ProximalLoss(nn.Module):
@@ -832,9 +902,10 @@ class ProximalLoss(nn.Module):
         self.ignore_index = _check_ignore_index(ignore_index)
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, latent: torch.Tensor, scribbles: torch.Tensor,
+                roi: torch.Tensor | None = None) -> torch.Tensor:
         return proximal_loss(logits, latent, scribbles, gamma=self.gamma, ignore_index=self.ignore_index,
-                             reduction=self.reduction)
+                             roi=roi, reduction=self.reduction)
 
     def extra_repr(self):
         return f"gamma={self.gamma:g}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"

@@ -393,6 +393,9 @@ class EffNetLite0ASPP(nn.Module):
         (see :func:`efficientnet_lite0`).
     channels : int, optional
         Channels of the ASPP head.
+    dropout : float, optional
+        Probability of dropping a feature of the ASPP output before the conv1x1 classifier while
+        training (the authors' DeepLab-LargeFOV has dropout 0.5 there); 0: none.
 
     Attributes
     ----------
@@ -400,21 +403,28 @@ class EffNetLite0ASPP(nn.Module):
         The pretrained features (N, 1280, ceil(H / 16), ceil(W / 16)).
     classifier : nn.Sequential
         :class:`ASPP` and the conv1x1 to K logits.
+    dropout : nn.Dropout
+        Between the two (no parameters: the state dict is that of any dropout).
     """
 
-    def __init__(self, n_labels: int, *, weights=None, channels: int = 128):
+    def __init__(self, n_labels: int, *, weights=None, channels: int = 128, dropout: float = 0.0):
         super().__init__()
         n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         channels = as_scalar(channels, "channels", minimum=1, integer=True)
+        dropout = as_scalar(dropout, "dropout", minimum=0.0)
+        if dropout >= 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         self.n_labels = n_labels
         self.normalize = _Normalize(EFFNET_LITE_MEAN, EFFNET_LITE_STD)
         self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16)
         self.classifier = nn.Sequential(ASPP(1280, channels), nn.Conv2d(channels, n_labels, 1))
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         """Logits (N, K, H, W) of images `x` (N, 3, H, W) in [0, 1]."""
         x = _check_images(x)
-        logits = self.classifier(self.backbone(self.normalize(x)))
+        aspp, conv = self.classifier
+        logits = conv(self.dropout(aspp(self.backbone(self.normalize(x)))))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -578,7 +588,7 @@ def _backbone_state(state, name):
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
 
 
-def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
+def build_model(name: str, n_labels: int, *, weights=None, dropout: float = 0.0) -> nn.Module:
     """One of :data:`MODELS`, or a user's network, taking (N, 3, H, W) images in [0, 1] and returning
     (N, K, H, W) logits.
 
@@ -602,6 +612,9 @@ def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
         classifier keys (``fc.*`` / ``classifier.*``) are dropped and MobileNet's ``features.N...``
         keys mapped to ``N...`` before a strict load into ``model.backbone``. Without weights the
         network is randomly initialised, but for ``"effnet-lite0"``, which loads the package's file.
+    dropout : float, optional
+        ``"effnet-lite0"`` only: dropout before its classifier while training (see
+        :class:`EffNetLite0ASPP`).
 
     Returns
     -------
@@ -626,8 +639,10 @@ def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
     n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
     if weights is not None and not isinstance(weights, (str, Path)) and not hasattr(weights, "__fspath__"):
         raise TypeError(f"weights: expected a path to a local file or None, got {type(weights).__name__}")
+    if dropout and name != "effnet-lite0":
+        raise ValueError(f"dropout: expected 0 for {name!r} (only effnet-lite0 has a dropout layer), got {dropout!r}")
     if name == "effnet-lite0":
-        return EffNetLite0ASPP(n_labels, weights=weights)
+        return EffNetLite0ASPP(n_labels, weights=weights, dropout=dropout)
     if name not in MODELS:
         factory = _factory(name)
         try:

@@ -23,10 +23,10 @@ class Objective:
     adm_step : ADMStep or None
         The latent step, for ADM with a regularizer.
     diagnostics : dict
-        After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per pixel
-        at argmax S and at X, batch mean; per coarse pixel of the coarse problem with
-        ``latent_stride`` > 1), ``latent_changed`` (share of unscribbled pixels where X differs from
-        argmax S) and ``confidence`` (mean of max_k S over the unscribbled pixels).
+        After a regularized ADM step: ``latent_start_energy`` and ``latent_energy`` (eq. 8 per valid
+        pixel at the solver's start, argmax S by default, and at X, over the batch; per coarse pixel
+        of the coarse problem with ``latent_stride`` > 1), ``latent_changed`` (share of unscribbled
+        valid pixels where X differs from argmax S) and ``confidence`` (mean of max_k S over them).
     """
 
     def __init__(self, config: TrainConfig, processes: Processes | None = None) -> None:
@@ -37,27 +37,36 @@ class Objective:
         self.adm_step = None
         self.diagnostics: dict[str, float] = {}
         self.gamma = config.gamma
+        self.proximal_weight = config.gamma if config.proximal_weight is None else config.proximal_weight
         self.workers = config.workers or self.processes.solver_threads  # CPU threads beside torch's
         if config.optimizer == "adm" and self.regularizer.latent_problem is not None:
             self.adm_step = ADMStep(lam=config.weight, gamma=config.gamma, regularizer=config.regularizer,
                                     connectivity=config.connectivity, sxy=config.sxy, srgb=config.srgb,
                                     backend=config.backend, restrict_labels=config.restrict_labels,
-                                    latent_stride=config.latent_stride,
+                                    latent_stride=config.latent_stride, latent_init=config.latent_init,
                                     workers=self.workers,
                                     max_iter=config.max_iter)
 
     def begin_epoch(self, regularized_epoch: int) -> None:
         """Set ADM's gamma for the regularized phase's epoch `regularized_epoch` (1-based):
-        ``gamma * gamma_growth ** (regularized_epoch - 1)``."""
-        self.gamma = self.config.gamma * self.config.gamma_growth ** max(regularized_epoch - 1, 0)
+        ``gamma * gamma_growth ** (regularized_epoch - 1)``, and the proximal term's weight with it
+        (``proximal_weight`` grows by the same factor where it is set)."""
+        growth = self.config.gamma_growth ** max(regularized_epoch - 1, 0)
+        self.gamma = self.config.gamma * growth
+        self.proximal_weight = self.gamma if self.config.proximal_weight is None else self.config.proximal_weight * growth
         if self.adm_step is not None:
             self.adm_step.gamma = self.gamma
 
     def __call__(self, phase: str, logits: torch.Tensor, images: np.ndarray | torch.Tensor,
-                 scribbles: torch.Tensor) -> dict:
+                 scribbles: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
         """The terms of the loss of one step: a dict of scalar tensors, "loss" being their sum.
+        `valid` (N, H, W) bool marks the pixels of the photographs: crop padding (False) takes no
+        part in the regularizer, the latent step or the proximal term, whose means divide by the
+        valid pixels (unless ``padding_in_losses``, the behaviour before the mask existed).
         ``self.diagnostics`` then holds the latent step's measures (empty without one)."""
         self.diagnostics = {}
+        if self.config.padding_in_losses:
+            valid = None
         terms = {"pce": self._partial_cross_entropy(logits, scribbles)}
         if phase == "regularized":
             if self.adm_step is not None and not bool(torch.isfinite(logits).all()):
@@ -65,14 +74,13 @@ class Objective:
                 # saves the network and reports the step, as for any diverged loss
                 terms["proximal"] = logits.sum() * float("nan")
             elif self.adm_step is not None:
-                latent = self.adm_step(logits.detach().softmax(1), images, scribbles)
-                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.gamma, reduction="mean")
-                stride = self.config.latent_stride  # the latent problem's pixels: ceil(H / s) x ceil(W / s)
-                pixels = -(-logits.shape[2] // stride) * -(-logits.shape[3] // stride)
-                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, pixels)
+                latent = self.adm_step(logits.detach().softmax(1), images, scribbles, valid)
+                terms["proximal"] = proximal_loss(logits, latent, scribbles, gamma=self.proximal_weight, roi=valid,
+                                                  reduction="mean")
+                self.diagnostics = self._latent_diagnostics(logits, latent, scribbles, valid)
             else:
-                terms[self.regularizer.term] = self.regularizer.relaxed_loss(logits.softmax(1), images, lam=self.config.weight,
-                                                                             workers=self.workers, **self.settings)
+                terms[self.regularizer.term] = self.regularizer.relaxed_loss(
+                    logits.softmax(1), images, lam=self.config.weight, workers=self.workers, roi=valid, **self.settings)
         terms["loss"] = sum(terms.values())
         return terms
 
@@ -86,19 +94,22 @@ class Objective:
         count = self.processes.sum(float((scribbles != UNLABELED).sum()))
         return total * (self.processes.world_size / count) if count else logits.sum() * 0.0
 
-    def _latent_diagnostics(self, logits, latent, scribbles, pixels):
-        """How the latent step moved away from the network (issue 11's diagnosis), per pixel: the
-        eq. 8 energy of its start argmax S and of X, and the share of unscribbled pixels where X
+    def _latent_diagnostics(self, logits, latent, scribbles, valid):
+        """How the latent step moved away from the network (issue 11's diagnosis), per valid pixel:
+        the eq. 8 energy of its start and of X, and the share of unscribbled valid pixels where X
         differs from argmax S. With ``latent_stride`` s > 1 the energies are those of the coarse
-        problem per coarse pixel (`pixels` is ceil(H/s) * ceil(W/s)), which the regularizer's
-        ``coarsen`` keeps on the scale of the full-resolution figures; the share is counted at full resolution, so it includes
-        the blocks of the upsampled X."""
+        problem per coarse pixel, which the regularizer's ``coarsen`` keeps on the scale of the
+        full-resolution figures; the share is counted at full resolution, so it includes the blocks
+        of the upsampled X."""
         results = self.adm_step.results
+        pixels = sum(self.adm_step.problem_pixels)
         free = scribbles == UNLABELED
+        if valid is not None:
+            free &= valid
         changed = (latent != logits.detach().argmax(1)) & free
         confidence = logits.detach().float().softmax(1).amax(1)[free]
-        return {"latent_start_energy": sum(r.history[0] for r in results) / (len(results) * pixels),
-                "latent_energy": sum(r.energy for r in results) / (len(results) * pixels),
+        return {"latent_start_energy": sum(r.history[0] for r in results) / pixels,
+                "latent_energy": sum(r.energy for r in results) / pixels,
                 "latent_changed": float(changed.sum()) / max(float(free.sum()), 1.0),
                 "confidence": float(confidence.mean()) if confidence.numel() else 1.0}
 

@@ -34,12 +34,14 @@ class Regularizer:
     term : str
         The name of its term in the training records ("train_<term>").
     relaxed_loss : callable or None
-        ``relaxed_loss(probs, images, *, lam, workers, **settings)``: lam R(S) per pixel, a scalar
+        ``relaxed_loss(probs, images, *, lam, workers, roi, **settings)``: lam R(S) per pixel, a scalar
         tensor (what GD minimises); `workers` is the number of CPU threads it may use beside torch's
-        (this process's share of the cores under torchrun).
+        (this process's share of the cores under torchrun); `roi`, an (N, H, W) bool tensor or None,
+        the pixels that take part (not crop padding), whose count the mean divides by.
     latent_problem : callable or None
-        ``latent_problem(unary, image, seeds, *, lam, unlabeled, **settings)``: the problem of eq. 8
-        for one image, with unaries ``-gamma log S`` given.
+        ``latent_problem(unary, image, seeds, *, lam, unlabeled, valid, **settings)``: the problem of
+        eq. 8 for one image, with unaries ``-gamma log S`` given; `valid`, an (H, W) bool array or
+        None, the pixels that take part.
     coarsen : callable or None
         ``coarsen(stride, lam, settings) -> (lam, settings)``: the weight and settings of the latent
         problem on a grid 1/stride of the image's in each direction (``ADMStep(latent_stride=...)``),
@@ -56,15 +58,19 @@ class Regularizer:
     coarsen: Callable | None = None
 
 
-def _grid_loss(probs, images, *, lam, workers, connectivity):
+def _grid_loss(probs, images, *, lam, workers, roi, connectivity):
     from .losses import grid_crf_loss
 
     del workers  # torch operations only: torch's own threads
-    return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity, reduction="mean")
+    return grid_crf_loss(probs, images, lam=lam, connectivity=connectivity, roi=roi, reduction="mean")
 
 
-def _grid_problem(unary, image, seeds, *, lam, unlabeled, connectivity):
-    return GridCRF(unary, contrast_weights(image, connectivity=connectivity), lam=lam, seeds=seeds, unlabeled=unlabeled)
+def _grid_problem(unary, image, seeds, *, lam, unlabeled, valid, connectivity):
+    # Pixels outside `valid` are cut off: no edges, no unary cost (their label is free and costs nothing).
+    if valid is not None:
+        unary = np.where(valid[..., None], unary, 0.0)
+    return GridCRF(unary, contrast_weights(image, connectivity=connectivity, mask=valid), lam=lam, seeds=seeds,
+                   unlabeled=unlabeled)
 
 
 def _grid_coarsen(stride, lam, settings):
@@ -73,15 +79,19 @@ def _grid_coarsen(stride, lam, settings):
     return lam / stride, settings
 
 
-def _dense_loss(probs, images, *, lam, workers, sxy, srgb):
+def _dense_loss(probs, images, *, lam, workers, roi, sxy, srgb):
     from .losses import dense_crf_loss
 
-    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, lam=lam, reduction="mean", workers=workers)
+    return dense_crf_loss(probs, images, sxy=sxy, srgb=srgb, lam=lam, roi=roi, reduction="mean", workers=workers)
 
 
-def _dense_problem(unary, image, seeds, *, lam, unlabeled, sxy, srgb):
+def _dense_problem(unary, image, seeds, *, lam, unlabeled, valid, sxy, srgb):
     # compat 2 lam: DenseCRF.energy counts each pair once per direction with compat / 2, so its Potts
-    # term equals lam times the relaxed loss at one-hot S (no Gaussian kernel, as in the loss).
+    # term equals lam times the relaxed loss at one-hot S (no Gaussian kernel, as in the loss). The
+    # dense CRF has no mask: pixels outside `valid` keep zero unaries and take part in the kernel
+    # (ADMStep gives it only the bounding box of the valid pixels, the whole of a padded crop's).
+    if valid is not None:
+        unary = np.where(valid[..., None], unary, 0.0)
     return DenseCRF(unary, np.clip(image, 0, 255), sxy=sxy, srgb=srgb, compat=2 * lam, gaussian_compat=0,
                     seeds=seeds, unlabeled=unlabeled)
 
