@@ -160,3 +160,44 @@ def test_unknown_regime_choices_are_usage_errors(flags, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "run"), *flags])
     assert exit_info.value.code == 2
+
+
+def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_reports(tmp_path, monkeypatch):
+    from admsolve.training import regime
+    from admsolve.training.reproduction import write_report
+
+    monkeypatch.setitem(regime.AUTHORS, "dropout", 0.0)  # fcn-small has no dropout layer: the regime without it
+    base = TrainConfig(data="synthetic", batch_size=8, crop_size=48, workers=1, model="fcn-small")
+    plan = regime.RegimePlan(seeds=(0,), pretrain_epochs=1, tuning_epochs=1, epochs=1,
+                             finetune=(("sgd", 1e-3), ("adam", 1e-3)), ratios=(80,), proximal_weights=(1.5,),
+                             gd_lams=(2, 16), dense=(), ablation=("start",))
+    out = tmp_path / "synthetic-authors"
+    result = regime.study(base, out, plan, progress=False)
+    tuning = result["tuning"]
+    stage = [row for row in tuning["rows"] if row["part"] == "finetune"]
+    best = max(stage, key=lambda row: row["miou"])
+    assert best["chosen"] == "fine-tuning, ADM grid"  # the only ratio and weight tried: the authors'
+    assert [row["part"] for row in tuning["rows"]].count("adm") == 0  # not run again under another name
+    assert tuning["finetune"] == {"finetune_optimizer": best["settings"]["finetune_optimizer"],
+                                  "finetune_lr": best["settings"]["finetune_lr"]}
+    gd = [row for row in tuning["rows"] if row["part"] == "gd"]
+    assert tuning["gd"] == max(gd, key=lambda row: row["miou"])["settings"]
+    assert [row["chosen"] for row in tuning["rows"]].count("GD grid") == 1
+    first = result["tables"][0]
+    assert set(first) == {"pce", "gd-grid", "adm-grid"}
+    stored = first["adm-grid"]["config"]
+    assert (stored.finetune_optimizer, stored.finetune_schedule, stored.latent_init, stored.proximal_weight,
+            stored.lam, stored.epochs) == (tuning["finetune"]["finetune_optimizer"], "step", "label-0", 1.5, 80.0, 1)
+    assert first["pce"]["config"].finetune_lr == tuning["finetune"]["finetune_lr"]
+    assert result["ablation"]["adm-grid-start"]["config"].latent_init == "argmax"
+    assert result["ablation"]["adm-grid-start"]["status"] == "finished"
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    again = regime.study(base, out, plan, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == stamps  # nothing retrained
+    text = write_report([again], tmp_path / "report.md").read_text()
+    for heading in ("ADM in its authors' regime", "### Tuning", "### Main table", "### Table 1", "### Ablation",
+                    "ADM grid minus GD grid", "### The pCE phase"):
+        assert heading in text, heading
+    adm = first["adm-grid"]["records"][-1]
+    assert f"{adm['miou']:.4f}" in text.split("### Main table")[1].split("###")[0]

@@ -422,8 +422,10 @@ def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike
     if preface:
         lines += [preface, ""]
     # the most complete study first (a study under way reads "not run" in most cells)
+    from . import regime
+
     for study in sorted(studies, key=lambda study: -sum(row[3] == "finished" for row in _run_rows(study))):
-        lines += _section(study, report, figures)
+        lines += (regime.section if study.get("kind") == "authors" else _section)(study, report, figures)
     report.write_text("\n".join(lines))
     return report
 
