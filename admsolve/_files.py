@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -55,12 +56,17 @@ def _write_error(path: Path, cause: OSError) -> WriteError:
     return WriteError(code, f"cannot write {str(path)!r}: {reason}{symbol}")
 
 
+#: Numbers the temporary files of this process's writes.
+_writes = itertools.count()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """A file object whose contents replace `path` as a whole when the ``with`` block ends.
 
-    It is a temporary file beside `path` (``NAME.tmp``), synced to the disk and renamed over `path`,
-    so that `path` is always either its old contents or the new ones, whatever stops the process.
+    It is a temporary file beside `path` (``NAME.PID.N.tmp``: its own for each write, so that two
+    processes writing `path` at once each replace it whole), synced to the disk and renamed over
+    `path`, so that `path` is always either its old contents or the new ones, whatever stops the process.
 
     Parameters
     ----------
@@ -80,7 +86,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{next(_writes)}.tmp")
     try:
         with open(temporary, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as stream:
             yield stream

@@ -560,6 +560,17 @@ def test_issue22_an_error_inside_an_atomic_write_leaves_the_file_as_it_was(tmp_p
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["labels.npy"]
 
 
+def test_issue22_two_writers_of_one_file_each_replace_it_whole(tmp_path):
+    """evaluate redraws predictions.png in a run folder that its training process may be writing too."""
+    path = tmp_path / "predictions.png"
+    with atomic_file(path) as first:
+        first.write(b"first, ")
+        write_text(path, "second")  # the other writer, meanwhile
+        first.write(b"whole")
+        assert path.read_text() == "second"
+    assert path.read_bytes() == b"first, whole" and [p.name for p in tmp_path.iterdir()] == ["predictions.png"]
+
+
 HOLDER = """
 import sys
 from admsolve._files import folder_lock
