@@ -1,8 +1,12 @@
-"""Issue 12 (Reliability): every item gives a correct result or a one-line error. One test (or a few
-parametrized cases) per item, named after it."""
+"""Issues 12 and 22 (Reliability): every item gives a correct result or a one-line error. One test (or a
+few parametrized cases) per item, named after it; issue 22's (output files whole or untouched after a
+failed write, one writer per output folder) are named issue22."""
 
+import errno
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import admsolve as adm
+from admsolve._files import FolderLocked, append_line, atomic_file, folder_lock, write_text
 from admsolve.cli import main
 from admsolve.data.examples import synthetic_scene
 from admsolve.data.io import read_image, read_label_map
@@ -158,11 +163,14 @@ def test_item9_overlay_without_extension_is_named_before_solving(scene, capsys):
 # ---------------------------------------------------------------------------------------------- item 8
 
 INTERRUPTED_BATCH = """
-import sys, time
+import signal, sys, time
 import numpy as np
 import admsolve as adm
 
 if __name__ == "__main__":
+    # Ctrl-C raises KeyboardInterrupt here however the test runner was started: a background job of a
+    # script (or nohup) starts with SIGINT ignored, and its children inherit that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     adm.solve(adm.GridCRF(rng.random((8, 8, 3)), np.ones((4, 8, 8))), sys.argv[1])  # compiled or cached
     image = np.kron(rng.integers(0, 256, (30, 30, 3)), np.ones((10, 10, 1))) + rng.normal(0, 20, (300, 300, 3))
@@ -174,17 +182,19 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
 @pytest.mark.parametrize("backend,wait", [("numba-expansion", 1.0), ("maxflow", 3.0)])
-def test_item8_ctrl_c_cancels_solve_batch_at_once(tmp_path, backend, wait):
+def test_item8_ctrl_c_cancels_solve_batch_at_once(tmp_path, backend, wait, inherited):
     """8 problems of 300 x 300 x 8 take 19-32 s on 2 idle cores (threads for numba-expansion, processes
-    for maxflow); after Ctrl-C the process must be gone within seconds."""
+    for maxflow); after Ctrl-C the process must be gone within seconds. The child may inherit SIGINT
+    ignored (the runner started by nohup or as a script's background job): it sets its own handler."""
     if adm.available_backends()[backend] is not True:
         pytest.skip(f"{backend} unavailable")
     script = tmp_path / "batch.py"
     script.write_text(INTERRUPTED_BATCH)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, str(script), backend], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env, cwd=tmp_path)
+                             text=True, env=env, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     try:
         assert child.stdout.readline().strip() == "started"
         time.sleep(wait)
@@ -324,7 +334,7 @@ try:  # the training side needs torch and matplotlib (admsolve[train]); the item
     import matplotlib  # noqa: F401
     import torch
 
-    from admsolve.training import TrainConfig, compare, resume, train
+    from admsolve.training import TrainConfig, compare, read_metrics, resume, train
     from admsolve.training.checkpoints import write_config
     from admsolve.training.models import build_model
 except ImportError as missing:
@@ -491,3 +501,282 @@ def test_item7_adm_divergence_is_reported_like_gd(data, tmp_path, capsys):
     saved = list(run.glob("diverged-iteration-*.pt"))
     assert len(saved) == 1 and str(saved[0]) in err
     assert torch.load(saved[0], weights_only=True)["iteration"] == int(saved[0].stem.rsplit("-", 1)[1]) - 1
+
+
+# ----------------------------------------------------------------------------------------- issue 22
+
+#: The environment of a child process: this checkout's admsolve, one torch thread (as in this process).
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def file_size_limit(size):
+    """A ``preexec_fn``: the child may not grow a file beyond `size` bytes; a write past it fails with
+    EFBIG, the OS error of a full disk for that file (SIGXFSZ, which would kill it, is ignored)."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+FAILING_WRITES = """
+import sys
+from pathlib import Path
+from admsolve._files import WriteError, append_line, write_text
+
+folder = Path(sys.argv[1])
+for write in (lambda: write_text(folder / "whole.txt", "new " * 100), lambda: append_line(folder / "lines.jsonl", "x" * 60 + "\\n")):
+    try:
+        write()
+    except WriteError as exc:
+        print(exc)
+"""
+
+
+def test_issue22_a_write_the_os_refuses_leaves_the_file_as_it_was(tmp_path):
+    """Real OS failures (files limited to 120 bytes): the replacement of a whole file, and an append of
+    which the OS takes a part (30 bytes) before refusing the rest, leave each file as it was."""
+    (tmp_path / "whole.txt").write_text("old\n")
+    (tmp_path / "lines.jsonl").write_text('{"a": 1}\n' * 10)  # 90 bytes
+    before = {name: (tmp_path / name).read_bytes() for name in ("whole.txt", "lines.jsonl")}
+    script = tmp_path / "writes.py"
+    script.write_text(FAILING_WRITES)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env=CHILD_ENV, preexec_fn=file_size_limit(120))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [f"cannot write {str(tmp_path / name)!r}: File too large (EFBIG)"
+                                        for name in ("whole.txt", "lines.jsonl")]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["lines.jsonl", "whole.txt", "writes.py"]
+    append_line(tmp_path / "lines.jsonl", '{"a": 2}\n')  # where there is room, the line is added whole
+    assert [json.loads(line)["a"] for line in (tmp_path / "lines.jsonl").read_text().splitlines()] == [1] * 10 + [2]
+
+
+def test_issue22_an_error_inside_an_atomic_write_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "labels.npy"
+    write_text(path, "old")
+    with pytest.raises(ZeroDivisionError):  # not an OS error: re-raised as it is
+        with atomic_file(path) as stream:
+            stream.write(b"new")
+            1 / 0
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["labels.npy"]
+
+
+def test_issue22_two_writers_of_one_file_each_replace_it_whole(tmp_path):
+    """evaluate redraws predictions.png in a run folder that its training process may be writing too."""
+    path = tmp_path / "predictions.png"
+    with atomic_file(path) as first:
+        first.write(b"first, ")
+        write_text(path, "second")  # the other writer, meanwhile
+        first.write(b"whole")
+        assert path.read_text() == "second"
+    assert path.read_bytes() == b"first, whole" and [p.name for p in tmp_path.iterdir()] == ["predictions.png"]
+
+
+HOLDER = """
+import sys
+from admsolve._files import folder_lock
+
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes stdin or kills this process
+"""
+
+PROBE = """
+import sys
+from admsolve._files import FolderLocked, folder_lock
+
+try:
+    with folder_lock(sys.argv[1]):
+        print("taken")
+except FolderLocked as exc:
+    print(exc)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """hold(folder): a child process holding the lock of `folder` (killed at the end of the test)."""
+    (tmp_path / "holder.py").write_text(HOLDER)
+    children = []
+
+    def hold(folder):
+        child = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), str(folder)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
+        children.append(child)
+        assert child.stdout.readline().strip() == "locked"
+        return child
+
+    yield hold
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+def probe(folder):
+    """What another process gets when it asks for the lock of `folder`: "taken" or the refusal."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(folder)], capture_output=True, text=True, timeout=120,
+                          env=CHILD_ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_issue22_a_folder_lock_refuses_other_processes_until_its_holder_dies(tmp_path, holder):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    child = holder(folder)
+    refusal = (rf"^out: {re.escape(repr(str(folder)))} is being written by another process \(pid {child.pid}\); "
+               r"wait until it ends, or write to another folder$")
+    with pytest.raises(FolderLocked, match=refusal):
+        with folder_lock(folder):
+            pass
+    child.kill()  # SIGKILL: nothing of the holder's runs, the OS ends its lock
+    child.wait()
+    with folder_lock(folder):
+        with folder_lock(folder):  # the same process enters again (a command writing inside another's folder)
+            pass
+        assert probe(folder) == (f"out: {str(folder)!r} is being written by another process (pid {os.getpid()}); "
+                                 "wait until it ends, or write to another folder")  # still held: the outer block runs
+    assert probe(folder) == "taken"
+
+
+def untimed(records):
+    """Records without their wall times (which differ between two runs of the same computation)."""
+    return [{key: value for key, value in record.items() if not key.endswith("_time")} for record in records]
+
+
+TINY_FLAGS = ["--optimizer", "gd", "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "2", "--crop-size", "32",
+              "--workers", "1", "--seed", "3", "--model", "fcn-small", "--quiet"]
+
+
+@needs_training
+def test_issue22_a_second_writer_of_a_run_in_training_is_refused(data, tmp_path, monkeypatch):
+    """While `train --out RUN` trains (here: at its second epoch, the first one's checkpoint written),
+    `train --resume RUN --epochs 6` and `train --out RUN` in other processes exit 2 with one line naming
+    the folder and the holder's pid, and the run's records are an undisturbed run's."""
+    from admsolve.training import loop
+
+    settings = tiny(data, optimizer="gd")
+    undisturbed = train(settings, tmp_path / "undisturbed", progress=False)
+    run = tmp_path / "run"
+    intruders = []
+    train_epoch = loop.Trainer.train_epoch
+
+    def with_intruders(self, epoch):
+        if epoch == 2:
+            for args in (["--resume", str(run), "--epochs", "6", "--quiet"], ["--data", data, "--out", str(run)] + TINY_FLAGS):
+                intruders.append(subprocess.run([sys.executable, "-m", "admsolve", "train", *args], capture_output=True,
+                                                text=True, timeout=300, env=CHILD_ENV))
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", with_intruders)
+    records = train(settings, run, progress=False)
+    assert len(intruders) == 2
+    for done in intruders:
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+        assert f"{str(run)!r} is being written by another process (pid {os.getpid()})" in done.stderr
+    assert untimed(records) == untimed(undisturbed) and read_metrics(run) == records
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+@needs_training
+def test_issue22_locked_folders_refuse_writers_and_serve_readers(data, tmp_path, capsys, holder):
+    """train, train --resume, compare and reproduce are refused on a locked folder; evaluate and
+    reproduce --report-only read it."""
+    run = tmp_path / "run"
+    train(tiny(data, optimizer="gd"), run, progress=False)
+    child = holder(run)
+    for args in (["train", "--resume", str(run), "--epochs", "2", "--quiet"], ["train", "--data", data, "--out", str(run)]
+                 + TINY_FLAGS):
+        assert main(args) == 2
+        one_line_error(capsys, f"run: {str(run)!r}" if "--resume" in args else f"out: {str(run)!r}",
+                       f"is being written by another process (pid {child.pid})")
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    comparison = tmp_path / "comparison"
+    comparison.mkdir()
+    child = holder(comparison)
+    assert main(["compare", "--data", data, "--out", str(comparison), "--configs", "pce"] + TINY_FLAGS) == 2
+    one_line_error(capsys, f"out: {str(comparison)!r}", f"(pid {child.pid})")
+    assert not (comparison / "pretrain").exists()
+    study = tmp_path / "studies" / "synthetic"
+    study.mkdir(parents=True)
+    child = holder(study)
+    reproduce = ["reproduce", "synthetic", "--out", str(tmp_path / "studies"), "--report", str(tmp_path / "r.md"),
+                 "--quiet"]
+    assert main(reproduce) == 2
+    one_line_error(capsys, f"out: {str(study)!r}", f"(pid {child.pid})")
+    capsys.readouterr()
+    assert main(reproduce + ["--report-only"]) == 0
+    assert "| ADM grid | not run |" in (tmp_path / "r.md").read_text()
+
+
+def failing_replace(name, fail_when):
+    """os.replace, but renaming onto a file called `name` raises ENOSPC when ``fail_when(target)``."""
+    replace = os.replace
+
+    def replace_or_fail(source, target):
+        if Path(target).name == name and fail_when(Path(target)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(source, target)
+
+    return replace_or_fail
+
+
+@needs_training
+def test_issue22_a_failed_checkpoint_write_keeps_the_last_good_one(data, tmp_path, capsys, monkeypatch):
+    """No space for the second epoch's checkpoint: one line, exit 2; the first epoch's checkpoint loads and
+    metrics.jsonl holds its records; --resume then gives an undisturbed run's records."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(os, "replace", failing_replace("checkpoint.pt", Path.is_file))  # the first one is written
+    assert main(["train", "--data", data, "--out", str(run)] + TINY_FLAGS) == 2
+    one_line_error(capsys, f"cannot write {str(run / 'checkpoint.pt')!r}: No space left on device (ENOSPC)")
+    monkeypatch.undo()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and read_metrics(run) == state["records"] and len(state["records"]) == 1
+    assert not list(run.glob("*.tmp"))
+    undisturbed = train(tiny(data, optimizer="gd"), tmp_path / "undisturbed", progress=False)
+    assert untimed(resume(run, progress=False)) == untimed(undisturbed)
+
+
+@needs_training
+def test_issue22_a_full_disk_while_writing_a_checkpoint_gives_one_line(data, tmp_path):
+    """The issue's 1 MB file system: files of the run limited to 1 MB (the checkpoint is 2.5 MB)."""
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "admsolve", "train", "--data", data, "--out", str(run)] + TINY_FLAGS,
+                          capture_output=True, text=True, timeout=600, env=CHILD_ENV, preexec_fn=file_size_limit(2**20))
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (f"admsolve: error: cannot write {str(run / 'checkpoint.pt')!r}: "
+                                            "File too large (EFBIG)"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert not (run / "checkpoint.pt").exists() and not list(run.glob("*.tmp"))
+
+
+@needs_training
+def test_issue22_a_run_folder_that_vanishes_gives_one_line(data, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from admsolve.training import loop
+
+    run = tmp_path / "run"
+    train_epoch = loop.Trainer.train_epoch
+
+    def vanishing(self, epoch):
+        if epoch == 2:
+            shutil.rmtree(run)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", vanishing)
+    assert main(["train", "--data", data, "--out", str(run)] + TINY_FLAGS) == 2
+    one_line_error(capsys, f"cannot write {str(run / 'steps.jsonl')!r}: No such file or directory (ENOENT)")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npy"])
+def test_issue22_a_failed_label_map_write_leaves_the_old_file(scene, capsys, monkeypatch, suffix):
+    folder = scene[0]
+    out = folder / f"labels{suffix}"
+    out.write_bytes(b"the previous result")
+    monkeypatch.setattr(os, "replace", failing_replace(out.name, lambda target: True))
+    assert main(["segment", str(folder / "image.png"), str(folder / "scribbles.png"), "-o", str(out),
+                 "--backend", "numba-icm"]) == 2
+    one_line_error(capsys, f"cannot write {str(out)!r}: No space left on device (ENOSPC)")
+    assert out.read_bytes() == b"the previous result" and not list(folder.glob("*.tmp"))

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 
+from .._files import atomic_file
 from .._validation import UNLABELED
 
 #: Colours of labels 0, 1, 2, ... in overlays (repeats after 21, the MSRC-21 / VOC class count).
@@ -137,9 +138,20 @@ def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str =
         raise ValueError(f"labels: expected a 2-D array of values 0..255, got array of shape {labels.shape}")
     labels = labels.astype(np.uint8)
     if path.suffix.lower() == ".npy":
-        np.save(path, labels)
+        with atomic_file(path) as stream:
+            np.save(stream, labels)
     else:
-        Image.fromarray(labels).save(path)
+        save_picture(Image.fromarray(labels), path)
+
+
+def save_picture(picture: Image.Image, path: str | os.PathLike[str], **options) -> Path:
+    """Save a Pillow picture in the format its extension names (`options` go to ``Image.save``),
+    replacing `path` as a whole (:func:`admsolve._files.atomic_file`: a failed write names the file
+    and leaves it as it was)."""
+    path = Path(path)
+    with atomic_file(path) as stream:
+        picture.save(stream, format=Image.registered_extensions()[path.suffix.lower()], **options)
+    return path
 
 
 def colorize(labels: ArrayLike) -> np.ndarray:
@@ -174,4 +186,4 @@ def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captio
         x, y = (i % columns) * width, (i // columns) * (height + caption_height)
         draw.text((x + 3, y + 1), caption, fill="black")
         sheet.paste(Image.fromarray(tile), (x, y + caption_height))
-    sheet.save(Path(path))
+    save_picture(sheet, path)

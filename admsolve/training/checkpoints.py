@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import append_line, atomic_file, folder_lock, write_text
 from .config import TrainConfig
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save `obj` to `path` through a temporary file, so that `path` is always whole."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    """torch.save `obj` to `path` through a temporary file, so that `path` is always whole (a failed
+    write raises :class:`admsolve._files.WriteError` naming `path` and leaves it as it was)."""
+    with atomic_file(path) as stream:
+        torch.save(obj, stream)
 
 
 def _first_line(exc) -> str:
@@ -111,9 +113,7 @@ def set_rng_state(state: dict) -> None:
 
 def write_records(path: Path, records: list[dict]) -> None:
     """Replace the JSON-lines file `path` by `records`, atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    os.replace(temporary, path)
+    write_text(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
@@ -139,6 +139,7 @@ class StepLog:
 
     def __init__(self, run: Path, *, tensorboard: bool = False, enabled: bool = True) -> None:
         self.path, self.enabled, self.writer = Path(run) / "steps.jsonl", enabled, None
+        self.written = False  # the first write creates the run folder if missing; later ones fail if it vanished
         if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -151,9 +152,10 @@ class StepLog:
         """Append one step's scalars (``iteration`` among them)."""
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as stream:
-            stream.write(json.dumps(values) + "\n")
+        if not self.written:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        append_line(self.path, json.dumps(values) + "\n")
+        self.written = True
         if self.writer is not None:
             for name, value in values.items():
                 if name != "iteration":
@@ -175,8 +177,17 @@ class StepLog:
             write_records(self.path, [json.loads(line) for line in kept])
 
 
+def lock_folder(folder: str | os.PathLike[str], name: str = "out") -> contextlib.AbstractContextManager:
+    """:func:`admsolve._files.folder_lock` of the existing folder `folder`, in the process that writes
+    it: under torchrun rank 0 alone (its RANK, known before the process group starts), the other
+    ranks writing nothing there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(folder, name)
+
+
 def write_config(run: Path, config: TrainConfig) -> None:
-    (Path(run) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    write_text(Path(run) / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
 def read_config(run: str | os.PathLike[str]) -> TrainConfig:

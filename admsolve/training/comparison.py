@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import write_text
+from .checkpoints import lock_folder
 from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
 from .metrics import plot_comparison
@@ -143,32 +145,33 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
     for key in configurations:
         _configuration(base, key, None)  # checks every key before any training starts
     out.mkdir(parents=True, exist_ok=True)
-    init = None
-    if base.pretrain_epochs > 0:
-        pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
-                                                           init=None))
-        if progress:
-            print(f"phase 1: partial cross-entropy for {base.pretrain_epochs} epochs -> {out / 'pretrain'}")
-        _run(pretrain, out / "pretrain", progress)
-        init = str(out / "pretrain" / "checkpoint.pt")
-    rows, curves = [], {}
-    for key in configurations:
-        name = CONFIGURATIONS[key][0]
-        config = _configuration(base, key, init)
-        if progress:
-            print(f"phase 2: {name} for {config.epochs} epochs -> {out / key}")
-        records = _run(config, out / key, progress)
-        last = records[-1]
-        row = {"key": key, "name": name, "settings": dataclasses.asdict(config)}
-        row.update({column: last.get(column) for column, _ in COLUMNS})
-        row["train_time"] = sum(record["train_time"] for record in records)
-        row["solver_time"] = sum(record.get("solver_time", 0.0) for record in records)
-        rows.append(row)
-        curves[name] = records
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "comparison.md").write_text(format_table(rows) + "\n")
-    plot_comparison(curves, out / "comparison.png")
-    return rows
+    with lock_folder(out, "out"):  # one process writes the comparison; each run also locks its own folder
+        init = None
+        if base.pretrain_epochs > 0:
+            pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
+                                                               init=None))
+            if progress:
+                print(f"phase 1: partial cross-entropy for {base.pretrain_epochs} epochs -> {out / 'pretrain'}")
+            _run(pretrain, out / "pretrain", progress)
+            init = str(out / "pretrain" / "checkpoint.pt")
+        rows, curves = [], {}
+        for key in configurations:
+            name = CONFIGURATIONS[key][0]
+            config = _configuration(base, key, init)
+            if progress:
+                print(f"phase 2: {name} for {config.epochs} epochs -> {out / key}")
+            records = _run(config, out / key, progress)
+            last = records[-1]
+            row = {"key": key, "name": name, "settings": dataclasses.asdict(config)}
+            row.update({column: last.get(column) for column, _ in COLUMNS})
+            row["train_time"] = sum(record["train_time"] for record in records)
+            row["solver_time"] = sum(record.get("solver_time", 0.0) for record in records)
+            rows.append(row)
+            curves[name] = records
+        write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
+        write_text(out / "comparison.md", format_table(rows) + "\n")
+        plot_comparison(curves, out / "comparison.png")
+        return rows
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:

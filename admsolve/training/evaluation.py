@@ -140,7 +140,7 @@ class Evaluator:
             losses = torch.cat(batches).numpy() if batches else np.zeros((0, 2))
             sums = self.processes.sum(np.concatenate([losses.sum(axis=0), [len(losses)]]))
             result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()
-        if sheet is not None and tiles:
+        if sheet is not None and tiles and self.processes.main:  # under torchrun rank 0 alone writes files
             prediction_sheet(sheet, [s.image for s, _ in tiles], [s.scribbles for s, _ in tiles],
                              [p for _, p in tiles], [s.mask for s, _ in tiles], ids=[s.id for s, _ in tiles])
         return result

@@ -37,8 +37,8 @@ import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state, read_config,
-                          read_metrics, rng_state, set_rng_state, write_config, write_records)
+from .checkpoints import (StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state, lock_folder,
+                          read_config, read_metrics, rng_state, set_rng_state, write_config, write_records)
 from .config import TrainConfig
 from .distributed import start
 from .evaluation import Evaluator, image_tensor
@@ -366,13 +366,14 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = 
         When a loss is NaN or infinite (after saving the network of the step before).
     """
     out = Path(out)
-    if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
-        raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
-    trainer = Trainer(config, out, progress=progress, model=model)
     out.mkdir(parents=True, exist_ok=True)
-    if trainer.processes.main:
-        write_config(out, trainer.config)
-    return trainer.run()
+    with lock_folder(out, "out"):
+        if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
+            raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
+        trainer = Trainer(config, out, progress=progress, model=model)
+        if trainer.processes.main:
+            write_config(out, trainer.config)
+        return trainer.run()
 
 
 def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
@@ -382,19 +383,21 @@ def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: 
     run's metric records.
     """
     run = Path(run)
-    config = read_config(run)
-    if epochs is not None:
-        if epochs < config.epochs:
-            raise ValueError(f"epochs: expected at least the run's {config.epochs}, got {epochs}")
-        config.epochs = epochs
-        write_config(run, config)
-    if (run / "checkpoint.pt").is_file():
-        # the checkpoint holds the network: init (which may have moved with the run's folder) is not read
-        trainer = Trainer(dataclasses.replace(config, init=None), run, progress=progress)
-        trainer.restore()
-    else:
-        trainer = Trainer(config, run, progress=progress)
-    return trainer.run()
+    read_config(run)  # a run folder (else the error saying so) before its lock is taken
+    with lock_folder(run, "run"):
+        config = read_config(run)  # as the last writer left it
+        if epochs is not None:
+            if epochs < config.epochs:
+                raise ValueError(f"epochs: expected at least the run's {config.epochs}, got {epochs}")
+            config.epochs = epochs
+            write_config(run, config)
+        if (run / "checkpoint.pt").is_file():
+            # the checkpoint holds the network: init (which may have moved with the run's folder) is not read
+            trainer = Trainer(dataclasses.replace(config, init=None), run, progress=progress)
+            trainer.restore()
+        else:
+            trainer = Trainer(config, run, progress=progress)
+        return trainer.run()
 
 
 def evaluate_run(run: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:

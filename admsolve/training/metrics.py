@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 from PIL import Image
 from scipy import ndimage
 
+from .._files import atomic_file
 from ..data import io
 from .._validation import UNLABELED, as_scalar, describe
 
@@ -325,13 +326,16 @@ def _finish_panel(axes, ylabel, logy=False):
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
 
 
-def _save(figure, path):
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out a matplotlib figure and write it as the PNG `path`, replaced as a whole
+    (:func:`admsolve._files.atomic_file`: a failed write names the file and leaves it as it was)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with atomic_file(path) as stream:
+        figure.savefig(stream, format="png")
     return path
 
 
@@ -373,7 +377,7 @@ def plot_curves(records: Iterable[dict[str, Any]], path: str | os.PathLike[str],
         if x:
             right.plot(x, y, marker="." if len(x) < 30 else None, label=key)
     _finish_panel(right, "score")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_comparison(runs: dict[str, Iterable[dict[str, Any]]], path: str | os.PathLike[str], *,
@@ -407,7 +411,7 @@ def plot_comparison(runs: dict[str, Iterable[dict[str, Any]]], path: str | os.Pa
                 panel.plot(x, y, marker="." if len(x) < 30 else None, label=name)
         panel.set_title(panel_key)
         _finish_panel(panel, panel_key, logy=_is_loss_key(panel_key))
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------- prediction sheet

@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._files import write_text
 from .._validation import describe
+from .checkpoints import lock_folder
 from .config import NETWORK_OPTIMIZERS, TrainConfig
 from .reproduction import TABLE_CONFIGURATIONS, _fit, _score, check_data, run_group
 
@@ -156,11 +158,18 @@ def study(base: TrainConfig, out: str | os.PathLike[str], plan: RegimePlan | Non
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base: expected a TrainConfig, got {describe(base)}")
     check_data(base.data)
-    out, began = Path(out), time.perf_counter()
-    if train:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / REGIME_FILE).write_text(json.dumps({"base": dataclasses.asdict(base),
-                                                   "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
+    out = Path(out)
+    if not train:
+        return _study(base, out, plan, progress=progress, train=train)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out, "out"):  # one process writes a study
+        write_text(out / REGIME_FILE, json.dumps({"base": dataclasses.asdict(base),
+                                                  "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
+        return _study(base, out, plan, progress=progress, train=train)
+
+
+def _study(base, out, plan, *, progress, train):
+    began = time.perf_counter()
     regime = dataclasses.replace(base, pretrain_epochs=plan.pretrain_epochs, dropout=AUTHORS["dropout"],
                                  latent_init=AUTHORS["latent_init"], finetune_schedule=AUTHORS["finetune_schedule"],
                                  eval_every=2)

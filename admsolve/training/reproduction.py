@@ -16,6 +16,7 @@ a stopped one resumed, so the study can span several sittings. The parts, per da
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,10 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._files import write_text
 from .._validation import describe
 from ..backends import DEFAULT_PREFERENCE
 from ..energies import GridCRF
 from ..data import open_dataset
+from ..data.io import save_picture
+from .checkpoints import lock_folder
 from .comparison import _run, _unused_to_defaults
 from .config import CONFIGURATIONS, TrainConfig
 from .loop import TrainingDiverged
@@ -174,7 +178,7 @@ def run_group(base: TrainConfig, folder: str | os.PathLike[str], configurations:
             try:
                 _run(config, folder / name, progress)
             except TrainingDiverged as exc:
-                (folder / name / DIVERGED).write_text(f"{exc}\n")
+                write_text(folder / name / DIVERGED, f"{exc}\n")
         results[name] = _collect(config, folder / name)
     return results
 
@@ -304,60 +308,62 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
     out, began = Path(out), time.perf_counter()
     if train:
         out.mkdir(parents=True, exist_ok=True)
-        (out / STUDY_FILE).write_text(json.dumps({"base": dataclasses.asdict(base),
-                                                  "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
-    study: dict[str, Any] = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "variants": {},
-                             "tables": {}, "lengths": {}, "solvers": {}}
-    if plan.tune:
-        study["chosen"], study["tuning"] = tune(base, out / "tuning", plan, progress=progress, train=train)
-    tuned = not plan.tune or all(key in study["chosen"] for key in plan.configurations
-                                 if _settings(key)["regularizer"] != "none")
-    if not tuned:
-        train = False  # the later groups need the chosen values: report what there is
+    with lock_folder(out, "out") if train else contextlib.nullcontext():  # one process writes a study
+        if train:
+            write_text(out / STUDY_FILE, json.dumps({"base": dataclasses.asdict(base),
+                                                     "plan": dataclasses.asdict(plan)}, indent=1) + "\n")
+        study: dict[str, Any] = {"base": base, "plan": plan, "out": out, "tuning": [], "chosen": {}, "variants": {},
+                                 "tables": {}, "lengths": {}, "solvers": {}}
+        if plan.tune:
+            study["chosen"], study["tuning"] = tune(base, out / "tuning", plan, progress=progress, train=train)
+        tuned = not plan.tune or all(key in study["chosen"] for key in plan.configurations
+                                     if _settings(key)["regularizer"] != "none")
+        if not tuned:
+            train = False  # the later groups need the chosen values: report what there is
 
-    def configured(key, **extra):
-        return {**_settings(key), **study["chosen"].get(key, {}), **extra}
+        def configured(key, **extra):
+            return {**_settings(key), **study["chosen"].get(key, {}), **extra}
 
-    # The curves per epoch (Fig. 3, the diagnosis) are the first seed's: the later groups evaluate at the end of
-    # each phase only, a third of their time saved (their training is the same: evaluating changes nothing in it)
-    later = dataclasses.replace(base, eval_every=base.total_epochs)
+        # The curves per epoch (Fig. 3, the diagnosis) are the first seed's: the later groups evaluate at the end of
+        # each phase only, a third of their time saved (their training is the same: evaluating changes nothing in it)
+        later = dataclasses.replace(base, eval_every=base.total_epochs)
 
-    def seed_group(seed, budget):
-        study["tables"][seed] = run_group(dataclasses.replace(budget, seed=seed), out / f"seed-{seed}",
-                                          {key: configured(key) for key in plan.configurations},
+        def seed_group(seed, budget):
+            study["tables"][seed] = run_group(dataclasses.replace(budget, seed=seed), out / f"seed-{seed}",
+                                              {key: configured(key) for key in plan.configurations},
+                                              progress=progress, train=train)
+
+        seed_group(plan.seeds[0], base)
+        if plan.variants and "adm-grid" in plan.configurations:
+            # the reference is the tuning run of the chosen values itself
+            chosen = [row["run"] for row in study["tuning"] if row["key"] == "adm-grid" and row["chosen"]]
+            study["variants"] = run_group(_fit(base), out / "tuning",
+                                          {(chosen or ["adm-grid"])[0]: configured("adm-grid"),
+                                           **{f"adm-grid-{name}": configured("adm-grid", **settings)
+                                              for name, settings in plan.variants.items()}},
                                           progress=progress, train=train)
-
-    seed_group(plan.seeds[0], base)
-    if plan.variants and "adm-grid" in plan.configurations:
-        # the reference is the tuning run of the chosen values itself
-        chosen = [row["run"] for row in study["tuning"] if row["key"] == "adm-grid" and row["chosen"]]
-        study["variants"] = run_group(_fit(base), out / "tuning",
-                                      {(chosen or ["adm-grid"])[0]: configured("adm-grid"),
-                                       **{f"adm-grid-{name}": configured("adm-grid", **settings)
-                                          for name, settings in plan.variants.items()}},
-                                      progress=progress, train=train)
-    first = out / f"seed-{plan.seeds[0]}"
-    if plan.solvers and "adm-grid" in plan.configurations:
-        default = DEFAULT_PREFERENCE[GridCRF][0]
-        group = run_group(dataclasses.replace(base, seed=plan.seeds[0]), first,
-                          {f"adm-grid-{solver}": configured(
-                              "adm-grid", backend=solver, max_iter=max(base.max_iter, SOLVER_ITERATIONS.get(solver, 0)))
-                           for solver in plan.solvers if solver != default}, progress=progress, train=train)
-        study["solvers"] = {solver: study["tables"][plan.seeds[0]]["adm-grid"] if solver == default
-                            else group[f"adm-grid-{solver}"] for solver in plan.solvers}
-    for seed in plan.seeds[1:]:
-        seed_group(seed, later)
-    generated = open_dataset(base.data, "train", scribbles=base.scribbles).scribble_source.startswith("generated")
-    for length in plan.lengths:
-        keys = [key for key in LENGTH_CONFIGURATIONS if key in plan.configurations]
-        if generated and length == base.scribble_length:
-            study["lengths"][length] = {key: study["tables"][plan.seeds[0]][key] for key in keys}
-            continue
-        study["lengths"][length] = run_group(
-            dataclasses.replace(later, seed=plan.seeds[0], scribbles="generate", scribble_length=length),
-            out / f"length-{length:g}", {key: configured(key) for key in keys}, progress=progress, train=train)
-    study["seconds"] = time.perf_counter() - began
-    return study
+        first = out / f"seed-{plan.seeds[0]}"
+        if plan.solvers and "adm-grid" in plan.configurations:
+            default = DEFAULT_PREFERENCE[GridCRF][0]
+            group = run_group(dataclasses.replace(base, seed=plan.seeds[0]), first,
+                              {f"adm-grid-{solver}": configured(
+                                  "adm-grid", backend=solver, max_iter=max(base.max_iter, SOLVER_ITERATIONS.get(solver, 0)))
+                               for solver in plan.solvers if solver != default}, progress=progress, train=train)
+            study["solvers"] = {solver: study["tables"][plan.seeds[0]]["adm-grid"] if solver == default
+                                else group[f"adm-grid-{solver}"] for solver in plan.solvers}
+        for seed in plan.seeds[1:]:
+            seed_group(seed, later)
+        generated = open_dataset(base.data, "train", scribbles=base.scribbles).scribble_source.startswith("generated")
+        for length in plan.lengths:
+            keys = [key for key in LENGTH_CONFIGURATIONS if key in plan.configurations]
+            if generated and length == base.scribble_length:
+                study["lengths"][length] = {key: study["tables"][plan.seeds[0]][key] for key in keys}
+                continue
+            study["lengths"][length] = run_group(
+                dataclasses.replace(later, seed=plan.seeds[0], scribbles="generate", scribble_length=length),
+                out / f"length-{length:g}", {key: configured(key) for key in keys}, progress=progress, train=train)
+        study["seconds"] = time.perf_counter() - began
+        return study
 
 
 # --------------------------------------------------------------------------- the report
@@ -426,7 +432,7 @@ def write_report(studies: Sequence[Mapping[str, Any]], report: str | os.PathLike
 
     for study in sorted(studies, key=lambda study: -sum(row[3] == "finished" for row in _run_rows(study))):
         lines += (regime.section if study.get("kind") == "authors" else _section)(study, report, figures)
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
 
 
@@ -660,7 +666,7 @@ def _sheet(results, folder, path, report):
         top += picture.height + 20
     if sheet.width > SHEET_WIDTH:  # a figure for reading in the repository, not the runs' full-size sheets
         sheet = sheet.resize((SHEET_WIDTH, round(sheet.height * SHEET_WIDTH / sheet.width)), Image.LANCZOS)
-    sheet.save(path, quality=80)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
+    save_picture(sheet, path, quality=80)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
     return [f"Fig. 5: ![]({path.relative_to(report.parent)})", ""]
 
 
@@ -670,6 +676,8 @@ def _lengths(groups, path, report):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .metrics import save_figure
 
     lengths = sorted(groups, reverse=True)
     keys = list(next(iter(groups.values())))
@@ -682,8 +690,7 @@ def _lengths(groups, path, report):
         axis.set_ylabel(metric)
         axis.invert_xaxis()
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
+    save_figure(figure, path)
     plt.close(figure)
     rows = [[f"{length:g}"] + [f"{_value(groups[length][k], 'miou', 4)} / {_value(groups[length][k], 'accuracy', 4)}"
                                for k in keys] for length in lengths]
