@@ -492,3 +492,37 @@ def test_held_out_needs_enough_images():
 
     with pytest.raises(ValueError, match=r"needs at least 5 training images, got 3"):
         held_out(SyntheticDataset("train", n_images=3), "train-holdout")
+
+
+# ------------------------------------------------------------------ label-map files
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_label_maps_read_back_unchanged_and_images_carry_the_palette(tmp_path, suffix):
+    from admsolve.data.io import PALETTE, read_label_map, write_label_map
+
+    labels = np.random.default_rng(0).integers(0, 256, (7, 9)).astype(np.uint8)
+    path = tmp_path / f"labels{suffix}"
+    write_label_map(path, labels)
+    assert np.array_equal(read_label_map(path), labels)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    if suffix != ".npy":
+        with Image.open(path) as picture:
+            assert picture.mode == "P"
+            colours = np.asarray(picture.convert("RGB"))
+        assert np.array_equal(colours[labels == 1], np.broadcast_to(PALETTE[1], colours[labels == 1].shape))
+        assert np.all(colours[labels == UNLABELED] == 255)
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
+    from admsolve.data.io import write_atomically
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def fails(stream):
+        stream.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(path, fails)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

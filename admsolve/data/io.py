@@ -1,10 +1,11 @@
-"""Reading images and label maps, writing label maps, overlays and contact sheets."""
+"""Reading images and label maps, writing label maps, overlays and contact sheets (every file written
+atomically, through :func:`write_atomically`)."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ PALETTE = np.array([
     (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
     (255, 215, 180), (0, 0, 128), (128, 128, 128),
 ], dtype=np.uint8)
+#: Colour of UNLABELED (void, unscribbled) pixels in a label map's palette.
+VOID_COLOUR = (255, 255, 255)
 
 
 #: File types a label map is written to: lossless ones only (JPEG would change the labels).
@@ -128,18 +131,45 @@ def check_image_path(path: str | os.PathLike[str], name: str = "output") -> Path
     return path
 
 
+def write_atomically(path: str | os.PathLike[str], write: Callable[[object], object]) -> None:
+    """Call ``write(stream)`` on a binary file beside `path` and move it onto `path` when it returns, so that
+    `path` is never half-written: it holds its old content (or nothing) until the new one is whole. The
+    temporary file is removed if `write` raises."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def label_palette() -> list[int]:
+    """The 256 colours of a label map's palette, flattened (r, g, b, r, ...): label k in PALETTE's colour
+    (as :func:`colorize`), UNLABELED in :data:`VOID_COLOUR`."""
+    colours = colorize(np.arange(256))
+    colours[UNLABELED] = VOID_COLOUR
+    return colours.ravel().tolist()
+
+
 def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str = "output") -> None:
-    """Write labels (values 0..255) as a single-channel PNG or TIFF, or as a ``.npy`` array of uint8;
-    other file types are refused (see :func:`check_label_map_path`)."""
+    """Write labels (values 0..255) as a single-channel PNG or TIFF with a palette (pixel value = label,
+    shown in :func:`label_palette`'s colours by any viewer), or as a ``.npy`` array of uint8; other file
+    types are refused (see :func:`check_label_map_path`). The file is written atomically."""
     path = check_label_map_path(path, name)
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.size == 0 or labels.min() < 0 or labels.max() > 255:
         raise ValueError(f"labels: expected a 2-D array of values 0..255, got array of shape {labels.shape}")
     labels = labels.astype(np.uint8)
     if path.suffix.lower() == ".npy":
-        np.save(path, labels)
-    else:
-        Image.fromarray(labels).save(path)
+        write_atomically(path, lambda stream: np.save(stream, labels))
+        return
+    picture = Image.fromarray(labels)
+    picture.putpalette(label_palette())  # mode P, the same values
+    file_format = Image.registered_extensions()[path.suffix.lower()]
+    write_atomically(path, lambda stream: picture.save(stream, format=file_format))
 
 
 def colorize(labels: ArrayLike) -> np.ndarray:
@@ -174,4 +204,5 @@ def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captio
         x, y = (i % columns) * width, (i // columns) * (height + caption_height)
         draw.text((x + 3, y + 1), caption, fill="black")
         sheet.paste(Image.fromarray(tile), (x, y + caption_height))
-    sheet.save(Path(path))
+    file_format = Image.registered_extensions()[path.suffix.lower()]
+    write_atomically(path, lambda stream: sheet.save(stream, format=file_format))
