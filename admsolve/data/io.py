@@ -54,6 +54,16 @@ def _one_line(exc):
     return lines[0] if lines else type(exc).__name__
 
 
+def probe_image(path: str | os.PathLike[str], name: str = "image") -> tuple[int, int]:
+    """(height, width) of the picture in `path`, from its header only (cheap: checks that a file is an image
+    before any work); a one-line ValueError naming the file when it is not one."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({_one_line(exc)})") from None
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 
@@ -168,6 +178,14 @@ def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str =
         return
     picture = Image.fromarray(labels)
     picture.putpalette(label_palette())  # mode P, the same values
+    write_image(path, picture, name)
+
+
+def write_image(path: str | os.PathLike[str], picture: ArrayLike | Image.Image, name: str = "output") -> None:
+    """Write a picture ((H, W, 3) uint8 array or a Pillow image) in the format its extension names,
+    atomically."""
+    path = check_image_path(path, name)
+    picture = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
     file_format = Image.registered_extensions()[path.suffix.lower()]
     write_atomically(path, lambda stream: picture.save(stream, format=file_format))
 
@@ -204,5 +222,4 @@ def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captio
         x, y = (i % columns) * width, (i // columns) * (height + caption_height)
         draw.text((x + 3, y + 1), caption, fill="black")
         sheet.paste(Image.fromarray(tile), (x, y + caption_height))
-    file_format = Image.registered_extensions()[path.suffix.lower()]
-    write_atomically(path, lambda stream: sheet.save(stream, format=file_format))
+    write_image(path, sheet, "sheet")

@@ -27,7 +27,7 @@ from .._validation import as_scalar
 from .config import MODELS, is_factory
 
 __all__ = ["MODELS", "ASPP", "DeepLabV3", "EffNetLite0ASPP", "EfficientNetLite0", "EfficientNetLite0Features",
-           "SmallFCN", "build_model", "efficientnet_lite0", "wrap_model"]
+           "SmallFCN", "build_model", "efficientnet_lite0", "input_normalization", "wrap_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -393,6 +393,9 @@ class EffNetLite0ASPP(nn.Module):
         (see :func:`efficientnet_lite0`).
     channels : int, optional
         Channels of the ASPP head.
+    pretrained : bool, optional
+        False: the backbone randomly initialised, no weights file read (for loading a trained
+        network's state into).
 
     Attributes
     ----------
@@ -402,13 +405,14 @@ class EffNetLite0ASPP(nn.Module):
         :class:`ASPP` and the conv1x1 to K logits.
     """
 
-    def __init__(self, n_labels: int, *, weights=None, channels: int = 128):
+    def __init__(self, n_labels: int, *, weights=None, channels: int = 128, pretrained: bool = True):
         super().__init__()
         n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         channels = as_scalar(channels, "channels", minimum=1, integer=True)
         self.n_labels = n_labels
         self.normalize = _Normalize(EFFNET_LITE_MEAN, EFFNET_LITE_STD)
-        self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16)
+        self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16) if pretrained else \
+            EfficientNetLite0Features(output_stride=16)
         self.classifier = nn.Sequential(ASPP(1280, channels), nn.Conv2d(channels, n_labels, 1))
 
     def forward(self, x):
@@ -416,6 +420,16 @@ class EffNetLite0ASPP(nn.Module):
         x = _check_images(x)
         logits = self.classifier(self.backbone(self.normalize(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def input_normalization(model: nn.Module) -> dict | None:
+    """``{"mean": [r, g, b], "std": [r, g, b]}`` that `model` applies inside to its [0, 1] images
+    ((x - mean) / std), or None where it is not one of this module's networks (a user's network
+    normalises as it does, unknown here)."""
+    normalize = getattr(model, "normalize", None)
+    if not isinstance(normalize, _Normalize):
+        return None
+    return {name: [round(value, 6) for value in getattr(normalize, name).flatten().tolist()] for name in ("mean", "std")}
 
 
 # --------------------------------------------------------------------------- any network
@@ -578,7 +592,7 @@ def _backbone_state(state, name):
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
 
 
-def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
+def build_model(name: str, n_labels: int, *, weights=None, pretrained: bool = True) -> nn.Module:
     """One of :data:`MODELS`, or a user's network, taking (N, 3, H, W) images in [0, 1] and returning
     (N, K, H, W) logits.
 
@@ -602,6 +616,9 @@ def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
         classifier keys (``fc.*`` / ``classifier.*``) are dropped and MobileNet's ``features.N...``
         keys mapped to ``N...`` before a strict load into ``model.backbone``. Without weights the
         network is randomly initialised, but for ``"effnet-lite0"``, which loads the package's file.
+    pretrained : bool, optional
+        False: the architecture alone, randomly initialised, no file read (`weights` ignored): the
+        network into which a trained state is loaded (:class:`admsolve.training.Predictor`).
 
     Returns
     -------
@@ -626,8 +643,10 @@ def build_model(name: str, n_labels: int, *, weights=None) -> nn.Module:
     n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
     if weights is not None and not isinstance(weights, (str, Path)) and not hasattr(weights, "__fspath__"):
         raise TypeError(f"weights: expected a path to a local file or None, got {type(weights).__name__}")
+    if not pretrained:
+        weights = None
     if name == "effnet-lite0":
-        return EffNetLite0ASPP(n_labels, weights=weights)
+        return EffNetLite0ASPP(n_labels, weights=weights, pretrained=pretrained)
     if name not in MODELS:
         factory = _factory(name)
         try:
