@@ -239,3 +239,51 @@ def test_segment_on_folders_without_matching_names_is_refused(tmp_path, capsys):
     _bad(["segment", str(tmp_path / "images"), str(tmp_path / "scribbles"), "-o", str(tmp_path / "out")], capsys,
          "SCRIBBLES: expected scribbles named as the images .* got no match")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- export
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+def test_the_exported_model_agrees_with_predict(run, tmp_path, suffix):
+    folder, data = run
+    if suffix == ".onnx":
+        pytest.importorskip("onnx", reason="ONNX export needs admsolve[export]")
+        runtime = pytest.importorskip("onnxruntime", reason="running the ONNX graph needs admsolve[export]")
+    path = tmp_path / f"model{suffix}"
+    assert main(["export", str(folder), "-o", str(path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    predictor = Predictor(folder)
+    rng = np.random.default_rng(0)
+    for shape in [(40, 40), (37, 53)]:  # the graph was traced at 64 x 64: other sizes, an odd one among them
+        images = [np.asarray(Image.open(data / "images" / f"img{i}.png").convert("RGB").resize(shape[::-1]))
+                  for i in range(2)]
+        images[1] = rng.integers(0, 256, images[1].shape, dtype=np.uint8)
+        pixels = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+        if suffix == ".pt":
+            logits = torch.jit.load(str(path))(torch.from_numpy(pixels)).detach().numpy()
+        else:
+            logits = runtime.InferenceSession(str(path)).run(None, {"pixels": pixels})[0]
+        assert logits.shape == (2, 2) + shape
+        for image, image_logits in zip(images, logits):
+            assert np.array_equal(image_logits.argmax(0), predictor(image)[0])
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_same_padding_traced_at_one_size_pads_right_at_others():
+    """EfficientNet's "SAME" convolutions pad by the input's size: a traced (exported) graph must compute
+    that padding, not keep the traced size's."""
+    from admsolve.training.models import _SameConv2d
+
+    torch.manual_seed(0)
+    for kernel, stride, dilation in [(3, 2, 1), (5, 2, 1), (5, 1, 2)]:
+        conv = _SameConv2d(2, 3, kernel, stride=stride, dilation=dilation)
+        traced = torch.jit.trace(conv, torch.rand(1, 2, 8, 8))
+        for shape in [(8, 8), (9, 7), (10, 13)]:
+            x = torch.rand(1, 2, *shape)
+            assert torch.allclose(traced(x), conv(x)) and conv(x).shape[-2:] == tuple(-(-n // stride) for n in shape)
+
+
+def test_export_refuses_an_unknown_extension_in_one_line(run, tmp_path, capsys):
+    _bad(["export", str(run[0]), "-o", str(tmp_path / "model.tflite")], capsys, r"--output: expected .*\.onnx or \.pt")
+    assert not any(tmp_path.iterdir())
