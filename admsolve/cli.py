@@ -339,6 +339,16 @@ def cmd_compare(args):
     print(f"wrote {args.out}/comparison.md, comparison.json, comparison.png")
 
 
+def cmd_export(args):
+    training = _training()
+    from .training.export import check_export_path
+
+    check_export_path(args.output, "--output")  # before any work
+    path = training.export_run(args.run, args.output, checkpoint=args.checkpoint)
+    print(f"{path}: the network of {args.run} ({args.checkpoint} checkpoint): float32 RGB (N, 3, H, W) in 0..255 -> "
+          f"logits (N, K, H, W)")
+
+
 def _numbers(text, name, kind=float):
     """A comma-separated list of numbers ('' for none)."""
     try:
@@ -520,6 +530,14 @@ def build_parser():
                               "at most this size, so that its memory is bounded by a tile's (a multiple of 128; "
                               "default %(default)s)")
     predict.set_defaults(handler=cmd_predict)
+    export = commands.add_parser("export", help="export a run's network as ONNX (.onnx) or TorchScript (.pt)")
+    export.add_argument("run", help="run folder written by admsolve train")
+    export.add_argument("-o", "--output", required=True,
+                        help="model.onnx (needs admsolve[export]) or model.pt: a graph taking float32 RGB (N, 3, H, W) "
+                             "in 0..255 and giving logits (N, K, H, W), normalisation inside")
+    export.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint file")
+    export.set_defaults(handler=cmd_export)
+
     for sub in (evaluate, predict):
         sub.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
         sub.add_argument("--crf", action="store_true", help="refine the network's softmax by a dense CRF (DeepLab's "

@@ -2,7 +2,7 @@
 
 Losses (a function and an ``nn.Module`` each), the ADM latent step, the training loop of
 Algorithm 1 (:func:`train`, :func:`resume`), applying and scoring a trained network (:class:`Predictor`,
-:func:`dense_crf`, :func:`evaluate_run`), the optimizer comparison
+:func:`dense_crf`, :func:`evaluate_run`, :func:`export_run`), the optimizer comparison
 (:func:`compare`), networks and metrics. The core of :mod:`admsolve` does not import this
 subpackage. :mod:`.config` (the settings of a run) is torch-free, so the command line can read it
 without torch; every other name here is imported on first use and needs PyTorch
@@ -25,7 +25,7 @@ _HOMES = {
     "SegmentationScores": "metrics", "confusion_matrix": "metrics",
     "ASPP": "models", "DeepLabV3": "models", "EffNetLite0ASPP": "models", "EfficientNetLite0": "models",
     "SmallFCN": "models", "build_model": "models", "efficientnet_lite0": "models", "wrap_model": "models",
-    "CRF_DEFAULTS": "crf", "dense_crf": "crf", "Predictor": "prediction", "evaluate_run": "prediction",
+    "CRF_DEFAULTS": "crf", "dense_crf": "crf", "Predictor": "prediction", "export_run": "export", "evaluate_run": "prediction",
     "Plan": "reproduction", "reproduce": "reproduction", "write_report": "reproduction",
 }
 
@@ -56,6 +56,7 @@ __all__ = [
     "dense_crf_loss",
     "efficientnet_lite0",
     "evaluate_run",
+    "export_run",
     "format_table",
     "grid_crf_loss",
     "partial_cross_entropy",

@@ -16,7 +16,6 @@ model has a ``backbone`` and a ``classifier`` submodule (for separate learning r
 """
 
 import importlib
-import math
 from pathlib import Path
 
 import torch
@@ -174,13 +173,24 @@ def _effnet_bn(channels):
 
 class _SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding, as the EfficientNet weights were trained: output size
-    ceil(input / stride), an odd total padding putting its extra pixel at the bottom and right."""
+    ceil(input / stride), an odd total padding putting its extra pixel at the bottom and right.
+
+    The total padding (ceil(n / s) - 1) s + (k - 1) d + 1 - n is computed as (k - 1) d - (n - 1) mod s, the
+    same number for kernels at least as wide as the stride (every EfficientNet convolution), in integer
+    operations that tracing records: an exported graph (ONNX, TorchScript) pads right at any input size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kernel, stride, dilation in zip(self.kernel_size, self.stride, self.dilation):
+            if (kernel - 1) * dilation + 1 < stride:
+                raise ValueError(f"stride: expected at most the kernel's extent {(kernel - 1) * dilation + 1}, "
+                                 f"got {stride}")
 
     def forward(self, x):
         padding = []
         for size, kernel, stride, dilation in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1],
                                                   self.dilation[::-1]):
-            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            total = (kernel - 1) * dilation - (size - 1) % stride
             padding += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, padding), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
