@@ -80,7 +80,7 @@ def cmd_segment(args):
           f"{result.sweeps} iterations, energy {result.energy:.3f} ({result.message})")
 
 
-#: Images segmented (or predicted) between two redrawings of the progress bar: at once in parallel by
+#: Images segmented between two redrawings of the progress bar: at once in parallel by
 #: solve_batch, and never all of a large folder in memory.
 FOLDER_CHUNK = 8
 
