@@ -1,6 +1,6 @@
-"""The ``admsolve`` command line: segment an image from scribbles, list backends, run the demo, and
-train, evaluate and compare networks trained from scribbles (``train``, ``evaluate``, ``compare``:
-these need the ``train`` extra)."""
+"""The ``admsolve`` command line: segment an image (or a folder of images) from scribbles, list backends,
+run the demo, and train, evaluate, compare, apply and export networks trained from scribbles (``train``,
+``evaluate``, ``compare``, ``predict``, ``export``: these need the ``train`` extra)."""
 
 import argparse
 import dataclasses
@@ -11,13 +11,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from . import __version__, backends
+from ._support import ProgressBar
 from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
-from .data.io import (check_image_path, check_label_map_path, colorize, overlay, read_image, read_label_map,
-                      save_sheet, write_label_map)
-from .solve import solve
+from .data.io import (LABEL_MAP_SUFFIXES, check_image_path, check_label_map_path, colorize, overlay, probe_image,
+                      read_image, read_label_map, save_sheet, write_atomically, write_image, write_label_map)
+from .solve import solve, solve_batch
+from .training.crf import CRF_DEFAULTS
 from .training.config import (CONFIGURATIONS, DEFAULT_CONFIGURATIONS, LATENT_INITS, MODELS, NETWORK_OPTIMIZERS, OPTIMIZERS,
                               SCHEDULES, TrainConfig)
 from .training.regularizers import REGULARIZERS
@@ -52,6 +55,8 @@ def progress_line(stream, name, every=10):
 
 
 def cmd_segment(args):
+    if Path(args.image).is_dir():
+        return segment_folder(args)
     check_label_map_path(args.output, "--output")  # before any work: a lossless label-map file
     if args.overlay:
         check_image_path(args.overlay, "--overlay")
@@ -74,6 +79,95 @@ def cmd_segment(args):
                    [f"{result.backend}: energy {result.energy:.1f}"], columns=1)
     print(f"{args.output}: {problem!r} solved by {result.backend} in {result.time:.3f} s, "
           f"{result.sweeps} iterations, energy {result.energy:.3f} ({result.message})")
+
+
+#: Images segmented between two redrawings of the progress bar: at once in parallel by
+#: solve_batch, and never all of a large folder in memory.
+FOLDER_CHUNK = 8
+
+
+def image_files(folder):
+    """The files of `folder` whose extension names a picture Pillow reads, sorted by name."""
+    readable = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+    return sorted(path for path in Path(folder).iterdir() if path.is_file() and path.suffix.lower() in readable)
+
+
+def output_folder(path, name):
+    """`path` as a Path if it is a folder or can become one (created later, when there is work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: expected a folder for the outputs, got the file {str(path)!r}")
+    return path
+
+
+def segment_folder(args):
+    """``segment IMAGES_DIR SCRIBBLES_DIR -o OUT_DIR``: every image with scribbles of the same name, through
+    solve_batch; the failures listed at the end (status 1), the others written."""
+    images_dir, scribbles_dir = Path(args.image), Path(args.scribbles)
+    out = output_folder(args.output, "--output")
+    if not scribbles_dir.is_dir():
+        raise ValueError(f"SCRIBBLES: with a folder of images, expected a folder of scribbles, got {args.scribbles!r}")
+    if args.overlay:
+        raise ValueError("--overlay: names one file, for one image; with folders, expected no --overlay")
+    scribbles = {}
+    for path in sorted(scribbles_dir.iterdir()):  # .npy before .png before .tif: the first one of a name wins
+        if path.is_file() and path.suffix.lower() in LABEL_MAP_SUFFIXES:
+            scribbles.setdefault(path.stem, path)
+    images = image_files(images_dir)
+    pairs = [(path, scribbles[path.stem]) for path in images if path.stem in scribbles]
+    unpaired = [path.name for path in images if path.stem not in scribbles]
+    if not pairs:
+        raise ValueError(f"SCRIBBLES: expected scribbles named as the images of {args.image!r} (e.g. "
+                         f"{images[0].stem + '.png' if images else 'NAME.png'}) in {args.scribbles!r}, got no match "
+                         f"among {len(images)} images and {len(scribbles)} label maps")
+    if unpaired:
+        print(f"skipped {len(unpaired)} images without scribbles: {', '.join(unpaired)}")
+    out.mkdir(parents=True, exist_ok=True)
+    kind = backends.lookup(args.backend).problem if args.backend else GridCRF
+    failures, written = {}, 0
+    bar = ProgressBar(len(pairs), "segmenting")
+    try:
+        for first in range(0, len(pairs), FOLDER_CHUNK):
+            problems = {}
+            for image_path, scribble_path in pairs[first:first + FOLDER_CHUNK]:
+                try:
+                    problems[image_path] = scribble_problem(read_image(image_path), read_label_map(scribble_path),
+                                                            kind=kind, lam=args.lam, connectivity=args.connectivity)
+                except (ValueError, TypeError, OSError) as exc:
+                    failures[image_path.name] = str(exc)
+            for image_path, labels in _solve_each(problems, args, failures).items():
+                write_label_map(out / f"{image_path.stem}.png", labels, "--output")
+                written += 1
+            bar.update(min(first + FOLDER_CHUNK, len(pairs)))
+    finally:
+        bar.close()
+    print(f"{out}: {written} label maps written", end="")
+    if not failures:
+        print()
+        return 0
+    print(f"; {len(failures)} failed:")
+    for name, reason in failures.items():
+        print(f"  {name}: {reason}", file=sys.stderr)
+    return 1
+
+
+def _solve_each(problems, args, failures):
+    """image path -> labels of each problem, solved together by solve_batch; where one fails, each is
+    solved alone and the failures recorded (name -> reason)."""
+    if not problems:
+        return {}
+    name = args.backend or backends.default_backend(next(iter(problems.values())))
+    try:
+        results = solve_batch(list(problems.values()), name, max_iter=args.max_iter)
+        return {path: result.labels for path, result in zip(problems, results)}
+    except (ValueError, TypeError, FloatingPointError, RuntimeError):
+        labels = {}
+        for path, problem in problems.items():
+            try:
+                labels[path] = solve(problem, name, max_iter=args.max_iter).labels
+            except (ValueError, TypeError, FloatingPointError, RuntimeError) as exc:
+                failures[path.name] = str(exc)
+        return labels
 
 
 def cmd_backends(args):
@@ -153,17 +247,88 @@ def cmd_train(args):
         records = training.train(_train_config(args), args.out, progress=not args.quiet)
         run = args.out
     last = records[-1]
-    print(f"{run}: epoch {last['epoch']}, val mIoU {last['miou']:.4f}, accuracy {last['accuracy']:.4f}, "
-          f"grid-CRF loss train {last['grid_crf_loss_train']:.5f} val {last['grid_crf_loss_val']:.5f}; "
-          f"metrics.jsonl, curves.png, predictions.png written")
+    if "miou" in last:
+        scores = f"val mIoU {last['miou']:.4f}, accuracy {last['accuracy']:.4f}, "
+    else:
+        scores = f"loss {last['train_loss']:.4f}, no val scores, "
+    losses = (f"grid-CRF loss train {last['grid_crf_loss_train']:.5f} val {last['grid_crf_loss_val']:.5f}; "
+              if "grid_crf_loss_val" in last else "")
+    print(f"{run}: epoch {last['epoch']}, {scores}{losses}metrics.jsonl, curves.png"
+          f"{', predictions.png' if losses else ''} written")
+
+
+def _crf_options(args):
+    """The dense_crf options of --crf and its --crf-* flags, or None without --crf."""
+    if not args.crf:
+        return None
+    return {name: getattr(args, "crf_" + name) for name in CRF_DEFAULTS}
 
 
 def cmd_evaluate(args):
     training = _training()
-    result = training.evaluate_run(args.run, progress=not args.quiet)
+    result = training.evaluate_run(args.run, data=args.data, split=args.split, checkpoint=args.checkpoint,
+                                   crf=_crf_options(args), device=args.device, progress=not args.quiet)
     for key, value in result.items():
         print(f"{key:22s} {value:.5f}")
-    print(f"wrote {args.run}/predictions.png")
+    if args.data is None and args.split is None and not args.crf:
+        print(f"wrote {args.run}/predictions.png")
+
+
+def prediction_inputs(inputs):
+    """The image files named by predict's INPUT arguments (files as given, the pictures of folders by
+    name), each checked to be a picture (its header read) before any work."""
+    files = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise ValueError(f"INPUT: expected images in the folder {given!r}, got none")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"INPUT: no such image or folder {given!r}")
+    for path in files:
+        probe_image(path, "INPUT")
+    return files
+
+
+def cmd_predict(args):
+    training = _training()
+    out = output_folder(args.output, "--output")
+    predictor = training.Predictor(args.run, checkpoint=args.checkpoint, device=args.device,
+                                   batch_size=args.batch_size, tile_size=args.tile_size, crf=_crf_options(args))
+    files = prediction_inputs(args.inputs)
+    targets, writers = {}, {}
+    for path in files:
+        wanted = [out / f"{path.stem}.png"] + ([out / f"{path.stem}-overlay.png"] if args.overlay else []) + \
+            ([out / f"{path.stem}.npy"] if args.probs else [])
+        for target in wanted:
+            if target in writers:
+                raise ValueError(f"INPUT: {str(writers[target])!r} and {str(path)!r} would both write {str(target)!r}")
+            writers[target] = path
+        targets[path] = wanted
+    todo = [path for path in files if args.overwrite or not all(target.exists() for target in targets[path])]
+    out.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar(len(todo), "predicting", enabled=not args.quiet)
+    try:
+        for first in range(0, len(todo), args.batch_size):
+            chunk = todo[first:first + args.batch_size]
+            images = [read_image(path) for path in chunk]
+            for path, image, (labels, probs) in zip(chunk, images, predictor.predict(images)):
+                write_label_map(targets[path][0], labels)
+                if args.overlay:
+                    write_image(targets[path][1], overlay(image, labels))
+                if args.probs:
+                    write_atomically(targets[path][-1], lambda stream: np.save(stream, probs))
+            bar.update(first + len(chunk))
+    finally:
+        bar.close()
+    skipped = f"; {len(files) - len(todo)} skipped, their outputs exist (--overwrite replaces them)" \
+        if len(todo) < len(files) else ""
+    print(f"{out}: {len(todo)} label maps written ({predictor.n_labels} labels, {predictor.checkpoint.name}"
+          f"{', dense CRF' if predictor.crf else ''}){skipped}")
 
 
 def cmd_compare(args):
@@ -173,6 +338,16 @@ def cmd_compare(args):
     print(f"data {base.data}: pCE for {base.pretrain_epochs} epochs, then {base.epochs} epochs per configuration")
     print(training.format_table(rows))
     print(f"wrote {args.out}/comparison.md, comparison.json, comparison.png")
+
+
+def cmd_export(args):
+    training = _training()
+    from .training.export import check_export_path
+
+    check_export_path(args.output, "--output")  # before any work
+    path = training.export_run(args.run, args.output, checkpoint=args.checkpoint)
+    print(f"{path}: the network of {args.run} ({args.checkpoint} checkpoint): float32 RGB (N, 3, H, W) in 0..255 -> "
+          f"logits (N, K, H, W)")
 
 
 def _numbers(text, name, kind=float):
@@ -325,10 +500,15 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"admsolve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment an image from scribbles with a grid CRF")
-    segment.add_argument("image", help="image file (any format Pillow reads)")
-    segment.add_argument("scribbles", help="label PNG, same size: 0..K-1 scribbled labels, 255 unlabeled")
-    segment.add_argument("-o", "--output", required=True, help="label map to write (values 0..K-1): .png, .tif or .npy (lossless)")
+    segment = commands.add_parser("segment", help="segment an image (or a folder of images) from scribbles with a "
+                                                  "grid CRF")
+    segment.add_argument("image", help="image file (any format Pillow reads), or a folder of images")
+    segment.add_argument("scribbles", help="label PNG, same size: 0..K-1 scribbled labels, 255 unlabeled; with a folder "
+                                           "of images, a folder of them named as the images (NAME.png for NAME.jpg)")
+    segment.add_argument("-o", "--output", required=True, help="label map to write (values 0..K-1): .png, .tif or .npy "
+                                                               "(lossless); with folders, the folder of NAME.png label "
+                                                               "maps (images without scribbles are listed and skipped; "
+                                                               "those that fail are listed at the end, exit status 1)")
     segment.add_argument("--overlay", help="also write the segmentation drawn over the image")
     segment.set_defaults(handler=cmd_segment)
 
@@ -347,9 +527,53 @@ def build_parser():
     _add_training_arguments(train)
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run's last checkpoint on its validation set")
+    evaluate = commands.add_parser("evaluate", help="score a run's network on its validation set or on any folder")
     evaluate.add_argument("run", help="run folder written by admsolve train")
+    evaluate.add_argument("--data", help="a dataset folder to score on instead of the run's (its masks, at most the "
+                                         "run's labels)")
+    evaluate.add_argument("--split", help="the split scored (default: the run's val split; 'val' with --data)")
+    evaluate.add_argument("--checkpoint", default="last", help="last (default), best (the best val mIoU) or a "
+                                                               "checkpoint file")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="label new images with a run's network: a palette PNG per image")
+    predict.add_argument("run", help="run folder written by admsolve train")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="images, and folders of images")
+    predict.add_argument("-o", "--output", required=True, help="folder of the outputs: NAME.png, the label map of "
+                                                               "NAME.jpg (palette PNG, value = label, the input's size)")
+    predict.add_argument("--checkpoint", default="best", help="best (default: the best val mIoU, else the last), "
+                                                              "last, or a checkpoint file")
+    predict.add_argument("--overlay", action="store_true", help="also write NAME-overlay.png, the labels drawn "
+                                                                "over the image")
+    predict.add_argument("--probs", action="store_true", help="also write NAME.npy, the (H, W, K) float32 "
+                                                              "probabilities (with --crf: the CRF's marginals)")
+    predict.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip "
+                                                                  "those inputs)")
+    predict.add_argument("--batch-size", type=int, default=4, help="images (or tiles) of one size through the "
+                                                                   "network at once (default %(default)s)")
+    predict.add_argument("--tile-size", type=int, default=1024,
+                         help="images with a side longer than this go through the network in overlapping tiles of "
+                              "at most this size, so that its memory is bounded by a tile's (a multiple of 128; "
+                              "default %(default)s)")
+    predict.set_defaults(handler=cmd_predict)
+    export = commands.add_parser("export", help="export a run's network as ONNX (.onnx) or TorchScript (.pt)")
+    export.add_argument("run", help="run folder written by admsolve train")
+    export.add_argument("-o", "--output", required=True,
+                        help="model.onnx (needs admsolve[export]) or model.pt: a graph taking float32 RGB (N, 3, H, W) "
+                             "in 0..255 and giving logits (N, K, H, W), normalisation inside")
+    export.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint file")
+    export.set_defaults(handler=cmd_export)
+
+    for sub in (evaluate, predict):
+        sub.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+        sub.add_argument("--crf", action="store_true", help="refine the network's softmax by a dense CRF (DeepLab's "
+                                                            "post-processing), solved by mean-field")
+        for name, value in CRF_DEFAULTS.items():
+            what = {"sxy": "bilateral kernel's spatial width (px)", "srgb": "bilateral kernel's colour width",
+                    "compat": "bilateral kernel's weight", "gaussian_sxy": "Gaussian kernel's width (px)",
+                    "gaussian_compat": "Gaussian kernel's weight", "max_iter": "mean-field iterations"}[name]
+            sub.add_argument("--crf-" + name.replace("_", "-"), type=type(value), default=value,
+                             help=f"--crf: the {what} (default %(default)s)")
 
     compare = commands.add_parser("compare", help="train pCE only, GD grid, ADM grid, GD dense from one shared "
                                                   "pCE phase and print a table")
@@ -398,7 +622,7 @@ def build_parser():
     _add_training_arguments(reproduce, skip=("data",))
     reproduce.set_defaults(handler=cmd_reproduce)
 
-    for sub in (train, evaluate, compare, reproduce):
+    for sub in (train, evaluate, compare, reproduce, predict):
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for sub in (segment, demo):
@@ -426,7 +650,7 @@ def main(argv=None):
         os.environ.setdefault(name, value)
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except (ValueError, TypeError, ImportError, OSError, FloatingPointError) as exc:
         print(f"admsolve: error: {exc}", file=sys.stderr)
         return 2
@@ -434,7 +658,7 @@ def main(argv=None):
         print("admsolve: interrupted" + (" (continue with admsolve train --resume RUN)" if args.command == "train"
                                          else ""), file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from admsolve import backends as registry
 PACKAGE = Path(adm.__file__).parent
 
 #: Layers, lowest first; a module may import from its own layer or a lower one.
-LAYERS = [("admsolve._validation", "admsolve._array", "admsolve._lazy", "admsolve._files"), ("admsolve.filters",), ("admsolve.energies",),
+LAYERS = [("admsolve._validation", "admsolve._array", "admsolve._support", "admsolve._files"), ("admsolve.filters",), ("admsolve.energies",),
           ("admsolve.backends",), ("admsolve.solve",), ("admsolve.data",), ("admsolve.training",),
           ("admsolve.cli", "admsolve.__main__", "admsolve")]
 

@@ -191,6 +191,34 @@ def test_folder_n_labels_and_classes(tmp_path):
     assert FolderDataset(root).class_names == ["p", "q", "r"]
 
 
+def test_masks_are_optional_where_there_are_scribbles(tmp_path):
+    root = _folder(tmp_path / "set", ids=("a", "b", "c"))
+    (root / "masks" / "b.png").unlink()
+    data = FolderDataset(root)
+    assert data.unmasked == ["b"] and data[1].mask is None and data[0].mask is not None
+    assert data.n_labels == 3
+    with pytest.raises(FileNotFoundError, match=r"1 images of .*train\.txt.* neither scribbles .*nor a mask.*'b'"):
+        FolderDataset(root, scribbles="generate")
+    with pytest.raises(ValueError, match="'masks' trains on the full masks, but 1 images .* 'b'"):
+        open_dataset(root, scribbles="masks")
+
+
+def test_labels_are_counted_in_the_scribbles_without_masks(tmp_path):
+    root = _folder(tmp_path / "set", ids=("a", "b"))
+    for path in (root / "masks").iterdir():
+        path.unlink()
+    (root / "masks").rmdir()
+    _, _, scribbles = _scene(1)
+    scribbles[0, 0] = 4  # the largest label anywhere
+    _save(root / "scribbles_x" / "b.png", scribbles)
+    (root / "list.txt").unlink()
+    data = FolderDataset(root)
+    assert data.n_labels == 5 and data.unmasked == ["a", "b"] and data[0].mask is None
+    (root / "classes.json").write_text(json.dumps(["p", "q", "r"]))  # K = 3 < 5: that scribble is refused
+    with pytest.raises(ValueError, match=r"scribbles: .*scribbles_x/b\.png.*\[4\].*K = 3"):
+        FolderDataset(root)[1]
+
+
 def test_folder_image_found_by_suffix(tmp_path):
     root = _folder(tmp_path / "set")
     (root / "images" / "b.png").rename(root / "images" / "b.jpg")  # a PNG under a .jpg name reads
@@ -208,9 +236,9 @@ def test_missing_root_and_split(tmp_path):
 def test_missing_files_listed(tmp_path):
     root = _folder(tmp_path / "set", ids=("a", "b", "c", "d"))
     (root / "images" / "b.png").unlink()
-    (root / "masks" / "d.png").unlink()
-    for n_labels in (None, 3):  # also while counting the labels in the masks
-        with pytest.raises(FileNotFoundError, match=r"2 of .*train\.txt.*b\.png.*d\.png"):
+    (root / "scribbles_x" / "d.png").unlink()
+    for n_labels in (None, 3):  # also after counting the labels
+        with pytest.raises(FileNotFoundError, match=r"2 of .*train\.txt.*b\.png.*scribbles_x/d\.png"):
             FolderDataset(root, n_labels=n_labels)
     root = _folder(tmp_path / "set2")
     (root / "scribbles_x" / "c.png").unlink()
@@ -492,3 +520,37 @@ def test_held_out_needs_enough_images():
 
     with pytest.raises(ValueError, match=r"needs at least 5 training images, got 3"):
         held_out(SyntheticDataset("train", n_images=3), "train-holdout")
+
+
+# ------------------------------------------------------------------ label-map files
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_label_maps_read_back_unchanged_and_images_carry_the_palette(tmp_path, suffix):
+    from admsolve.data.io import PALETTE, read_label_map, write_label_map
+
+    labels = np.random.default_rng(0).integers(0, 256, (7, 9)).astype(np.uint8)
+    path = tmp_path / f"labels{suffix}"
+    write_label_map(path, labels)
+    assert np.array_equal(read_label_map(path), labels)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    if suffix != ".npy":
+        with Image.open(path) as picture:
+            assert picture.mode == "P"
+            colours = np.asarray(picture.convert("RGB"))
+        assert np.array_equal(colours[labels == 1], np.broadcast_to(PALETTE[1], colours[labels == 1].shape))
+        assert np.all(colours[labels == UNLABELED] == 255)
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
+    from admsolve.data.io import write_atomically
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def fails(stream):
+        stream.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(path, fails)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -6,7 +6,7 @@ Layer: imports only NumPy, SciPy, Pillow and :mod:`admsolve._validation`; never 
 the backends or the training side.
 """
 
-from .._lazy import lazy_names
+from .._support import lazy_names
 
 #: Where each public name lives, imported on first access (PEP 562), so that importing one module of
 #: this package (e.g. :mod:`.io` for the command line) does not import SciPy through the others.

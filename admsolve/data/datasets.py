@@ -47,7 +47,7 @@ class Sample(NamedTuple):
     scribbles : (H, W) ndarray of uint8
         Scribbled label 0..K-1, `UNLABELED` (255) where unscribbled.
     mask : (H, W) ndarray of uint8 or None
-        Ground-truth labels, `UNLABELED` where void; None when the dataset has no masks.
+        Ground-truth labels, `UNLABELED` where void; None where the dataset has no mask for the image.
     valid : (H, W) ndarray of bool or None
         The pixels of the photograph, False on padding added by
         :func:`~admsolve.data.augment.augment` (kept out of every loss); None: every pixel.
@@ -76,6 +76,8 @@ class DatasetLike(Protocol):
     def root(self) -> Path | None: ...
     @property
     def scribble_source(self) -> str: ...
+    @property
+    def unmasked(self) -> list[str]: ...
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> Sample: ...
 
@@ -186,8 +188,9 @@ def _class_names(path, masks_name):
 
 
 class _LabelledFolders:
-    """A dataset given the paths of each id's image, mask and (optional) scribbles. The public
-    datasets resolve their layout's paths and hand them here; loading and checks live here."""
+    """A dataset given the paths of each id's image, mask (None: the image has none) and (optional)
+    scribbles. The public datasets resolve their layout's paths and hand them here; loading and checks
+    live here. Every image needs scribbles, or a mask to generate them from."""
 
     def __init__(self, root, split, ids, images, masks, scribble_dir, *, listing, n_labels,
                  class_names, scribble_length, seed, cache):
@@ -198,6 +201,13 @@ class _LabelledFolders:
         self.class_names = list(class_names)
         self._images = images
         self._masks = masks
+        self.unmasked = [image_id for image_id, mask in zip(self.ids, masks) if mask is None]
+        if scribble_dir is None and self.unmasked:
+            shown = ", ".join(repr(i) for i in self.unmasked[:_SHOWN])
+            more = f" and {len(self.unmasked) - _SHOWN} more" if len(self.unmasked) > _SHOWN else ""
+            raise FileNotFoundError(f"scribbles: {len(self.unmasked)} images of {str(listing)!r} have neither "
+                                    f"scribbles (no scribbles*/ folder in {str(root)!r}) nor a mask to generate "
+                                    f"them from: {shown}{more}")
         self._scribbles = None if scribble_dir is None else [scribble_dir / f"{i}.png" for i in ids]
         self._length = scribble_length
         self._seed = seed
@@ -206,7 +216,7 @@ class _LabelledFolders:
         else:
             self.scribble_source = scribble_dir.name
         self._cache = {} if cache else None
-        _check_present(self._images + self._masks + (self._scribbles or []), listing)
+        _check_present(self._images + [m for m in masks if m is not None] + (self._scribbles or []), listing)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -236,8 +246,8 @@ class _LabelledFolders:
         image_id = self.ids[index]
         image_path, mask_path = self._images[index], self._masks[index]
         image = read_image(image_path)
-        mask = self._labels(mask_path, "mask")
-        if mask.shape != image.shape[:2]:
+        mask = None if mask_path is None else self._labels(mask_path, "mask")
+        if mask is not None and mask.shape != image.shape[:2]:
             raise ValueError(f"mask: {str(mask_path)!r} is {_size(mask)} but image "
                              f"{str(image_path)!r} is {_size(image)} (id {image_id!r})")
         if self._scribbles is None:
@@ -255,7 +265,7 @@ class _LabelledFolders:
             if np.all(scribbles == UNLABELED):
                 raise ValueError(f"scribbles: no scribbled pixel in {str(path)!r} "
                                  f"(id {image_id!r})")
-        return Sample(image_id, _read_only(image), _read_only(scribbles), _read_only(mask))
+        return Sample(image_id, _read_only(image), _read_only(scribbles), None if mask is None else _read_only(mask))
 
 
 def _size(array):
@@ -282,7 +292,9 @@ class FolderDataset(_LabelledFolders):
 
     ``root/images/<id>.(png|jpg|jpeg)``, ``root/masks/<id>.png`` (255 void), optional
     ``root/scribbles*/<id>.png`` (255 unscribbled), ``root/<split>.txt`` id lists (``list.txt``:
-    all ids) and optional ``root/classes.json`` (class names).
+    all ids) and optional ``root/classes.json`` (class names). Masks are optional where there are
+    scribbles (an image without one has ``mask=None``, and is listed in ``unmasked``); generated
+    scribbles need every image's mask.
 
     Parameters
     ----------
@@ -300,7 +312,8 @@ class FolderDataset(_LabelledFolders):
         Seed of the generated scribbles, combined with each image's id.
     n_labels : int, optional
         The number of labels K where there is no classes.json; by default the largest non-void
-        value in the masks of ``list.txt`` (else of the split) plus one.
+        value in the masks and scribbles found (those of the ids in ``list.txt``, else every file of
+        ``masks/`` and the scribble folder) plus one.
     cache : bool, optional
         Keep each sample in memory once loaded (the default: these datasets are small, and
         generating scribbles costs more than keeping them).
@@ -314,6 +327,8 @@ class FolderDataset(_LabelledFolders):
     class_names : list of str
     scribble_source : str
         The scribble folder's name, or "generated (length L, seed S)".
+    unmasked : list of str
+        The ids whose image has no mask.
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", *, scribbles: str = "auto",
@@ -323,7 +338,7 @@ class FolderDataset(_LabelledFolders):
         ids = _read_ids(split, root)
         found = _find_images(root / "images", ids)
         images = [path or root / "images" / f"{i}.png" for i, path in zip(ids, found)]
-        masks = [root / "masks" / f"{i}.png" for i in ids]
+        masks = [path if path.is_file() else None for path in (root / "masks" / f"{i}.png" for i in ids)]
         folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("scribbles"))
         scribble_dir = _resolve_scribbles(root, scribbles, folders[0] if folders else None)
         listing = root / f"{split}.txt"
@@ -339,29 +354,31 @@ class FolderDataset(_LabelledFolders):
             if n_labels > UNLABELED:
                 raise ValueError(f"n_labels: expected at most {UNLABELED} labels, got {n_labels}")
         else:
-            _check_present(images + masks, listing)  # before reading the masks
-            n_labels = _count_labels(root, masks)
+            n_labels = _count_labels(root, scribble_dir)
         super().__init__(root, split, ids, images, masks, scribble_dir, listing=listing,
                          n_labels=n_labels, class_names=names or [str(k) for k in range(n_labels)],
                          scribble_length=scribble_length, seed=seed, cache=cache)
 
 
-def _count_labels(root, split_masks):
-    """Largest non-void value in the masks of list.txt (else of the split) plus one."""
+def _count_labels(root, scribble_dir):
+    """Largest non-void value in the masks and scribbles found, plus one: those of the ids of list.txt
+    where there is one, else every PNG in masks/ and `scribble_dir` (None: generated scribbles)."""
+    folders = [root / "masks"] + ([] if scribble_dir is None else [scribble_dir])
     if (root / "list.txt").is_file():
-        masks = [root / "masks" / f"{i}.png" for i in _read_ids("list", root)]
-        masks = [path for path in masks if path.is_file()]
+        ids = _read_ids("list", root)
+        paths = [folder / f"{i}.png" for folder in folders for i in ids]
     else:
-        masks = split_masks
+        paths = sorted(path for folder in folders if folder.is_dir() for path in folder.glob("*.png"))
     top = -1
-    for path in masks:
-        labels = read_label_map(path, "mask")
-        labels = labels[labels != UNLABELED]
-        if labels.size:
-            top = max(top, int(labels.max()))
+    for path in paths:
+        if path.is_file():
+            labels = read_label_map(path, "scribbles" if path.parent == scribble_dir else "mask")
+            labels = labels[labels != UNLABELED]
+            if labels.size:
+                top = max(top, int(labels.max()))
     if top < 0:
-        raise ValueError(f"n_labels: the masks in {str(root / 'masks')!r} hold no labelled pixel; "
-                         f"pass n_labels")
+        raise ValueError(f"n_labels: the masks and scribbles of {str(root)!r} hold no labelled pixel; "
+                         f"pass n_labels or write classes.json")
     return top + 1
 
 
@@ -475,6 +492,7 @@ class SyntheticDataset:
         self.root = None
         self.split = split
         self.ids = [f"synthetic-{split}-{i:03d}" for i in range(n_images)]
+        self.unmasked: list[str] = []
         self.class_names = ["background"] + [f"object {k}" for k in range(1, self.n_labels)]
         self.scribble_source = f"generated (length {self._length:g}, seed {self._seed})"
         self._colours = _hue_colours(self.n_labels)
@@ -563,6 +581,8 @@ class Subset:
         self.ids = [dataset.ids[i] for i in self.indices]
         self.n_labels, self.class_names = dataset.n_labels, dataset.class_names
         self.root, self.scribble_source = dataset.root, dataset.scribble_source
+        unmasked = set(dataset.unmasked)
+        self.unmasked = [image_id for image_id in self.ids if image_id in unmasked]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -591,9 +611,13 @@ class MaskSupervision:
     upper bound of Table 2, trained by the same loop."""
 
     def __init__(self, dataset: DatasetLike) -> None:
+        if dataset.unmasked:
+            raise ValueError(f"scribbles: 'masks' trains on the full masks, but {len(dataset.unmasked)} images of "
+                             f"split {dataset.split!r} have none (first: {dataset.unmasked[0]!r})")
         self.dataset, self.split, self.ids = dataset, dataset.split, dataset.ids
         self.n_labels, self.class_names, self.root = dataset.n_labels, dataset.class_names, dataset.root
         self.scribble_source = "masks (full supervision)"
+        self.unmasked: list[str] = []
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -1,10 +1,11 @@
-"""Reading images and label maps, writing label maps, overlays and contact sheets."""
+"""Reading images and label maps, writing label maps, overlays and contact sheets (every file written
+atomically, through :func:`write_atomically`)."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ PALETTE = np.array([
     (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
     (255, 215, 180), (0, 0, 128), (128, 128, 128),
 ], dtype=np.uint8)
+#: Colour of UNLABELED (void, unscribbled) pixels in a label map's palette.
+VOID_COLOUR = (255, 255, 255)
 
 
 #: File types a label map is written to: lossless ones only (JPEG would change the labels).
@@ -50,6 +53,16 @@ def _one_line(exc):
     """The first line of an exception's message."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def probe_image(path: str | os.PathLike[str], name: str = "image") -> tuple[int, int]:
+    """(height, width) of the picture in `path`, from its header only (cheap: checks that a file is an image
+    before any work); a one-line ValueError naming the file when it is not one."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({_one_line(exc)})") from None
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -129,29 +142,47 @@ def check_image_path(path: str | os.PathLike[str], name: str = "output") -> Path
     return path
 
 
+def write_atomically(path: str | os.PathLike[str], write: Callable[[object], object]) -> None:
+    """Call ``write(stream)`` on a binary file whose contents replace `path` as a whole when it returns
+    (:func:`admsolve._files.atomic_file`): `path` holds its old content (or nothing) until the new one is
+    whole, and a failed write names the file and leaves it as it was."""
+    with atomic_file(path) as stream:
+        write(stream)
+
+
+def label_palette() -> list[int]:
+    """The 256 colours of a label map's palette, flattened (r, g, b, r, ...): label k in PALETTE's colour
+    (as :func:`colorize`), UNLABELED in :data:`VOID_COLOUR`."""
+    colours = colorize(np.arange(256))
+    colours[UNLABELED] = VOID_COLOUR
+    return colours.ravel().tolist()
+
+
 def write_label_map(path: str | os.PathLike[str], labels: ArrayLike, name: str = "output") -> None:
-    """Write labels (values 0..255) as a single-channel PNG or TIFF, or as a ``.npy`` array of uint8;
-    other file types are refused (see :func:`check_label_map_path`)."""
+    """Write labels (values 0..255) as a single-channel PNG or TIFF with a palette (pixel value = label,
+    shown in :func:`label_palette`'s colours by any viewer), or as a ``.npy`` array of uint8; other file
+    types are refused (see :func:`check_label_map_path`). The file is written atomically."""
     path = check_label_map_path(path, name)
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.size == 0 or labels.min() < 0 or labels.max() > 255:
         raise ValueError(f"labels: expected a 2-D array of values 0..255, got array of shape {labels.shape}")
     labels = labels.astype(np.uint8)
     if path.suffix.lower() == ".npy":
-        with atomic_file(path) as stream:
-            np.save(stream, labels)
-    else:
-        save_picture(Image.fromarray(labels), path)
+        write_atomically(path, lambda stream: np.save(stream, labels))
+        return
+    picture = Image.fromarray(labels)
+    picture.putpalette(label_palette())  # mode P, the same values
+    write_image(path, picture, name)
 
 
-def save_picture(picture: Image.Image, path: str | os.PathLike[str], **options) -> Path:
-    """Save a Pillow picture in the format its extension names (`options` go to ``Image.save``),
-    replacing `path` as a whole (:func:`admsolve._files.atomic_file`: a failed write names the file
-    and leaves it as it was)."""
-    path = Path(path)
-    with atomic_file(path) as stream:
-        picture.save(stream, format=Image.registered_extensions()[path.suffix.lower()], **options)
-    return path
+def write_image(path: str | os.PathLike[str], picture: ArrayLike | Image.Image, name: str = "output",
+                **options) -> None:
+    """Write a picture ((H, W, 3) uint8 array or a Pillow image) in the format its extension names
+    (`options` go to ``Image.save``), atomically (:func:`write_atomically`)."""
+    path = check_image_path(path, name)
+    picture = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+    file_format = Image.registered_extensions()[path.suffix.lower()]
+    write_atomically(path, lambda stream: picture.save(stream, format=file_format, **options))
 
 
 def colorize(labels: ArrayLike) -> np.ndarray:
@@ -186,4 +217,4 @@ def save_sheet(path: str | os.PathLike[str], tiles: Sequence[np.ndarray], captio
         x, y = (i % columns) * width, (i // columns) * (height + caption_height)
         draw.text((x + 3, y + 1), caption, fill="black")
         sheet.paste(Image.fromarray(tile), (x, y + caption_height))
-    save_picture(sheet, path)
+    write_image(path, sheet, "sheet")

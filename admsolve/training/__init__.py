@@ -1,7 +1,8 @@
 """Training segmentation networks from scribbles with regularized losses (optional: needs torch).
 
 Losses (a function and an ``nn.Module`` each), the ADM latent step, the training loop of
-Algorithm 1 (:func:`train`, :func:`resume`, :func:`evaluate_run`), the optimizer comparison
+Algorithm 1 (:func:`train`, :func:`resume`), applying and scoring a trained network (:class:`Predictor`,
+:func:`dense_crf`, :func:`evaluate_run`, :func:`export_run`), the optimizer comparison
 (:func:`compare`), networks and metrics. The core of :mod:`admsolve` does not import this
 subpackage. :mod:`.config` (the settings of a run) is torch-free, so the command line can read it
 without torch; every other name here is imported on first use and needs PyTorch
@@ -10,7 +11,7 @@ without torch; every other name here is imported on first use and needs PyTorch
 Layer: the highest below the command line; imports data, energies, filters, backends and solve.
 """
 
-from .._lazy import lazy_names
+from .._support import lazy_names
 
 from .config import TrainConfig
 
@@ -18,12 +19,13 @@ from .config import TrainConfig
 _HOMES = {
     "ADMStep": "adm",
     "compare": "comparison", "format_table": "comparison",
-    "TrainingDiverged": "loop", "evaluate_run": "loop", "read_metrics": "loop", "resume": "loop", "train": "loop",
+    "TrainingDiverged": "loop", "read_metrics": "loop", "resume": "loop", "train": "loop",
     "DenseCRFLoss": "losses", "GridCRFLoss": "losses", "PartialCrossEntropyLoss": "losses", "ProximalLoss": "losses",
     "dense_crf_loss": "losses", "grid_crf_loss": "losses", "partial_cross_entropy": "losses", "proximal_loss": "losses",
     "SegmentationScores": "metrics", "confusion_matrix": "metrics",
     "ASPP": "models", "DeepLabV3": "models", "EffNetLite0ASPP": "models", "EfficientNetLite0": "models",
     "SmallFCN": "models", "build_model": "models", "efficientnet_lite0": "models", "wrap_model": "models",
+    "CRF_DEFAULTS": "crf", "dense_crf": "crf", "Predictor": "prediction", "export_run": "export", "evaluate_run": "prediction",
     "Plan": "reproduction", "reproduce": "reproduction", "write_report": "reproduction",
 }
 
@@ -32,6 +34,9 @@ __getattr__, __dir__ = lazy_names(__name__, _HOMES)
 
 __all__ = [
     "ADMStep",
+    "CRF_DEFAULTS",
+    "Predictor",
+    "dense_crf",
     "ASPP",
     "DeepLabV3",
     "EffNetLite0ASPP",
@@ -51,6 +56,7 @@ __all__ = [
     "dense_crf_loss",
     "efficientnet_lite0",
     "evaluate_run",
+    "export_run",
     "format_table",
     "grid_crf_loss",
     "partial_cross_entropy",

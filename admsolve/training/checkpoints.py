@@ -1,5 +1,6 @@
-"""The files of a run folder: ``config.json``, ``checkpoint.pt`` (replaced atomically) and
-``metrics.jsonl`` (one record per evaluated epoch)."""
+"""The files of a run folder: ``config.json``, ``model.json`` (what the network is: its labels, their
+names, the model, its input), ``checkpoint.pt`` (replaced atomically), ``checkpoint-best.pt`` (the
+network of the best validation mIoU) and ``metrics.jsonl`` (one record per evaluated epoch)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ import numpy as np
 import torch
 
 from .._files import append_line, atomic_file, folder_lock, write_text
+from .._validation import UNLABELED
 from .config import TrainConfig
+
+#: The network's description in a run folder: enough, with a checkpoint, to apply it to new images.
+MODEL_FILE = "model.json"
+#: The checkpoint of the best validation mIoU, beside the last one (``checkpoint.pt``).
+BEST_CHECKPOINT = "checkpoint-best.pt"
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -195,4 +202,47 @@ def read_config(run: str | os.PathLike[str]) -> TrainConfig:
     path = Path(run) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"run: no config.json in {str(run)!r}: not a run folder")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"run: {str(path)!r} is not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"run: expected the settings of a run (a JSON object) in {str(path)!r}, "
+                         f"got {type(values).__name__}")
+    return TrainConfig.from_dict(values)
+
+
+def write_model_info(run: str | os.PathLike[str], *, n_labels: int, class_names: list[str], model: str,
+                     normalization: dict | None) -> None:
+    """Write ``RUN/model.json`` (atomically): the number of labels, their names, the model (a name of
+    :data:`~admsolve.training.config.MODELS` or "package.module:factory") and its input: RGB images
+    (N, 3, H, W), float pixel / 255, normalised inside the network as ``normalization`` says
+    (``{"mean", "std"}`` per channel, or None where the network is the user's)."""
+    info = {"n_labels": int(n_labels), "class_names": [str(name) for name in class_names], "model": model,
+            "input": "RGB (N, 3, H, W), float pixel / 255 in [0, 1]", "normalization": normalization}
+    write_text(Path(run) / MODEL_FILE, json.dumps(info, indent=2) + "\n")
+
+
+def read_model_info(run: str | os.PathLike[str]) -> dict:
+    """``RUN/model.json`` checked (see :func:`write_model_info`): a dict with ``n_labels``,
+    ``class_names``, ``model`` and ``normalization``; a one-line ValueError naming the file when it is
+    damaged, FileNotFoundError when it is absent."""
+    path = Path(run) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run: no {MODEL_FILE} in {str(run)!r} (a run trained before runs recorded "
+                                f"their network; 'admsolve evaluate RUN' writes it)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"run: {str(path)!r} is not readable JSON ({_first_line(exc)})") from None
+    n_labels = info.get("n_labels") if isinstance(info, dict) else None
+    if isinstance(n_labels, bool) or not isinstance(n_labels, int) or not 1 <= n_labels <= UNLABELED:
+        raise ValueError(f"run: expected n_labels, an integer in [1, {UNLABELED}], in {str(path)!r}, "
+                         f"got {n_labels!r}")
+    names = info.get("class_names")
+    if not isinstance(names, list) or len(names) != n_labels or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"run: expected class_names, a list of {n_labels} strings, in {str(path)!r}, "
+                         f"got {str(names)[:80]}")
+    if not isinstance(info.get("model"), str):
+        raise ValueError(f"run: expected model, a name, in {str(path)!r}, got {info.get('model')!r}")
+    return info

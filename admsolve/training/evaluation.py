@@ -71,22 +71,37 @@ class Evaluator:
 
     Parameters
     ----------
-    train_set, val_set : datasets of :mod:`admsolve.data` (val with masks)
+    train_set : dataset of :mod:`admsolve.data`, or None
+        Where the grid-CRF loss on training images is measured (None: not measured).
+    val_set : dataset of :mod:`admsolve.data`
+        Scored where every image has a mask; where none has, only the losses are measured (``scored``
+        is False); a split where some images have masks and others not is refused.
     n_labels : int
     connectivity : int
         Of the grid CRF whose loss is measured.
     seed : int
         Picks the training images measured.
     device : torch.device
+    postprocess : callable, optional
+        ``postprocess(image, probs)`` -> labels: the (H, W) labels scored, from the (H, W, 3) uint8
+        image and the network's (H, W, K) float32 softmax (e.g. a dense CRF); by default argmax.
     """
 
-    def __init__(self, train_set: DatasetLike, val_set: DatasetLike, *, n_labels: int, connectivity: int, seed: int,
-                 device: torch.device, processes: Processes | None = None) -> None:
+    def __init__(self, train_set: DatasetLike | None, val_set: DatasetLike, *, n_labels: int, connectivity: int,
+                 seed: int, device: torch.device, processes: Processes | None = None,
+                 postprocess: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
         self.train_set, self.val_set = train_set, val_set
         self.n_labels, self.connectivity, self.device = n_labels, connectivity, device
+        self.postprocess = postprocess
+        self.scored = not val_set.unmasked
+        if val_set.unmasked and len(val_set.unmasked) < len(val_set):
+            raise ValueError(f"val: {len(val_set.unmasked)} of the {len(val_set)} images of split {val_set.split!r} "
+                             f"have no mask (first: {val_set.unmasked[0]!r}); scores need every image's mask, "
+                             f"losses alone none")
         self.processes = Processes() if processes is None else processes
         share = slice(self.processes.rank, None, self.processes.world_size)  # this process's images
-        picked = np.random.default_rng(seed).permutation(len(train_set))[:TRAIN_EVAL_IMAGES]
+        picked = [] if train_set is None else \
+            np.random.default_rng(seed).permutation(len(train_set))[:TRAIN_EVAL_IMAGES]
         self.train_images = sorted(picked)[share]
         self.val_images = list(range(len(val_set)))[share]
 
@@ -109,8 +124,9 @@ class Evaluator:
 
     def __call__(self, model: torch.nn.Module, *, sheet: str | os.PathLike[str] | None = None,
                  progress: Callable[[int, int], object] | None = None) -> dict:
-        """Scores on the validation set and grid-CRF losses on train and val (one dict); draws the
-        prediction sheet in the file `sheet` when given. `progress(done, total)` follows the images."""
+        """Scores on the validation set (where it has masks) and grid-CRF losses on train (where
+        measured) and val (one dict); draws the prediction sheet in the file `sheet` when given.
+        `progress(done, total)` follows the images."""
         total = len(self.val_images) + len(self.train_images)
 
         def val_progress(done, _):
@@ -126,17 +142,25 @@ class Evaluator:
         train_losses: list[torch.Tensor] = []
         tiles: list[tuple[Sample, np.ndarray]] = []
         for images, probs, samples in self.predict(model, self.val_set, self.val_images, progress=val_progress):
-            predictions = probs.argmax(1).cpu().numpy()
+            if self.postprocess is None:
+                predictions = probs.argmax(1).cpu().numpy()
+            else:
+                predictions = [self.postprocess(sample.image, image_probs)
+                               for sample, image_probs in zip(samples, probs.permute(0, 2, 3, 1).cpu().numpy())]
             for sample, prediction in zip(samples, predictions):
-                scores.update(prediction, sample.mask)
+                if self.scored:
+                    scores.update(prediction, sample.mask)
                 if sheet is not None and len(tiles) < SHEET_IMAGES:
                     tiles.append((sample, prediction))
             val_losses.append(grid_crf_per_pixel(probs, images, connectivity=self.connectivity).cpu())
         for images, probs, _ in self.predict(model, self.train_set, self.train_images, progress=train_progress):
             train_losses.append(grid_crf_per_pixel(probs, images, connectivity=self.connectivity).cpu())
         scores.combine(self.processes.sum)
-        result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")}
+        result = {key: value for key, value in scores.result().items() if key not in ("iou", "pixels")} \
+            if self.scored else {}
         for split, batches in (("train", train_losses), ("val", val_losses)):
+            if split == "train" and self.train_set is None:
+                continue
             losses = torch.cat(batches).numpy() if batches else np.zeros((0, 2))
             sums = self.processes.sum(np.concatenate([losses.sum(axis=0), [len(losses)]]))
             result[f"grid_crf_loss_{split}"], result[f"grid_crf_energy_{split}"] = (sums[:2] / sums[2]).tolist()

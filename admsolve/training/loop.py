@@ -37,16 +37,20 @@ import torch
 
 from ..data import open_dataset
 from .batches import TrainingBatches
-from .checkpoints import (StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state, lock_folder,
-                          read_config, read_metrics, rng_state, set_rng_state, write_config, write_records)
+from .checkpoints import (BEST_CHECKPOINT, StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state,
+                          lock_folder, read_config, read_metrics, rng_state, set_rng_state, write_config,
+                          write_model_info, write_records)
 from .config import TrainConfig
 from .distributed import start
 from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
-from .models import build_model, wrap_model
+from .models import build_model, input_normalization, wrap_model
 from .objective import Objective
 
-__all__ = ["Progress", "Trainer", "TrainingDiverged", "evaluate_run", "read_metrics", "resume", "train"]
+__all__ = ["NO_VALIDATION", "Progress", "Trainer", "TrainingDiverged", "read_metrics", "resume", "train"]
+
+#: The validation split that means none: the run trains without evaluation.
+NO_VALIDATION = "none"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -99,16 +103,20 @@ class Trainer:
         self.config = config = dataclasses.replace(config.resolved(), world_size=self.processes.world_size)
         datasets = [open_dataset(config.data, split, scribbles=config.scribbles,
                                  scribble_length=config.scribble_length, seed=config.seed)
-                    for split in (config.train_split, config.val_split)]
-        self.n_labels = datasets[0].n_labels
-        if datasets[1].n_labels != self.n_labels:
+                    for split in (config.train_split, config.val_split) if split != NO_VALIDATION]
+        self.n_labels, self.class_names = datasets[0].n_labels, datasets[0].class_names
+        if len(datasets) > 1 and datasets[1].n_labels != self.n_labels:
             raise ValueError(f"data: the train split has {self.n_labels} labels but val has {datasets[1].n_labels}")
         self.batches = TrainingBatches(datasets[0], batch_size=config.batch_size,
                                        crop_size=(config.crop_size,) * 2, scale=config.scale,
                                        seed=config.seed, device=self.device, workers=config.loader_workers,
                                        rank=self.processes.rank, world_size=self.processes.world_size)
-        self.evaluator = Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity,
-                                   seed=config.seed, device=self.device, processes=self.processes)
+        self.evaluator = None if len(datasets) == 1 else \
+            Evaluator(*datasets, n_labels=self.n_labels, connectivity=config.connectivity, seed=config.seed,
+                      device=self.device, processes=self.processes)
+        if self.evaluator is not None and not self.evaluator.scored and self.processes.main:
+            print(f"admsolve: note: the val split {config.val_split!r} has no masks: its losses are recorded, "
+                  f"no scores (and no checkpoint-best.pt)", file=sys.stderr)
         torch.manual_seed(config.seed)
         self.model = (build_model(config.model, self.n_labels, weights=config.weights, dropout=config.dropout) if model is None
                       else wrap_model(model, self.n_labels)).to(self.device)
@@ -275,7 +283,7 @@ class Trainer:
         if records is None:  # a checkpoint written before the records travelled with it
             records = [record for record in read_metrics(self.out) if record["epoch"] <= self.epoch]
         self.records = [dict(record) for record in records]
-        if self.epoch and (not self.records or self.records[-1]["epoch"] < self.epoch):
+        if self.epoch and self.evaluator is not None and (not self.records or self.records[-1]["epoch"] < self.epoch):
             # the last completed epoch has no record (an older checkpoint whose metrics were lost): evaluate again
             record = {"epoch": self.epoch, "iteration": self.iteration, "phase": self.phase(self.epoch),
                       "train_time": 0.0, "reevaluated": True}
@@ -297,7 +305,7 @@ class Trainer:
             # the figures (curves.png, predictions.png) are drawn at each phase's end and at most every PLOT_INTERVAL
             draw = epoch in (config.pretrain_epochs, config.total_epochs) or \
                 time.perf_counter() - self.plotted >= PLOT_INTERVAL
-            if self.evaluated(epoch):
+            if self.evaluator is not None and self.evaluated(epoch):
                 began = time.perf_counter()
                 record.update(self.evaluate(sheet=self.out / "predictions.png" if draw else None))
                 record["eval_time"] = time.perf_counter() - began
@@ -305,6 +313,7 @@ class Trainer:
             self.records.append(record)
             self.save()
             if self.processes.main:
+                self.save_best(record)
                 self.steps.epoch(record)
                 write_records(self.out / "metrics.jsonl", self.records)
                 if draw:
@@ -316,6 +325,18 @@ class Trainer:
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
                                f"{record['train_loss']:.4f}{scores} ({record['train_time']:.1f} s)")
         return self.records
+
+    def save_best(self, record: dict[str, Any]) -> None:
+        """Keep the network in ``checkpoint-best.pt`` when `record` has the best val mIoU of the run so far."""
+        scores = [earlier["miou"] for earlier in self.records[:-1] if "miou" in earlier]
+        if "miou" in record and (not scores or record["miou"] > max(scores)):
+            atomic_save({"model": self.model.state_dict(), "epoch": self.epoch, "miou": record["miou"]},
+                        self.out / BEST_CHECKPOINT)
+
+    def write_model_info(self) -> None:
+        """``model.json``: the labels, their names, the model and its input normalisation."""
+        write_model_info(self.out, n_labels=self.n_labels, class_names=self.class_names, model=self.config.model,
+                         normalization=input_normalization(self.model))
 
     def evaluated(self, epoch: int) -> bool:
         """Whether epoch `epoch` ends with an evaluation: every ``eval_every``-th epoch and the last
@@ -373,6 +394,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = 
         trainer = Trainer(config, out, progress=progress, model=model)
         if trainer.processes.main:
             write_config(out, trainer.config)
+            trainer.write_model_info()
         return trainer.run()
 
 
@@ -399,18 +421,3 @@ def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: 
             trainer = Trainer(config, run, progress=progress)
         return trainer.run()
 
-
-def evaluate_run(run: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a run's last checkpoint: validation scores and grid-CRF losses (a dict), and
-    ``predictions.png`` / ``curves.png`` redrawn in the run folder."""
-    run = Path(run)
-    config = read_config(run)
-    if not (run / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"run: no checkpoint.pt in {str(run)!r} (the run has not finished an epoch)")
-    trainer = Trainer(config, run, progress=progress)
-    trainer.model.load_state_dict(load_model_state(run / "checkpoint.pt", trainer.model, "checkpoint"))
-    result = trainer.evaluate(sheet=run / "predictions.png")
-    records = read_metrics(run)
-    if records:
-        plot_curves(records, run / "curves.png", title=describe_config(config))
-    return result

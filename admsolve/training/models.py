@@ -16,7 +16,6 @@ model has a ``backbone`` and a ``classifier`` submodule (for separate learning r
 """
 
 import importlib
-import math
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from .._validation import as_scalar
 from .config import MODELS, is_factory
 
 __all__ = ["MODELS", "ASPP", "DeepLabV3", "EffNetLite0ASPP", "EfficientNetLite0", "EfficientNetLite0Features",
-           "SmallFCN", "build_model", "efficientnet_lite0", "wrap_model"]
+           "SmallFCN", "build_model", "efficientnet_lite0", "input_normalization", "wrap_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,13 +173,24 @@ def _effnet_bn(channels):
 
 class _SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding, as the EfficientNet weights were trained: output size
-    ceil(input / stride), an odd total padding putting its extra pixel at the bottom and right."""
+    ceil(input / stride), an odd total padding putting its extra pixel at the bottom and right.
+
+    The total padding (ceil(n / s) - 1) s + (k - 1) d + 1 - n is computed as (k - 1) d - (n - 1) mod s, the
+    same number for kernels at least as wide as the stride (every EfficientNet convolution), in integer
+    operations that tracing records: an exported graph (ONNX, TorchScript) pads right at any input size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kernel, stride, dilation in zip(self.kernel_size, self.stride, self.dilation):
+            if (kernel - 1) * dilation + 1 < stride:
+                raise ValueError(f"stride: expected at most the kernel's extent {(kernel - 1) * dilation + 1}, "
+                                 f"got {stride}")
 
     def forward(self, x):
         padding = []
         for size, kernel, stride, dilation in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1],
                                                   self.dilation[::-1]):
-            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            total = (kernel - 1) * dilation - (size - 1) % stride
             padding += [total // 2, total - total // 2]
         return F.conv2d(F.pad(x, padding), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
@@ -396,6 +406,9 @@ class EffNetLite0ASPP(nn.Module):
     dropout : float, optional
         Probability of dropping a feature of the ASPP output before the conv1x1 classifier while
         training (the authors' DeepLab-LargeFOV has dropout 0.5 there); 0: none.
+    pretrained : bool, optional
+        False: the backbone randomly initialised, no weights file read (for loading a trained
+        network's state into).
 
     Attributes
     ----------
@@ -407,7 +420,8 @@ class EffNetLite0ASPP(nn.Module):
         Between the two (no parameters: the state dict is that of any dropout).
     """
 
-    def __init__(self, n_labels: int, *, weights=None, channels: int = 128, dropout: float = 0.0):
+    def __init__(self, n_labels: int, *, weights=None, channels: int = 128, dropout: float = 0.0,
+                 pretrained: bool = True):
         super().__init__()
         n_labels = as_scalar(n_labels, "n_labels", minimum=1, integer=True)
         channels = as_scalar(channels, "channels", minimum=1, integer=True)
@@ -416,7 +430,8 @@ class EffNetLite0ASPP(nn.Module):
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         self.n_labels = n_labels
         self.normalize = _Normalize(EFFNET_LITE_MEAN, EFFNET_LITE_STD)
-        self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16)
+        self.backbone = efficientnet_lite0(weights, features_only=True, output_stride=16) if pretrained else \
+            EfficientNetLite0Features(output_stride=16)
         self.classifier = nn.Sequential(ASPP(1280, channels), nn.Conv2d(channels, n_labels, 1))
         self.dropout = nn.Dropout(dropout)
 
@@ -426,6 +441,16 @@ class EffNetLite0ASPP(nn.Module):
         aspp, conv = self.classifier
         logits = conv(self.dropout(aspp(self.backbone(self.normalize(x)))))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def input_normalization(model: nn.Module) -> dict | None:
+    """``{"mean": [r, g, b], "std": [r, g, b]}`` that `model` applies inside to its [0, 1] images
+    ((x - mean) / std), or None where it is not one of this module's networks (a user's network
+    normalises as it does, unknown here)."""
+    normalize = getattr(model, "normalize", None)
+    if not isinstance(normalize, _Normalize):
+        return None
+    return {name: [round(value, 6) for value in getattr(normalize, name).flatten().tolist()] for name in ("mean", "std")}
 
 
 # --------------------------------------------------------------------------- any network
@@ -588,7 +613,7 @@ def _backbone_state(state, name):
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
 
 
-def build_model(name: str, n_labels: int, *, weights=None, dropout: float = 0.0) -> nn.Module:
+def build_model(name: str, n_labels: int, *, weights=None, dropout: float = 0.0, pretrained: bool = True) -> nn.Module:
     """One of :data:`MODELS`, or a user's network, taking (N, 3, H, W) images in [0, 1] and returning
     (N, K, H, W) logits.
 
@@ -615,6 +640,9 @@ def build_model(name: str, n_labels: int, *, weights=None, dropout: float = 0.0)
     dropout : float, optional
         ``"effnet-lite0"`` only: dropout before its classifier while training (see
         :class:`EffNetLite0ASPP`).
+    pretrained : bool, optional
+        False: the architecture alone, randomly initialised, no file read (`weights` ignored): the
+        network into which a trained state is loaded (:class:`admsolve.training.Predictor`).
 
     Returns
     -------
@@ -641,8 +669,10 @@ def build_model(name: str, n_labels: int, *, weights=None, dropout: float = 0.0)
         raise TypeError(f"weights: expected a path to a local file or None, got {type(weights).__name__}")
     if dropout and name != "effnet-lite0":
         raise ValueError(f"dropout: expected 0 for {name!r} (only effnet-lite0 has a dropout layer), got {dropout!r}")
+    if not pretrained:
+        weights = None
     if name == "effnet-lite0":
-        return EffNetLite0ASPP(n_labels, weights=weights, dropout=dropout)
+        return EffNetLite0ASPP(n_labels, weights=weights, dropout=dropout, pretrained=pretrained)
     if name not in MODELS:
         factory = _factory(name)
         try:

@@ -35,7 +35,7 @@ from .._validation import describe
 from ..backends import DEFAULT_PREFERENCE
 from ..energies import GridCRF
 from ..data import open_dataset
-from ..data.io import save_picture
+from ..data.io import write_image
 from .checkpoints import lock_folder
 from .comparison import _run, _unused_to_defaults
 from .config import CONFIGURATIONS, TrainConfig
@@ -666,7 +666,7 @@ def _sheet(results, folder, path, report):
         top += picture.height + 20
     if sheet.width > SHEET_WIDTH:  # a figure for reading in the repository, not the runs' full-size sheets
         sheet = sheet.resize((SHEET_WIDTH, round(sheet.height * SHEET_WIDTH / sheet.width)), Image.LANCZOS)
-    save_picture(sheet, path, quality=80)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
+    write_image(path, sheet, "sheet", quality=80)  # JPEG: photographs (a PNG of the stacked sheets weighs megabytes)
     return [f"Fig. 5: ![]({path.relative_to(report.parent)})", ""]
 
 
