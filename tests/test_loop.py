@@ -49,8 +49,14 @@ def test_a_run_writes_its_folder_and_metrics(data, tmp_path, optimizer, regulari
         config(data, optimizer=optimizer, regularizer=regularizer).resolved()
 
 
-def test_resume_after_a_stop_reproduces_the_next_epoch(data, tmp_path, monkeypatch):
-    settings = config(data, optimizer="adm", regularizer="grid", epochs=2)
+#: The knobs of the authors' regime (issue 19), which must round-trip through resume too.
+REGIME = dict(finetune_optimizer="sgd", finetune_lr=1e-4, finetune_schedule="step", schedule="constant",
+              proximal_weight=1.5, latent_init="label-0")
+
+
+@pytest.mark.parametrize("regime", [{}, REGIME], ids=["defaults", "authors-regime"])
+def test_resume_after_a_stop_reproduces_the_next_epoch(data, tmp_path, monkeypatch, regime):
+    settings = config(data, optimizer="adm", regularizer="grid", epochs=2, **regime)
     whole = train(settings, tmp_path / "whole", progress=False)
 
     def stop_after_epoch_2(self, line):

@@ -1,6 +1,6 @@
 """The knobs of the authors' regime (issue 19, item 2): the regularized phase's own optimizer, learning
 rate and schedule, the proximal term's weight, the latent step's start and effnet-lite0's dropout; each
-recorded in config.json, each changing what it should, all round-tripping through resume."""
+recorded in config.json and changing what it should (their round trip through resume is in test_loop)."""
 
 import json
 
@@ -11,13 +11,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from admsolve.cli import main  # noqa: E402
-from admsolve.training import ADMStep, TrainConfig, read_metrics, resume, train  # noqa: E402
+from admsolve.training import ADMStep, TrainConfig, train  # noqa: E402
 from admsolve.training.comparison import _comparable  # noqa: E402
-from admsolve.training.loop import Progress  # noqa: E402
 from admsolve.training.objective import Objective  # noqa: E402
 
-REGIME = dict(finetune_optimizer="sgd", finetune_lr=1e-4, finetune_schedule="step", schedule="constant",
-              proximal_weight=1.5, latent_init="label-0")
+from test_loop import REGIME  # noqa: E402  (its resume test round-trips the regime's knobs)
 
 
 def config(data, **settings):
@@ -54,25 +52,6 @@ def test_without_the_knobs_the_regularized_phase_restarts_the_first_phase_s_opti
     steps = _steps(run)
     assert steps[len(steps) // 2]["lr"] == 1e-3  # a new poly schedule from --lr
     assert "exp_avg" in next(iter(torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["state"].values()))
-
-
-def test_the_regime_round_trips_through_resume(data, tmp_path, monkeypatch):
-    settings = config(data, **REGIME)
-    whole = train(settings, tmp_path / "whole", progress=False)
-
-    def stop_after_epoch_2(self, line):
-        if line.startswith("epoch 2/"):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Progress, "done", stop_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(settings, tmp_path / "stopped", progress=True)
-    monkeypatch.undo()
-    resumed = resume(tmp_path / "stopped", progress=False)
-    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
-    for key in ("train_loss", "train_proximal", "miou"):
-        assert resumed[3][key] == pytest.approx(whole[3][key], rel=1e-6, abs=1e-9), key
-    assert _steps(tmp_path / "stopped") == pytest.approx(_steps(tmp_path / "whole"))
 
 
 def _batch(seed=0, n=2, k=3, size=12):

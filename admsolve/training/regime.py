@@ -38,7 +38,7 @@ from .._files import write_text
 from .._validation import describe
 from .checkpoints import lock_folder
 from .config import NETWORK_OPTIMIZERS, TrainConfig
-from .reproduction import TABLE_CONFIGURATIONS, _fit, _score, check_data, run_group
+from .reproduction import TABLE_CONFIGURATIONS, _fit, _score, check_data, load_description, run_group
 
 #: The authors' regime in TrainConfig's terms (see the module's docstring). lam is eq. 8's Potts weight
 #: with gamma 1: the ratio lam / gamma that decides X.
@@ -205,13 +205,7 @@ def _study(base, out, plan, *, progress, train):
 
 def load(folder: str | os.PathLike[str]) -> tuple[TrainConfig, RegimePlan]:
     """The base configuration and plan a regime study folder was run with (its ``regime.json``)."""
-    path = Path(folder) / REGIME_FILE
-    try:
-        stored = json.loads(path.read_text())
-        return TrainConfig.from_dict(stored["base"]), RegimePlan(**stored["plan"])
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"study: {str(path)!r} is not a regime study of admsolve reproduce "
-                         f"({type(exc).__name__}: {exc})") from None
+    return load_description(Path(folder) / REGIME_FILE, RegimePlan)
 
 
 # --------------------------------------------------------------------------- the report

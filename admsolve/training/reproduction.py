@@ -256,10 +256,14 @@ STUDY_FILE = "study.json"
 
 def load_study(folder: str | os.PathLike[str]) -> tuple[TrainConfig, Plan]:
     """The base configuration and plan a study folder was run with (its ``study.json``)."""
-    path = Path(folder) / STUDY_FILE
+    return load_description(Path(folder) / STUDY_FILE, Plan)
+
+
+def load_description(path: Path, plan_type: type) -> tuple[TrainConfig, Any]:
+    """The base configuration and the plan (of `plan_type`) a study's description file `path` holds."""
     try:
         stored = json.loads(path.read_text())
-        return TrainConfig.from_dict(stored["base"]), Plan(**stored["plan"])
+        return TrainConfig.from_dict(stored["base"]), plan_type(**stored["plan"])
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"study: {str(path)!r} is not a study description of admsolve reproduce "
                          f"({type(exc).__name__}: {exc})") from None
