@@ -495,8 +495,16 @@ def _add_training_arguments(parser, *, skip=()):
             parser.add_argument(flag, type=kind, choices=choices, help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line (``admsolve: error: ...``, exit 2) like every
+    other error of the command line; ``--help`` shows the usage."""
+
+    def error(self, message):
+        self.exit(2, f"admsolve: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="admsolve", description=__doc__)
+    parser = _Parser(prog="admsolve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"admsolve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

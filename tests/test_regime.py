@@ -135,10 +135,12 @@ def test_bad_regime_settings_print_one_line_and_exit_2(flags, message, tmp_path,
 
 @pytest.mark.parametrize("flags", [["--schedule", "cosine"], ["--finetune-optimizer", "lbfgs"],
                                    ["--latent-init", "zeros"]])
-def test_unknown_regime_choices_are_usage_errors(flags, tmp_path):
+def test_unknown_regime_choices_are_usage_errors(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "run"), *flags])
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("admsolve: error: argument " + flags[0])
 
 
 def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_reports(tmp_path, monkeypatch):
