@@ -16,8 +16,8 @@ The study's parts, per dataset, each a group of :func:`~admsolve.training.reprod
 - ``tuning/``: on the held-back fifth of train (``train-fit`` to fit, ``train-holdout`` to score, seed
   0), a pCE phase of ``pretrain_epochs`` (its holdout curve shows whether it stopped rising), then
   regularized phases of ``tuning_epochs``: first the fine-tuning optimizer and lr (:attr:`RegimePlan.finetune`,
-  ADM grid at the authors' values), then with it ADM grid's lam/gamma and proximal weight and GD
-  grid's lam; pCE continued is the reference.
+  ADM grid at the authors' values), then with it ADM grid's lam/gamma at the authors' proximal weight,
+  the other proximal weights at the best ratio, and GD grid's lam; pCE continued is the reference.
 - ``seed-<s>/``: the main table (pCE, GD grid, ADM grid on every seed; GD dense and ADM dense on the
   first) with ``epochs`` of fine-tuning, at least 5x the first study's 3 epochs.
 - the ablation (first seed): ADM grid with one difference taken back to the first study's setting at a
@@ -65,7 +65,7 @@ class RegimePlan:
 
     seeds: tuple = (0, 1, 2)
     pretrain_epochs: int = 12
-    tuning_epochs: int = 8
+    tuning_epochs: int = 4
     epochs: int = 15
     finetune: tuple = (("sgd", 1e-4), ("sgd", 3e-4), ("sgd", 1e-3), ("adam", 1e-4), ("adam", 3e-4), ("adam", 1e-3))
     ratios: tuple = (16.0, 40.0, 80.0, 160.0)
@@ -103,7 +103,8 @@ def _finetune_name(kind, lr):
 
 def tune(base: TrainConfig, folder: Path, plan: RegimePlan, *, progress: bool, train: bool) -> dict[str, Any]:
     """The tuning on the held-back fifth of train: the fine-tuning optimizer and lr, then ADM grid's
-    ratio and proximal weight and GD grid's lam. Returns {"finetune", "adm", "gd" (each the chosen settings,
+    ratio (at the authors' proximal weight), then the other proximal weights at the best ratio, and GD
+    grid's lam. Returns {"finetune", "adm", "gd" (each the chosen settings,
     or None while their runs have not finished), "rows" (every run with its holdout mIoU), "pce" (the
     reference run)}."""
     fit = dataclasses.replace(_fit(base), epochs=plan.tuning_epochs)
@@ -118,19 +119,27 @@ def tune(base: TrainConfig, folder: Path, plan: RegimePlan, *, progress: bool, t
     best = max(stage, key=lambda name: _score(results[name]))
     finetune = {"finetune_optimizer": stage[best]["finetune_optimizer"], "finetune_lr": stage[best]["finetune_lr"]}
     suffix = _finetune_name(finetune["finetune_optimizer"], finetune["finetune_lr"])
-    adm = {f"adm-grid-{suffix}-r{ratio:g}-p{weight:g}": {**_adm(ratio, weight), **finetune}
-           for ratio in plan.ratios for weight in plan.proximal_weights}
+    def adm_runs(pairs):
+        return {f"adm-grid-{suffix}-r{ratio:g}-p{weight:g}": {**_adm(ratio, weight), **finetune} for ratio, weight in pairs}
+
+    adm = adm_runs((ratio, AUTHORS["proximal_weight"]) for ratio in plan.ratios)  # the ratio at the authors' weight
     gd = {f"gd-grid-{suffix}-lam{lam:g}": {**TABLE_CONFIGURATIONS["gd-grid"][1], "lam": lam, **finetune}
           for lam in plan.gd_lams}
     reference = {f"pce-{suffix}": {**TABLE_CONFIGURATIONS["pce"][1], **finetune}}
     results.update(run_group(fit, folder, {**adm, **gd, **reference}, progress=progress, train=train))
+    chosen["finetune"] = finetune
+    chosen["pce"] = results[next(iter(reference))]
+    if all(results[name]["status"] != "not run" for name in adm):  # then the other weights at the best ratio
+        ratio = adm[max(adm, key=lambda name: _score(results[name]))]["lam"] / AUTHORS["gamma"]
+        weights = adm_runs((ratio, weight) for weight in plan.proximal_weights if weight != AUTHORS["proximal_weight"])
+        results.update(run_group(fit, folder, weights, progress=progress, train=train))
+        adm.update(weights)
     rows += [_row(part, name, settings, results[name])  # (the stage-1 winner stands in its row above)
              for part, runs in (("adm", adm), ("gd", gd), ("pce", reference)) for name, settings in runs.items()
              if name not in stage]
-    chosen["finetune"] = finetune
-    chosen["pce"] = results[next(iter(reference))]
     for part, runs in (("adm", adm), ("gd", gd)):
-        if all(results[name]["status"] != "not run" for name in runs):
+        if all(results[name]["status"] != "not run" for name in runs) and \
+                (part == "gd" or len(runs) == len(plan.ratios) + len(plan.proximal_weights) - 1):
             chosen[part] = runs[max(runs, key=lambda name: _score(results[name]))]
     for row in rows:
         row["chosen"] = ", ".join(part for part, chose in (("fine-tuning", row["run"] == best),
