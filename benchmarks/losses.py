@@ -20,8 +20,14 @@ also measures their load); the relative difference of the float32 loss from the 
 this batch; the machine's load average before and after; and the target (issue 10): the float32
 DenseCRFLoss at most 1.0x rloss's filter time.
 
+``--device cuda`` times instead both losses (float32) on the CPU, with torch's threads, and on the
+GPU (the batch and the images already there; the timing waits for the GPU), the dense one through
+CuPy; it prints each loss's speed-up on CUDA (target: the dense loss at least 10x faster than on
+the CPU) and checks that the CUDA values and gradients equal the CPU's within float32 rounding
+("agreement: FAIL" otherwise, and exit status 1).
+
     python benchmarks/losses.py [--batch 8] [--labels 21] [--size 256] [--repeats 5] [--data DIR]
-                                [--rloss DIR] [--torch-threads N]
+                                [--rloss DIR] [--torch-threads N] [--device cpu|cuda]
 
 rloss's filter is not part of admsolve. To build it (a SWIG wrapper of a small C++ permutohedral
 lattice, https://github.com/meng-tang/rloss, folder pytorch/wrapper/bilateralfilter, as its
@@ -54,6 +60,10 @@ from admsolve.training import DenseCRFLoss, GridCRFLoss
 
 GRABCUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grabcut"
 SXY, SRGB = 80.0, 13.0
+#: CUDA against the CPU, float32: bounds on the relative difference of the loss values, and on the largest
+#: difference of a gradient entry relative to the largest gradient entry.
+VALUE_BOUND, GRADIENT_BOUND = 1e-4, 1e-3
+CUDA_TARGET = 10.0  # the dense loss on CUDA at least this many times faster than on the CPU
 
 
 def load_crops(folder, count, size):
@@ -96,11 +106,77 @@ def rloss_filter(images, probs, directory):
 
 
 def forward_backward(loss, probs, images):
-    """A function computing loss(S, images) and its gradient."""
+    """A function computing loss(S, images) and its gradient, returning both (the gradient as the
+    tensor's ``grad``); on CUDA it waits for the GPU to finish."""
     def run():
         leaf = probs.detach().requires_grad_(True)
-        loss(leaf, images).backward()
+        value = loss(leaf, images)
+        value.backward()
+        if probs.device.type == "cuda":
+            torch.cuda.synchronize(probs.device)
+        return value, leaf.grad
     return run
+
+
+def median_times(runs, repeats):
+    """{name: (median wall seconds, median process CPU seconds)} of the functions `runs`, run in turn in each
+    of `repeats` rounds after one untimed run each (JIT compilation, first touch)."""
+    for run in runs.values():
+        run()
+    seconds = {name: [] for name in runs}
+    cpu_seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            began, cpu_began = time.perf_counter(), time.process_time()
+            run()
+            seconds[name].append(time.perf_counter() - began)
+            cpu_seconds[name].append(time.process_time() - cpu_began)
+    return {name: (statistics.median(seconds[name]), statistics.median(cpu_seconds[name])) for name in runs}
+
+
+def compare_cuda(args, images, probs32):
+    """--device cuda: both losses on the CPU and on CUDA, their times and their agreement; 1 if a CUDA
+    value or gradient differs from the CPU's beyond the bounds, else 0."""
+    from admsolve._array import cuda_status
+
+    status = cuda_status()
+    if status is not True or not torch.cuda.is_available():
+        print(f"--device cuda: {status if status is not True else 'torch finds no CUDA device'}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    tensor_images = torch.as_tensor(images).permute(0, 3, 1, 2)
+    inputs = {"cpu": (probs32, images, tensor_images),
+              "cuda": (probs32.to(device), tensor_images.to(device), tensor_images.to(device))}
+    runs = {}
+    for place, (probs, dense_images, grid_images) in inputs.items():
+        runs[("DenseCRFLoss", place)] = forward_backward(DenseCRFLoss(SXY, SRGB), probs, dense_images)
+        runs[("GridCRFLoss (8-connected)", place)] = forward_backward(GridCRFLoss(), probs, grid_images)
+    load_before = os.getloadavg()
+    times = median_times(runs, args.repeats)
+    load_after = os.getloadavg()
+    print(f"losses forward + backward, float32, N={args.batch}, K={args.labels}, {args.size}x{args.size} crops of "
+          f"{args.data.name}; median of {args.repeats} runs; CPU: {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads; CUDA: {torch.cuda.get_device_name(device)}")
+    print(f"load average (1, 5, 15 min): before {', '.join(f'{x:.2f}' for x in load_before)}; "
+          f"after {', '.join(f'{x:.2f}' for x in load_after)}")
+    header = (f"{'':<28} {'CPU s':>8} {'CUDA s':>8} {'speed-up':>9} {'value rel. diff':>15} "
+              f"{'gradient rel. diff':>18}")
+    print(header + "\n" + "-" * len(header))
+    failed = False
+    for name in dict.fromkeys(name for name, _ in runs):
+        (cpu_value, cpu_gradient), (cuda_value, cuda_gradient) = (runs[name, place]() for place in inputs)
+        value_diff = abs(cuda_value.item() - cpu_value.item()) / abs(cpu_value.item())
+        gradient_diff = ((cuda_gradient.cpu() - cpu_gradient).abs().max() / cpu_gradient.abs().max()).item()
+        failed |= not (value_diff <= VALUE_BOUND and gradient_diff <= GRADIENT_BOUND)
+        speedup = times[name, "cpu"][0] / times[name, "cuda"][0]
+        print(f"{name:<28} {times[name, 'cpu'][0]:>8.4f} {times[name, 'cuda'][0]:>8.4f} {speedup:>8.1f}x "
+              f"{value_diff:>15.1e} {gradient_diff:>18.1e}")
+    speedup = times["DenseCRFLoss", "cpu"][0] / times["DenseCRFLoss", "cuda"][0]
+    print(f"target: DenseCRFLoss on CUDA >= {CUDA_TARGET:g}x faster than on the CPU: {speedup:.1f}x "
+          f"{'PASS' if speedup >= CUDA_TARGET else 'FAIL'}")
+    print(f"agreement: CUDA values within {VALUE_BOUND:g} and gradients within {GRADIENT_BOUND:g} (relative) of "
+          f"the CPU's: {'FAIL' if failed else 'PASS'}")
+    return 1 if failed else 0
 
 
 def main():
@@ -113,6 +189,8 @@ def main():
     parser.add_argument("--rloss", help="folder of rloss's built bilateralfilter module")
     parser.add_argument("--torch-threads", type=int, help="torch's intra-op threads (default: torch's own); "
                         "on a machine busy with other jobs its idle threads spin and take CPU from the rest")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: both losses on the CPU against CUDA (see above)")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -122,6 +200,8 @@ def main():
     images = load_crops(args.data, args.batch, args.size)
     probs64 = soft_labels(args.batch, args.labels, args.size)
     probs32 = probs64.to(torch.float32)
+    if args.device == "cuda":
+        return compare_cuda(args, images, probs32)
     tensor_images = torch.as_tensor(images).permute(0, 3, 1, 2)
     threads = os.cpu_count()
     runs = {
@@ -138,20 +218,11 @@ def main():
     value32 = DenseCRFLoss(SXY, SRGB)(probs32, images).item()
     value64 = DenseCRFLoss(SXY, SRGB)(probs64, images).item()
     load_before = os.getloadavg()
-    for run in runs.values():  # untimed: JIT compilation, first touch
-        run()
-    seconds = {name: [] for name in runs}
-    cpu_seconds = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            began, cpu_began = time.perf_counter(), time.process_time()
-            run()
-            seconds[name].append(time.perf_counter() - began)
-            cpu_seconds[name].append(time.process_time() - cpu_began)
+    times = median_times(runs, args.repeats)
     load_after = os.getloadavg()
 
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    cpu_median = {name: statistics.median(values) for name, values in cpu_seconds.items()}
+    median = {name: wall for name, (wall, _) in times.items()}
+    cpu_median = {name: cpu for name, (_, cpu) in times.items()}
     reference = median["DenseCRFLoss float64, 1 thread (previous)"]
     rloss_name = next((name for name in runs if name.startswith("rloss")), None)
     print(f"dense-CRF loss forward + backward, N={args.batch}, K={args.labels}, {args.size}x{args.size} "

@@ -36,22 +36,23 @@ LAM, GAMMA = 2.0, 1.0
 GCO_MAX_TERM = 10_000_000  # GCO_MAX_ENERGYTERM: GCO throws above it, and the wrapper then aborts
 
 
-def image_ids(count):
-    """The first `count` GrabCut ids (sorted), or None where the data is absent."""
-    path = os.path.join(DATA, "list.txt")
+def image_ids(count, folder=DATA):
+    """The first `count` GrabCut ids (sorted) of `folder`, or None where the data is absent."""
+    path = os.path.join(folder, "list.txt")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         return sorted(line.strip() for line in f if line.strip())[:count]
 
 
-def load_image(image_id, size):
-    """(size, size, 3) uint8 image (bilinear) and (size, size) scribbles (nearest; 255 = unlabeled)."""
-    path = os.path.join(DATA, "images", f"{image_id}.png")
+def load_image(image_id, size, folder=DATA):
+    """(size, size, 3) uint8 image (bilinear) and (size, size) scribbles (nearest; 255 = unlabeled) of the
+    GrabCut folder `folder`."""
+    path = os.path.join(folder, "images", f"{image_id}.png")
     if not os.path.exists(path):
         path = path[:-4] + ".jpg"
     image = Image.open(path).convert("RGB")
-    scribbles = Image.open(os.path.join(DATA, "scribbles_set1", f"{image_id}.png"))
+    scribbles = Image.open(os.path.join(folder, "scribbles_set1", f"{image_id}.png"))
     return (np.asarray(image.resize((size, size), Image.BILINEAR)),
             np.asarray(scribbles.resize((size, size), Image.NEAREST)))
 
