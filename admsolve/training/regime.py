@@ -119,6 +119,7 @@ def tune(base: TrainConfig, folder: Path, plan: RegimePlan, *, progress: bool, t
     best = max(stage, key=lambda name: _score(results[name]))
     finetune = {"finetune_optimizer": stage[best]["finetune_optimizer"], "finetune_lr": stage[best]["finetune_lr"]}
     suffix = _finetune_name(finetune["finetune_optimizer"], finetune["finetune_lr"])
+
     def adm_runs(pairs):
         return {f"adm-grid-{suffix}-r{ratio:g}-p{weight:g}": {**_adm(ratio, weight), **finetune} for ratio, weight in pairs}
 
