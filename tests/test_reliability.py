@@ -780,3 +780,16 @@ def test_issue22_a_failed_label_map_write_leaves_the_old_file(scene, capsys, mon
                  "--backend", "numba-icm"]) == 2
     one_line_error(capsys, f"cannot write {str(out)!r}: No space left on device (ENOSPC)")
     assert out.read_bytes() == b"the previous result" and not list(folder.glob("*.tmp"))
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, capsys):
+    from admsolve.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--data", str(tmp_path / "no-such-data")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not run.exists()
+    existing = tmp_path / "mine"
+    (existing / "notes").mkdir(parents=True)  # a folder the user made is kept, whatever fails
+    assert main(["train", "--out", str(existing), "--data", str(tmp_path / "no-such-data")]) == 2
+    assert (existing / "notes").is_dir()

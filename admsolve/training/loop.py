@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 import torch
 
+from .._files import LOCK_FILE
 from ..data import open_dataset
 from .batches import TrainingBatches
 from .checkpoints import (BEST_CHECKPOINT, StepLog, atomic_save, check_model_state, load_checkpoint, load_model_state,
@@ -387,11 +388,18 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = 
         When a loss is NaN or infinite (after saving the network of the step before).
     """
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with lock_folder(out, "out"):
         if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
             raise FileExistsError(f"out: {str(out)!r} already holds a run; resume it or choose another folder")
-        trainer = Trainer(config, out, progress=progress, model=model)
+        try:
+            trainer = Trainer(config, out, progress=progress, model=model)
+        except BaseException:
+            if created and [path.name for path in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()  # a run that could not start leaves no folder behind
+                out.rmdir()
+            raise
         if trainer.processes.main:
             write_config(out, trainer.config)
             trainer.write_model_info()
