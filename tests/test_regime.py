@@ -149,7 +149,7 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
 
     monkeypatch.setitem(regime.AUTHORS, "dropout", 0.0)  # fcn-small has no dropout layer: the regime without it
     base = TrainConfig(data="synthetic", batch_size=8, crop_size=48, workers=1, model="fcn-small")
-    plan = regime.RegimePlan(seeds=(0,), pretrain_epochs=1, tuning_epochs=1, epochs=1,
+    plan = regime.RegimePlan(seeds=(0, 1), pretrain_epochs=1, tuning_epochs=1, epochs=1,
                              finetune=(("sgd", 1e-3), ("adam", 1e-3)), ratios=(80,), proximal_weights=(1.0, 1.5),
                              gd_lams=(2, 16), dense=(), ablation=("start",))
     out = tmp_path / "synthetic-authors"
@@ -158,9 +158,11 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
     stage = [row for row in tuning["rows"] if row["part"] == "finetune"]
     best = max(stage, key=lambda row: row["miou"])
     assert best["chosen"].startswith("fine-tuning")
-    adm = [row for row in tuning["rows"] if row["part"] == "adm"]  # the other weight at the best (only) ratio
-    assert [(row["settings"]["lam"], row["settings"]["proximal_weight"]) for row in adm] == [(80.0, 1.0)]
-    assert tuning["adm"] == max([best, *adm], key=lambda row: row["miou"])["settings"]
+    adm = [row for row in tuning["rows"] if row["part"] == "adm"]  # the ratio, then the other weight at it
+    assert [(row["settings"]["lam"], row["settings"]["proximal_weight"]) for row in adm] == [(80.0, 1.5), (80.0, 1.0)]
+    assert all(row["settings"]["restrict_labels"] and row["run"].endswith("-restricted") for row in adm)
+    assert "restrict_labels" not in best["settings"]  # the first stage expands on every label
+    assert tuning["adm"] == max(adm, key=lambda row: row["miou"])["settings"]
     assert tuning["finetune"] == {"finetune_optimizer": best["settings"]["finetune_optimizer"],
                                   "finetune_lr": best["settings"]["finetune_lr"]}
     gd = [row for row in tuning["rows"] if row["part"] == "gd"]
@@ -173,8 +175,15 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
             stored.lam, stored.epochs) == (tuning["finetune"]["finetune_optimizer"], "step", "label-0",
                                     tuning["adm"]["proximal_weight"], 80.0, 1)
     assert first["pce"]["config"].finetune_lr == tuning["finetune"]["finetune_lr"]
-    assert result["ablation"]["adm-grid-start"]["config"].latent_init == "argmax"
-    assert result["ablation"]["adm-grid-start"]["status"] == "finished"
+    second = result["tables"][1]["adm-grid"]["config"]  # every seed fine-tunes the one pCE phase of main/
+    assert first["adm-grid"]["config"].init == second.init == str((out / "main" / "pretrain" / "checkpoint.pt").resolve())
+    assert (first["adm-grid"]["config"].seed, second.seed) == (0, 1)
+    assert sorted(p.name for p in (out / "main").iterdir() if p.is_dir()) == \
+        ["adm-grid-seed0", "adm-grid-seed1", "gd-grid-seed0", "gd-grid-seed1", "pce-seed0", "pce-seed1", "pretrain"]
+    start = result["ablation"]["start"]  # the chosen ADM grid of the tuning, but for the start
+    assert (start["config"].latent_init, start["config"].train_split, start["config"].epochs) == \
+        ("argmax", "train-fit", plan.tuning_epochs)
+    assert start["status"] == "finished"
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
     again = regime.study(base, out, plan, progress=False)
@@ -183,5 +192,5 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
     for heading in ("ADM in its authors' regime", "### Tuning", "### Main table", "### Table 1", "### Ablation",
                     "ADM grid minus GD grid", "### The pCE phase"):
         assert heading in text, heading
-    adm = first["adm-grid"]["records"][-1]
-    assert f"{adm['miou']:.4f}" in text.split("### Main table")[1].split("###")[0]
+    mean = sum(result["tables"][seed]["adm-grid"]["records"][-1]["miou"] for seed in (0, 1)) / 2
+    assert f"{mean:.4f} ± " in text.split("### Main table")[1].split("###")[0]
