@@ -155,6 +155,9 @@ def solve(problem: LabelingProblem, backend: str | Callable[..., dict] | None = 
     elapsed = time.perf_counter() - began
     labels = outcome.pop("labels")
     outcome.setdefault("message", stop_message(outcome, options.get("max_iter")))
+    note = outcome.pop("note", None)
+    if note:
+        outcome["message"] += f"; {note}"
     sweeps = iterations_run(outcome)
     outcome.pop("iterations", None)
     return SolveResult(labels=labels, energy=problem.energy(labels), backend=name,

@@ -6,13 +6,18 @@ and lambda = 2. Every energy printed is ``problem.energy(labels)``, admsolve's r
 
     python benchmarks/solvers.py [--images 3] [--sizes 321] [--labels 2 5 21] [--connectivity 4 8]
                                  [--sweeps 5] [--repeats 3] [--backends maxflow numba-icm] [--no-extras]
+                                 [--memory-sizes 1024 2048]
 
 After the main table come the extras (skipped with --no-extras): batch throughput of solve_batch,
 expansion restricted to a label subset, and the Numba JIT compile and cached start-up times.
+--memory-sizes adds, for each size, gco against numba-expansion's memory layouts on the first image
+(K = the largest of --labels, 8-connected): time and peak memory beyond the problem's arrays, each
+solver in a process of its own.
 """
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
@@ -155,6 +160,8 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median reported)")
     parser.add_argument("--backends", nargs="+", help="admsolve backends (default: all available)")
     parser.add_argument("--no-extras", action="store_true", help="only the main table")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[],
+                        help="sizes at which to measure time and peak memory of gco and the expansion layouts")
     args = parser.parse_args()
     if min(args.labels) < 2:
         parser.error("--labels: every K must be >= 2 (the scribbles use labels 0 and 1)")
@@ -310,6 +317,60 @@ def subset_section(ids, args):
                       f"x{t_full / t_part:5.1f} faster, energy {100 * gap:+.4f}% vs all{verdict}")
 
 
+MEMORY_CHILD = """
+import json, sys, time
+sys.path[:0] = sys.argv[1:3]
+import solvers
+import admsolve as adm
+image_id, size, n_labels, sweeps, solver = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+problem = solvers.make_problem(*solvers.load_image(image_id, size), image_id, n_labels, 8)
+small = solvers.make_problem(*solvers.load_image(image_id, 48), image_id, n_labels, 8)
+if solver == "gco":
+    solvers.gco_solve(small, sweeps)
+else:
+    adm.solve(small, "numba-expansion", max_iter=sweeps, memory=solver)  # compiled, or loaded from the cache
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) restarts from the current resident size
+if solver == "gco":
+    labels, seconds, _ = solvers.gco_solve(problem, sweeps)
+    message = ""
+else:
+    result = adm.solve(problem, "numba-expansion", max_iter=sweeps, memory=solver)
+    labels, seconds, message = result.labels, result.time, result.message
+print(json.dumps({"seconds": seconds, "peak": status("VmHWM:") - before, "energy": problem.energy(labels),
+                  "message": message}))
+"""
+
+
+def memory_section(ids, args):
+    """Time and peak memory beyond the problem's arrays (resident set: the peak during the solve minus
+    the size before it, the problem built), gco against numba-expansion's layouts, each in a new process."""
+    n_labels = max(args.labels)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for size in args.memory_sizes:
+        print(f"\nmemory: {size}x{size}, K={n_labels}, 8-conn, image {ids[0]}, max {args.sweeps} sweeps; peak "
+              f"resident memory beyond the problem's arrays, each solver in a new process")
+        rows = {}
+        for solver in ("gco", "fast", "lean", "auto"):
+            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, here, os.path.dirname(here), ids[0], str(size),
+                                   str(n_labels), str(args.sweeps), solver], check=True, capture_output=True, text=True)
+            rows[solver] = row = json.loads(done.stdout.strip().splitlines()[-1])
+            name = "gco" if solver == "gco" else f"numba-expansion memory={solver!r}"
+            gap = (row["energy"] - rows["gco"]["energy"]) / abs(rows["gco"]["energy"])
+            print(f"  {name:32s} {row['seconds']:7.2f} s ({row['seconds'] / rows['gco']['seconds']:.2f}x gco), "
+                  f"peak +{row['peak'] / 2**20:6.0f} MiB ({row['peak'] / rows['gco']['peak']:.2f}x gco), "
+                  f"energy {100 * gap:+.5f}% {row['message'].partition('; ')[2]}", flush=True)
+        for solver in ("lean", "auto"):
+            row = rows[solver]
+            ok = (row["seconds"] <= 0.3 * rows["gco"]["seconds"] and row["peak"] <= rows["gco"]["peak"]
+                  and abs(row["energy"] - rows["gco"]["energy"]) <= 1e-3 * abs(rows["gco"]["energy"]))
+            print(f"    {'PASS' if ok else 'FAIL'}  memory={solver!r}: <= 0.3x gco's time, <= gco's peak memory, "
+                  f"energy within 1e-3")
+
+
 STARTUP = """
 import time
 began = time.perf_counter()
@@ -340,7 +401,7 @@ def main():
         print(f"GrabCut data not found: {DATA}/list.txt is missing", file=sys.stderr)
         return 2
     available = [name for name, ok in adm.available_backends().items()
-                 if ok is True and adm.backends.BACKENDS[name].problem == "GridCRF"]
+                 if ok is True and adm.backends.BACKENDS[name].problem is adm.GridCRF]
     backends = args.backends or available
     unusable = [name for name in backends if name not in available]
     if unusable:
@@ -379,6 +440,7 @@ def main():
         batch_section(ids, args)
         subset_section(ids, args)
         startup_section()
+    memory_section(ids, args)
     return 0
 
 

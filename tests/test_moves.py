@@ -152,3 +152,69 @@ def test_threads_are_used_for_numba_backends_and_agree_with_serial():
     threaded = adm.solve_batch(problems, "numba-expansion", workers=2)
     for a, b in zip(serial, threaded):
         assert np.array_equal(a.labels, b.labels) and a.history == b.history
+
+
+@given(problem=continuous_problems(), data=st.data())
+@settings(max_examples=60)
+def test_the_memory_layouts_make_the_same_moves(problem, data):
+    """numba-expansion's "lean" layout solves every move afresh in one graph, "fast" resumes each
+    label's residual graph: the same labels and energies, sweep by sweep."""
+    init = problem.apply_seeds(data.draw(labelings(problem), label="init"))
+    subset = data.draw(st.none() | st.lists(st.integers(0, problem.n_labels - 1), min_size=1, unique=True),
+                       label="labels")
+    max_iter = data.draw(st.sampled_from([None, 1, 2]), label="max_iter")
+    fast, lean = (adm.solve(problem, "numba-expansion", init=init, labels=subset, max_iter=max_iter, memory=memory)
+                  for memory in ("fast", "lean"))
+    assert (fast.memory, lean.memory) == ("fast", "lean")
+    np.testing.assert_array_equal(fast.labels, lean.labels)
+    np.testing.assert_allclose(fast.history, lean.history, rtol=1e-9)
+
+
+def test_auto_memory_turns_lean_when_the_residual_graphs_would_take_too_much(monkeypatch):
+    from admsolve.backends import numba_expansion
+
+    rng = np.random.default_rng(0)
+    problem = adm.GridCRF(rng.random((40, 30, 5)), rng.random((4, 40, 30)), lam=0.5)
+    needed = numba_expansion.residual_bytes(problem.shape, 4, problem.n_labels)
+    assert needed == 40 * 30 * 5 * (9 * 8 + 4)
+    monkeypatch.setattr(numba_expansion, "available_memory", lambda: 2 * needed)  # the fast graphs: half of it
+    small = adm.solve(problem, "numba-expansion")
+    assert small.memory == "lean" and "memory='auto' chose the lean layout" in small.message
+    assert small.message.startswith("converged")  # the reason it stopped comes first
+    monkeypatch.setattr(numba_expansion, "available_memory", lambda: 4 * needed)  # a quarter: fast still fits
+    roomy = adm.solve(problem, "numba-expansion")
+    assert roomy.memory == "fast" and "memory=" not in roomy.message
+    np.testing.assert_array_equal(small.labels, roomy.labels)
+    assert numba_expansion.available_memory() > 0  # the real figure, read from this machine
+
+
+def test_the_lean_layout_keeps_what_the_flows_changed_within_its_budget():
+    """Peak memory traced while solving to convergence: the fast layout adds about residual_bytes, the
+    lean one at most LEAN_BUDGET whole graphs of changed entries (16 bytes each) and a labeling per label
+    beyond what one working graph needs (measured as lean with max_iter=1: nothing kept)."""
+    import tracemalloc
+
+    from admsolve.backends import numba_expansion
+
+    rng = np.random.default_rng(1)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(96, 96, 12)), 0), 1) / 20  # unaries that vary smoothly
+    problem = adm.GridCRF(smooth - smooth.min(), rng.random((4, 96, 96)), lam=1.0)
+    for memory in ("fast", "lean"):
+        adm.solve(problem, "numba-expansion", memory=memory)  # compiled before measuring
+    peaks, results = {}, {}
+    for name, options in (("fast", dict(memory="fast")), ("lean", dict(memory="lean")),
+                          ("one graph", dict(memory="lean", max_iter=1))):
+        tracemalloc.start()
+        results[name] = adm.solve(problem, "numba-expansion", **options)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert results["lean"].sweeps > 1
+    pixels, residuals = 96 * 96, numba_expansion.residual_bytes(problem.shape, 4, problem.n_labels)
+    assert peaks["fast"] - peaks["lean"] >= 0.5 * residuals
+    assert peaks["lean"] - peaks["one graph"] <= moves.LEAN_BUDGET * 9 * pixels * 16 + 12 * pixels * 4 + 2**16
+
+
+def test_an_unknown_memory_layout_is_refused():
+    problem = adm.GridCRF(np.zeros((4, 4, 3)), np.ones((2, 4, 4)))
+    with pytest.raises(ValueError, match="memory: expected one of 'auto', 'fast', 'lean', got 'small'"):
+        adm.solve(problem, "numba-expansion", memory="small")

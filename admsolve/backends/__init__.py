@@ -5,9 +5,12 @@ The contract: a backend is a module of this package defining
 validated problem of the class it declares (or a subclass) and a starting labeling that satisfies
 the seeds, and returns a dict with at least ``labels`` (a labeling that satisfies the seeds),
 ``history`` (reference energies: the initial labeling's, then one per iteration), ``converged`` and
-``message`` (why it stopped); a backend that records fewer energies than it runs iterations (mean-field's
-``history="ends"``) also returns ``iterations``, the count :func:`~admsolve.solve` reports as ``sweeps``. ``max_iter`` caps the iterations (sweeps of moves, or mean-field
-updates); a backend with a convergence tolerance calls it ``tol``. Backends written with
+``message`` (why it stopped); a backend that records fewer energies than it runs iterations
+(mean-field's ``history="ends"``) also returns ``iterations``, the count :func:`~admsolve.solve` reports
+as ``sweeps``. A backend may add ``note``, a remark :func:`~admsolve.solve` appends to the message
+(numba-expansion's choice of memory layout), and keys of its own, kept in the result. ``max_iter``
+caps the iterations (sweeps of moves, or mean-field updates); a backend with a convergence tolerance
+calls it ``tol``. Backends written with
 array-module operations (``devices`` holds "cuda") take ``device=None``: by default they run where
 the problem's arrays came from (``problem.device``).
 

@@ -249,16 +249,105 @@ def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale
     else:
         _update_residuals(unary, weights, snapshot, labels, alpha, graph)
         resume_max_flow(graph)
-    # the flow value of a resumed graph is off by the reparameterisation, so the move is judged by
-    # the energy change of its cut
-    tree = graph[5]
+    return _apply_cut(unary, weights, labels, alpha, energy_scale, graph[5])
+
+
+@njit(nogil=True, cache=True)
+def _apply_cut(unary, weights, labels, alpha, energy_scale, tree):
+    """Move the sink side of `tree` to alpha if that lowers the energy; True if so. (The flow value of a
+    resumed graph is off by the reparameterisation, so a move is judged by the energy change of its cut.)"""
     if not improves(_energy_change(unary, weights, labels, alpha, tree), 0.0, energy_scale):
         return False
+    height, width = labels.shape
     for y in range(height):
         for x in range(width):
             if tree[y * width + x] == SINK:
                 labels[y, x] = alpha
     return True
+
+
+@njit(nogil=True, cache=True)
+def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr):
+    """Write into (cap, tr) the graph of alpha's expansion move from `labels` before any flow: the
+    forward capacities, none on the reverse edges, tr = source - sink capacity (as max_flow sets it).
+    Entries of edges leaving the image are not written."""
+    n_directions, height, width = weights.shape
+    n = height * width
+    expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
+                         cap[:n_directions].reshape((n_directions, height, width)), pending)
+    for k in range(n_directions, 2 * n_directions):
+        for p in range(n):
+            cap[k, p] = 0.0
+    source, sink = source_cap.reshape(n), sink_cap.reshape(n)
+    for p in range(n):
+        tr[p] = source[p] - sink[p]
+
+
+@njit(nogil=True, cache=True)
+def _changed_entries(cap, tr, fresh_cap, fresh_tr, budget):
+    """Where the residual graph (cap, tr) differs from the fresh graph (fresh_cap, fresh_tr): indices into
+    the rows of cap followed by tr, flattened, and the residual values there; (empty, empty, False) if
+    there are more than `budget`."""
+    rows, n = cap.shape
+    count = 0
+    for k in range(rows):
+        for p in range(n):
+            count += cap[k, p] != fresh_cap[k, p]
+    for p in range(n):
+        count += tr[p] != fresh_tr[p]
+    if count > budget:
+        return np.empty(0, np.int64), np.empty(0), False
+    index, value = np.empty(count, np.int64), np.empty(count)
+    i = 0
+    for k in range(rows):
+        for p in range(n):
+            if cap[k, p] != fresh_cap[k, p]:
+                index[i], value[i] = k * n + p, cap[k, p]
+                i += 1
+    for p in range(n):
+        if tr[p] != fresh_tr[p]:
+            index[i], value[i] = rows * n + p, tr[p]
+            i += 1
+    return index, value, True
+
+
+@njit(nogil=True, cache=True)
+def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
+                  graph, fresh_cap, fresh_tr, snapshot, index, value, resume, budget):
+    """expand_in_place for the lean layout: the residual graph of alpha's last move is kept as the
+    entries (`index`, `value`) where it differs from that move's fresh graph (made from the labels
+    `snapshot`), and rebuilt from them exactly in the one working `graph` when `resume`; otherwise the
+    move starts afresh. `fresh_cap`, `fresh_tr` are scratch arrays like graph's cap and tr, all zero
+    at the entries of edges leaving the image. Returns (moved, index, value, kept): the entries of this
+    move's residual graph, kept unless more than `budget` (then alpha's next move starts afresh; a
+    negative budget: none kept, none looked for)."""
+    cap, tr = graph[3], graph[4]
+    if resume:
+        _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr)
+        rows, n = cap.shape
+        for i in range(index.size):
+            j = index[i]
+            if j < rows * n:
+                cap[j // n, j % n] = value[i]
+            else:
+                tr[j - rows * n] = value[i]
+        _update_residuals(unary, weights, snapshot, labels, alpha, graph)
+    else:
+        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr)
+        _copy(labels, snapshot)
+        if budget >= 0:  # this move's fresh graph, to compare its residual with
+            _copy(cap, fresh_cap)
+            for p in range(tr.shape[0]):
+                fresh_tr[p] = tr[p]
+    resume_max_flow(graph)
+    if budget < 0:  # nothing is to be kept
+        index, value, kept = np.empty(0, np.int64), np.empty(0), False
+    else:
+        if resume:
+            _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, fresh_cap,
+                         fresh_tr)
+        index, value, kept = _changed_entries(cap, tr, fresh_cap, fresh_tr, budget)
+    return _apply_cut(unary, weights, labels, alpha, energy_scale, graph[5]), index, value, kept
 
 
 def move_labels(problem, labels):
@@ -273,7 +362,12 @@ def move_labels(problem, labels):
     return sorted(subset.tolist())
 
 
-def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=None):
+#: The lean layout keeps the changed entries of the labels' residual graphs up to this many times the
+#: entries of one whole graph ((2 D + 1) per pixel), 16 bytes each; beyond, a label's next move starts afresh.
+LEAN_BUDGET = 2
+
+
+def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=None, layout="fast"):
     """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
     until no move lowers the energy or `max_iter`; with two labels and no subset, one exact
     min-cut instead. A move is skipped when the labeling has not changed since that same move last
@@ -283,7 +377,9 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=N
     bool map of sink-side nodes; `edge_cap` is (D, H, W), and with ``symmetric=False`` the reverse
     edges have no capacity. With `flow_solver`, a GridMaxflow of the problem's shape, the moves are
     solved by expand_in_place instead, each label keeping its residual graph from one sweep to the
-    next (min_cut then serves only the two-label cut). Returns the backend result dict.
+    next (min_cut then serves only the two-label cut): ``layout="fast"`` keeps each label's graph whole,
+    "lean" only where its flow left it different from its fresh move (expand_sparse), within
+    :data:`LEAN_BUDGET` in all. Both make the same moves. Returns the backend result dict.
     """
     alphas = move_labels(problem, labels)
     labels = init.copy()
@@ -299,13 +395,30 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=N
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     if flow_solver is None:
         edge_cap = np.empty_like(weights)
-    else:  # each alpha's residual graph and the labels of its last move
+    elif layout == "fast":  # each alpha's residual graph and the labels of its last move
         graphs = dict(zip(alphas, flow_solver.residual_graphs(len(alphas))))
         snapshots = dict(zip(alphas, np.empty((len(alphas), *labels.shape), dtype=labels.dtype)))
         solved = set()
+    else:  # one working graph; per alpha the labels of its last move and its changed entries
+        fresh_cap, fresh_tr = np.zeros_like(flow_solver.graph[3]), np.zeros_like(flow_solver.graph[4])
+        budget = LEAN_BUDGET * fresh_cap.size
+        kept = {}  # alpha -> (snapshot, index, value) while its residual is kept
 
     def expand(alpha, energy_scale):
         """Perform the alpha-expansion move on `labels` if it lowers the energy; True if so."""
+        if flow_solver is not None and layout == "lean":
+            snapshot, index, value = kept.pop(alpha, (None, None, None))
+            resume = snapshot is not None
+            if not resume:
+                snapshot, index, value = np.empty_like(labels), np.empty(0, np.int64), np.empty(0)
+            last_sweep = max_iter is not None and len(history) == max_iter  # no move will resume
+            room = -1 if last_sweep else budget - sum(entry[1].size for entry in kept.values())
+            moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale,
+                                                      source_cap, sink_cap, pending, flow_solver.graph, fresh_cap,
+                                                      fresh_tr, snapshot, index, value, resume, room)
+            if keep:
+                kept[alpha] = snapshot, index, value
+            return moved
         if flow_solver is not None:
             fresh = alpha not in solved
             solved.add(alpha)
