@@ -31,7 +31,8 @@ main table's fine-tuning runs ``epochs`` = 8 (2.7x the first study's steps, not 
 the ablation runs at the tuning length, and from the second tuning stage on ADM expands only on the
 labels of argmax S and of the scribbles (``restrict_labels``), which gave the same X as all 21 labels
 on 80 of 80 latent problems of this regime at 2.1x the speed (measured before it was adopted; the
-first tuning stage ran with all labels).
+first tuning stage ran with all labels). Rerun restricted, that stage's run at ratio 80 was bit-identical
+over all its steps; one at ratio 16 run both ways first differed at step 14 of 144.
 """
 
 from __future__ import annotations
@@ -258,7 +259,9 @@ def section(result: dict[str, Any], report: Path, figures: Path) -> list[str]:
              f"fifth for tuning and the ablation, {plan.epochs} in the main table (the first study: 3 and 3), "
              f"sized to the budget of about 10 CPU hours; ADM runs after the first tuning stage expand only on the "
              f"labels of argmax S and the scribbles (`restrict_labels`: the same X as all labels on 80 of 80 "
-             f"latent problems of this regime, 2.1x faster).", "",
+             f"latent problems of this regime, 2.1x faster; the ratio-80 run of the first stage rerun restricted "
+             f"was bit-identical over all its steps, a ratio-16 run made both ways first differed at step 14 of "
+             f"144, holdout mIoU 0.6533 restricted against 0.6550: both are in the runs' table).", "",
              "Base settings of every run (before the regime's and the tuned values):", "",
              "```", json.dumps({k: v for k, v in dataclasses.asdict(base).items() if k != "init"}), "```", ""]
     lines += _answers(result)
