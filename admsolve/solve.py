@@ -207,7 +207,9 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     backend : str or callable, optional
         As in :func:`solve`; a callable runs in threads.
     workers : int, optional
-        Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread.
+        Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread, as do
+        problems of fewer pixels x labels than the backend's ``threads_from`` in the registry (there the
+        Python around each solve outweighs the compiled work, and threads were slower than one).
     inits : sequence of (H, W) array_like or None, optional
         One starting labeling per problem (``solve``'s ``init=``, per problem).
     problem_options : sequence of dict, optional
@@ -240,6 +242,9 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     jobs = [(problem, chosen, init, {**options, **extra})
             for problem, init, extra in zip(problems, inits, problem_options)]
     workers = min(workers, max(len(jobs), 1))
+    if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].releases_gil and \
+            max(problem.unary.size for problem in problems) < backends.BACKENDS[chosen].threads_from:
+        workers = 1  # problems this small solve faster one after another (the registry's threads_from)
     if workers == 1:
         results = []
         for index, job in enumerate(jobs):

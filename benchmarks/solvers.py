@@ -288,6 +288,30 @@ def batch_section(ids, args):
         verdict = f"   target >= 1.8x: {'PASS' if speedup >= 1.8 else 'FAIL'}" if name == "numba-expansion" else ""
         print(f"  {name:16s} 1 worker {seconds[1]:6.2f} s, 2 workers {seconds[2]:6.2f} s: "
               f"throughput x{speedup:.2f}{verdict}")
+    small_batches(ids, args)
+
+
+def small_batches(ids, args):
+    """8 problems of 48x48 and 96x96 (K = 3 and 21, 8-connected): 1 worker against 2, median of 20 runs;
+    target: 2 workers no slower (below a backend's threads_from, solve_batch solves in the calling thread)."""
+    for n_labels in (3, 21):
+        for size in (48, 96):
+            image, scribbles = load_image(ids[0], size)
+            problems = [make_problem(image, scribbles, f"{ids[0]}-{i}", n_labels, 8) for i in range(8)]
+            parts = []
+            for name in ("numba-expansion", "numba-icm"):
+                seconds = {}
+                for workers in (1, 2):
+                    adm.solve_batch(problems, name, workers=workers, max_sweeps=args.sweeps)
+                    times = []
+                    for _ in range(20):
+                        began = time.perf_counter()
+                        adm.solve_batch(problems, name, workers=workers, max_sweeps=args.sweeps)
+                        times.append(time.perf_counter() - began)
+                    seconds[workers] = statistics.median(times)
+                verdict = "PASS" if seconds[2] <= 1.05 * seconds[1] else "FAIL"
+                parts.append(f"{name} {1e3 * seconds[1]:.1f} / {1e3 * seconds[2]:.1f} ms ({verdict})")
+            print(f"  8 x {size}x{size}, K={n_labels}, 8-conn, 1 / 2 workers: " + ", ".join(parts))
 
 
 def subset_section(ids, args):

@@ -1,6 +1,8 @@
 """The move-making backends against each other: numba-expansion is the same algorithm as maxflow
 on another max-flow, label-subset expansion (labels=) and alpha-beta swap."""
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -145,13 +147,42 @@ def test_swap_from_an_expansion_optimum_stays_below_it(problem):
     assert res.converged
 
 
-def test_threads_are_used_for_numba_backends_and_agree_with_serial():
+def test_threads_are_used_for_numba_backends_and_agree_with_serial(monkeypatch):
+    solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
+
+    threaded_calls = []
+    run_in_threads = solve_module._run_in_threads
+    monkeypatch.setattr(solve_module, "_run_in_threads",
+                        lambda jobs, workers: threaded_calls.append(workers) or run_in_threads(jobs, workers))
     rng = np.random.default_rng(5)
-    problems = [adm.GridCRF(rng.normal(size=(40, 40, 4)), rng.random((2, 40, 40)), lam=1.0) for _ in range(4)]
+    problems = [adm.GridCRF(rng.normal(size=(80, 80, 4)), rng.random((2, 80, 80)), lam=1.0) for _ in range(4)]
     serial = adm.solve_batch(problems, "numba-expansion", workers=1)
     threaded = adm.solve_batch(problems, "numba-expansion", workers=2)
+    assert threaded_calls == [2]
     for a, b in zip(serial, threaded):
         assert np.array_equal(a.labels, b.labels) and a.history == b.history
+
+
+@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap", "numba-icm"])
+def test_problems_below_the_backend_s_threads_from_are_solved_in_the_calling_thread(backend, monkeypatch):
+    """On small problems two threads were slower than one (the GIL around each solve): solve_batch
+    runs them one after another, whatever `workers`; one problem at the threshold brings the threads."""
+    solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
+
+    threaded_calls = []
+    run_in_threads = solve_module._run_in_threads
+    monkeypatch.setattr(solve_module, "_run_in_threads",
+                        lambda jobs, workers: threaded_calls.append(workers) or run_in_threads(jobs, workers))
+    threads_from = adm.backends.BACKENDS[backend].threads_from
+    rng = np.random.default_rng(6)
+    side = int(np.sqrt(threads_from / 4)) - 1  # 4 labels: just under the threshold
+    small = [adm.GridCRF(rng.normal(size=(side, side, 4)), rng.random((2, side, side)), lam=1.0) for _ in range(3)]
+    assert [r.energy for r in adm.solve_batch(small, backend, workers=2)] == \
+        [adm.solve(problem, backend).energy for problem in small]
+    assert threaded_calls == []
+    big = adm.GridCRF(rng.normal(size=(side + 2, side + 2, 4)), rng.random((2, side + 2, side + 2)), lam=1.0)
+    adm.solve_batch([*small, big], backend, workers=2)
+    assert threaded_calls == [2]
 
 
 @given(problem=continuous_problems(), data=st.data())

@@ -46,6 +46,10 @@ class Backend:
     problem: type[LabelingProblem] = GridCRF  # the class of problem it solves (subclasses too)
     monotone: bool = True  # whether the reference energy never rises above the initial labeling's
     devices: tuple[str, ...] = ("cpu",)  # where it can run: "cpu", and "cuda" for array-module backends
+    # pixels x labels of the largest problem of a batch below which solve_batch solves in the calling thread:
+    # on smaller problems the Python around each solve (under the GIL) outweighs the compiled work, and two
+    # threads were slower than one (measured on 2 cores: benchmarks/solvers.py's batch section)
+    threads_from: int = 0
 
 
 BACKENDS: dict[str, Backend] = {
@@ -54,11 +58,11 @@ BACKENDS: dict[str, Backend] = {
         Backend("maxflow", "admsolve.backends.maxflow", ("maxflow",), "maxflow", False,
                 "alpha-expansion, each move a min-cut by PyMaxflow (GPL)"),
         Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
-                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)"),
+                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=16_000),
         Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
-                "alpha-beta swap on admsolve's own Numba max-flow"),
+                "alpha-beta swap on admsolve's own Numba max-flow", threads_from=16_000),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
-                "iterated conditional modes, Numba JIT"),
+                "iterated conditional modes, Numba JIT", threads_from=200_000),
         Backend("relaxed-gd", "admsolve.backends.relaxed_gd", (), "", True,
                 "mirror descent on the relaxed grid-CRF energy (eq. 9), NumPy or CuPy",
                 monotone=False, devices=("cpu", "cuda")),
