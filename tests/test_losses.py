@@ -438,3 +438,13 @@ def test_core_does_not_import_training():
     code = "import sys, admsolve; print('admsolve.training' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_argmax_labels_is_argmax_over_the_labels_first_among_equals():
+    from admsolve.training.losses import argmax_labels
+
+    values = torch.randn(3, 5, 7, 6)
+    values[0, 2] = values[0, 4]  # ties: the first wins, as argmax's
+    values[1, :, 0, 0] = 1.0
+    assert torch.equal(argmax_labels(values), values.argmax(1))
+    assert argmax_labels(values)[1, 0, 0] == 0

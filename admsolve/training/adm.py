@@ -18,7 +18,7 @@ from ..backends import lookup
 from ..energies.problem import LabelingProblem
 from ..energies.unaries import adm_unary
 from ..solve import SolveResult, solve_batch
-from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _describe, _images_as_numpy
+from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _describe, _images_as_numpy, argmax_labels
 from .config import LATENT_INITS
 from .regularizers import lookup_regularizer
 
@@ -182,7 +182,7 @@ class ADMStep:
                                    problem_options=per_problem, **self.solver_options)
         self.problem_pixels = [latent.soft.shape[0] * latent.soft.shape[1] if latent.valid is None else
                                int(latent.valid.sum()) for latent in inputs]
-        labels = probs.detach().argmax(1).cpu().numpy()
+        labels = argmax_labels(probs.detach()).cpu().numpy()
         for i, (result, latent) in enumerate(zip(self.results, inputs)):
             inside = labels[i][latent.box]
             inside[...] = result.labels if self.latent_stride == 1 else \

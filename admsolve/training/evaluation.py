@@ -13,7 +13,7 @@ import torch
 
 from .distributed import Processes
 from ..energies.gridcrf import edge_slices
-from .losses import _contrast_weights, _GridCRFFunction
+from .losses import _contrast_weights, _GridCRFFunction, argmax_labels
 from .metrics import SegmentationScores, prediction_sheet
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def grid_crf_per_pixel(probs: torch.Tensor, images: torch.Tensor, *, connectivit
     on one device; the contrast weights, computed once for both, are those of the 0..255 images.
     """
     soft = probs.double()
-    labels = soft.argmax(1)
+    labels = argmax_labels(soft)
     height, width = labels.shape[1:]
     weights = _contrast_weights(images.double() * 255.0, connectivity)
     potts = soft.new_zeros(len(soft))
@@ -143,7 +143,7 @@ class Evaluator:
         tiles: list[tuple[Sample, np.ndarray]] = []
         for images, probs, samples in self.predict(model, self.val_set, self.val_images, progress=val_progress):
             if self.postprocess is None:
-                predictions = probs.argmax(1).cpu().numpy()
+                predictions = argmax_labels(probs).cpu().numpy()
             else:
                 predictions = [self.postprocess(sample.image, image_probs)
                                for sample, image_probs in zip(samples, probs.permute(0, 2, 3, 1).cpu().numpy())]

@@ -11,7 +11,7 @@ from .._validation import UNLABELED
 from .adm import ADMStep
 from .config import TrainConfig
 from .distributed import Processes
-from .losses import partial_cross_entropy, proximal_loss
+from .losses import argmax_labels, partial_cross_entropy, proximal_loss
 from .regularizers import REGULARIZERS
 
 
@@ -106,7 +106,7 @@ class Objective:
         free = scribbles == UNLABELED
         if valid is not None:
             free &= valid
-        changed = (latent != logits.detach().argmax(1)) & free
+        changed = (latent != argmax_labels(logits.detach())) & free
         confidence = logits.detach().float().softmax(1).amax(1)[free]
         return {"latent_start_energy": sum(r.history[0] for r in results) / pixels,
                 "latent_energy": sum(r.energy for r in results) / pixels,
