@@ -267,17 +267,19 @@ def _apply_cut(unary, weights, labels, alpha, energy_scale, tree):
 
 
 @njit(nogil=True, cache=True)
-def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr):
+def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr,
+                 clear_reverse):
     """Write into (cap, tr) the graph of alpha's expansion move from `labels` before any flow: the
-    forward capacities, none on the reverse edges, tr = source - sink capacity (as max_flow sets it).
-    Entries of edges leaving the image are not written."""
+    forward capacities, none on the reverse edges (set to 0 if `clear_reverse`, else already 0), tr =
+    source - sink capacity (as max_flow sets it). Entries of edges leaving the image are not written."""
     n_directions, height, width = weights.shape
     n = height * width
     expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
                          cap[:n_directions].reshape((n_directions, height, width)), pending)
-    for k in range(n_directions, 2 * n_directions):
-        for p in range(n):
-            cap[k, p] = 0.0
+    if clear_reverse:
+        for k in range(n_directions, 2 * n_directions):
+            for p in range(n):
+                cap[k, p] = 0.0
     source, sink = source_cap.reshape(n), sink_cap.reshape(n)
     for p in range(n):
         tr[p] = source[p] - sink[p]
@@ -323,7 +325,7 @@ def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, 
     negative budget: none kept, none looked for)."""
     cap, tr = graph[3], graph[4]
     if resume:
-        _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr)
+        _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr, True)
         rows, n = cap.shape
         for i in range(index.size):
             j = index[i]
@@ -333,10 +335,10 @@ def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, 
                 tr[j - rows * n] = value[i]
         _update_residuals(unary, weights, snapshot, labels, alpha, graph)
     else:
-        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr)
+        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr, True)
         _copy(labels, snapshot)
         if budget >= 0:  # this move's fresh graph, to compare its residual with
-            _copy(cap, fresh_cap)
+            _copy(cap[:weights.shape[0]], fresh_cap[:weights.shape[0]])  # (its reverse edges stay 0)
             for p in range(tr.shape[0]):
                 fresh_tr[p] = tr[p]
     resume_max_flow(graph)
@@ -345,7 +347,7 @@ def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, 
     else:
         if resume:
             _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, fresh_cap,
-                         fresh_tr)
+                         fresh_tr, False)  # (the scratch's reverse edges are never written)
         index, value, kept = _changed_entries(cap, tr, fresh_cap, fresh_tr, budget)
     return _apply_cut(unary, weights, labels, alpha, energy_scale, graph[5]), index, value, kept
 
