@@ -31,7 +31,8 @@ class SolveResult(dict):
         ``problem.energy(labels)``, the reference energy.
     history : list of float
         Reference energy of the initial labeling, then after each sweep (mean-field records only the
-        first and the last by default: its ``history`` option).
+        first and the last by default: its ``history`` option); numba-expansion sums the reference's
+        formula in compiled code, in another order (equal up to rounding).
     sweeps : int
         Number of sweeps (iterations) run: the backend's ``iterations`` when it returns one, else
         ``len(history) - 1``.

@@ -154,7 +154,8 @@ def test_every_backend_takes_the_iteration_cap_under_each_name(name, option):
     result = adm.solve(problem, name, **{option: 2})
     # one energy per iteration after the first, or (mean-field's default history="ends") the first and the last
     assert result.sweeps <= 2 and len(result.history) in {result.sweeps + 1, min(result.sweeps, 1) + 1}
-    assert result.history[-1] == result.energy
+    # the reference energy, or (numba-expansion) its formula summed in compiled code: equal up to rounding
+    assert result.history[-1] == pytest.approx(result.energy, rel=1e-12)
     assert isinstance(result.message, str) and result.message
     np.testing.assert_array_equal(result.labels, adm.solve(problem, name, max_iter=2).labels)
 

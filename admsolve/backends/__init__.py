@@ -4,7 +4,8 @@ The contract: a backend is a module of this package defining
 ``minimize(problem, init, *, max_iter=None, ...)``, the options keyword-only. It receives a
 validated problem of the class it declares (or a subclass) and a starting labeling that satisfies
 the seeds, and returns a dict with at least ``labels`` (a labeling that satisfies the seeds),
-``history`` (reference energies: the initial labeling's, then one per iteration), ``converged`` and
+``history`` (reference energies, or the reference's formula summed in compiled code: the initial
+labeling's, then one per iteration), ``converged`` and
 ``message`` (why it stopped); a backend that records fewer energies than it runs iterations
 (mean-field's ``history="ends"``) also returns ``iterations``, the count :func:`~admsolve.solve` reports
 as ``sweeps``. A backend may add ``note``, a remark :func:`~admsolve.solve` appends to the message
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from .._array import cuda_status
 from ..energies import DenseCRF, GridCRF, LabelingProblem
@@ -72,11 +74,29 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
+class CancelFlag:
+    """A process-wide flag with the interface of :class:`threading.Event`'s ``set``, ``clear`` and
+    ``is_set``, held in a one-element NumPy array (``array``) that compiled loops read between moves."""
+
+    def __init__(self) -> None:
+        self.array = np.zeros(1, dtype=np.uint8)
+
+    def set(self) -> None:
+        self.array[0] = 1
+
+    def clear(self) -> None:
+        self.array[0] = 0
+
+    def is_set(self) -> bool:
+        return bool(self.array[0])
+
+
 #: Set by :func:`admsolve.solve_batch` when it is interrupted (Ctrl-C) or one of its problems fails:
-#: the backends' Python loops check it between moves and sweeps (:func:`check_cancelled`), so that
-#: worker threads stop after their current move instead of finishing their problem. It is process-wide:
-#: a solve running in another thread at that moment stops too (with SolveCancelled).
-CANCEL = threading.Event()
+#: the backends' loops check it between moves and sweeps (:func:`check_cancelled`, or ``CANCEL.array``
+#: in compiled ones), so that worker threads stop after their current move instead of finishing their
+#: problem. It is process-wide: a solve running in another thread at that moment stops too (with
+#: SolveCancelled).
+CANCEL = CancelFlag()
 
 
 class SolveCancelled(Exception):

@@ -369,63 +369,115 @@ def move_labels(problem, labels):
 LEAN_BUDGET = 2
 
 
-def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=None, layout="fast"):
+@njit(nogil=True, cache=True)
+def grid_energy(unary, weights, labels):
+    """The grid CRF's energy of `labels` from label-major `unary` (K, H, W) and the weights already
+    scaled by lambda (D, H, W): the reference's formula (GridCRF.energy), compiled, summed in another order."""
+    n_directions, height, width = weights.shape
+    total = 0.0
+    for y in range(height):
+        for x in range(width):
+            label = labels[y, x]
+            total += unary[label, y, x]
+            for d in range(n_directions):
+                dy, dx = FORWARD_OFFSETS[d]
+                qy, qx = y + dy, x + dx
+                if 0 <= qy < height and 0 <= qx < width and labels[qy, qx] != label:
+                    total += weights[d, y, x]
+    return total
+
+
+@njit(nogil=True, cache=True)
+def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, energy_scale, graph, caps, trs,
+                     snapshots, lean, cancel):
+    """Alpha-expansion sweeps on the Numba max-flow, in one compiled call: the loop of
+    :func:`alpha_expansion` (same moves, same skipped moves, same stopping rule) for the labels
+    `alphas` (int64, increasing), modifying `labels` in place. `max_iter` < 0: until convergence.
+
+    `graph` is a GridMaxflow's; with ``lean=None`` ("fast"), label i's residual graph is (caps[i],
+    trs[i]) and snapshots[i] the labels its last move was made from (expand_in_place); with `lean` a
+    pair (fresh_cap, fresh_tr), a scratch graph like graph's cap and tr (all zero), the moves resume
+    from the changed entries kept per label within :data:`LEAN_BUDGET` (expand_sparse), and `caps`,
+    `trs` are not read. (None is a type of its own to Numba, which compiles each layout's loop
+    without the other's moves.) The loop checks ``cancel[0]`` before each move and stops when it is set.
+
+    Returns (history, converged, cancelled): the energy (grid_energy) before the first sweep and after each.
+    """
+    n_alphas = alphas.size
+    n_directions, height, width = weights.shape
+    rows = 2 * n_directions
+    source_cap, sink_cap = np.empty((height, width)), np.empty((height, width))
+    pending = np.zeros((height, width))
+    started = np.zeros(n_alphas, np.bool_)  # fast: its graph holds a flow; lean: its entries are kept
+    useless_since = np.full(n_alphas, -1, np.int64)  # `accepted` when its move last changed nothing
+    kept_index = [np.empty(0, np.int64) for _ in range(n_alphas)]
+    kept_value = [np.empty(0) for _ in range(n_alphas)]
+    kept_entries = 0
+    budget = LEAN_BUDGET * (rows + 1) * height * width
+    history = [grid_energy(unary, weights, labels)]
+    accepted = 0
+    converged = n_alphas == 0
+    while not converged and (max_iter < 0 or len(history) <= max_iter):
+        converged = True
+        for i in range(n_alphas):
+            if cancel[0]:
+                return np.array(history), False, True
+            if useless_since[i] == accepted:
+                continue
+            if lean is not None:
+                resume = started[i]
+                if resume:
+                    kept_entries -= kept_index[i].size
+                last_sweep = max_iter >= 0 and len(history) == max_iter  # no move will resume
+                room = -1 if last_sweep else budget - kept_entries
+                moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alphas[i],
+                                                          energy_scale, source_cap, sink_cap, pending, graph,
+                                                          lean[0], lean[1], snapshots[i], kept_index[i],
+                                                          kept_value[i], resume, room)
+                started[i] = keep
+                kept_index[i], kept_value[i] = index, value
+                kept_entries += index.size
+            else:
+                residual = graph[:3] + (caps[i], trs[i]) + graph[5:]
+                moved = expand_in_place(unary, weights, labels, pinned, pin_cap, alphas[i], energy_scale,
+                                        source_cap, sink_cap, pending, residual, snapshots[i], not started[i])
+                started[i] = True
+            if moved:
+                accepted += 1
+                converged = False
+            else:
+                useless_since[i] = accepted
+        history.append(grid_energy(unary, weights, labels))
+        # each accepted move lowers the energy; if rounding made the sweep's moves look better than
+        # they were, stop rather than cycle
+        converged = converged or history[-1] >= history[-2]
+    return np.array(history), converged, False
+
+
+def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     """Alpha-expansion over the labels in increasing order (all, or the subset `labels`), sweeping
     until no move lowers the energy or `max_iter`; with two labels and no subset, one exact
     min-cut instead. A move is skipped when the labeling has not changed since that same move last
-    found nothing to improve (it would find nothing again).
+    found nothing to improve (it would find nothing again). (:func:`expansion_sweeps` is this loop
+    compiled, for the Numba max-flow.)
 
     `min_cut(source_cap, sink_cap, edge_cap, symmetric)` returns the max-flow value and the (H, W)
     bool map of sink-side nodes; `edge_cap` is (D, H, W), and with ``symmetric=False`` the reverse
-    edges have no capacity. With `flow_solver`, a GridMaxflow of the problem's shape, the moves are
-    solved by expand_in_place instead, each label keeping its residual graph from one sweep to the
-    next (min_cut then serves only the two-label cut): ``layout="fast"`` keeps each label's graph whole,
-    "lean" only where its flow left it different from its fresh move (expand_sparse), within
-    :data:`LEAN_BUDGET` in all. Both make the same moves. Returns the backend result dict.
+    edges have no capacity. Returns the backend result dict.
     """
     alphas = move_labels(problem, labels)
     labels = init.copy()
     history = [problem.energy(labels)]
     if problem.n_labels == 2 and len(alphas) == 2:
-        _, sink_side = min_cut(*binary_capacities(problem), symmetric=True)
-        labels = sink_side.astype(np.int32)
-        history.append(problem.energy(labels))
-        return {"labels": labels, "history": history, "converged": True}
+        return two_label_cut(problem, min_cut, history)
     unary = label_major_unary(problem)
     weights = problem.lam * problem.weights
     pinned, pin_cap = problem.seeded, pin_capacity(problem)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
-    if flow_solver is None:
-        edge_cap = np.empty_like(weights)
-    elif layout == "fast":  # each alpha's residual graph and the labels of its last move
-        graphs = dict(zip(alphas, flow_solver.residual_graphs(len(alphas))))
-        snapshots = dict(zip(alphas, np.empty((len(alphas), *labels.shape), dtype=labels.dtype)))
-        solved = set()
-    else:  # one working graph; per alpha the labels of its last move and its changed entries
-        fresh_cap, fresh_tr = np.zeros_like(flow_solver.graph[3]), np.zeros_like(flow_solver.graph[4])
-        budget = LEAN_BUDGET * fresh_cap.size
-        kept = {}  # alpha -> (snapshot, index, value) while its residual is kept
+    edge_cap = np.empty_like(weights)
 
     def expand(alpha, energy_scale):
         """Perform the alpha-expansion move on `labels` if it lowers the energy; True if so."""
-        if flow_solver is not None and layout == "lean":
-            snapshot, index, value = kept.pop(alpha, (None, None, None))
-            resume = snapshot is not None
-            if not resume:
-                snapshot, index, value = np.empty_like(labels), np.empty(0, np.int64), np.empty(0)
-            last_sweep = max_iter is not None and len(history) == max_iter  # no move will resume
-            room = -1 if last_sweep else budget - sum(entry[1].size for entry in kept.values())
-            moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale,
-                                                      source_cap, sink_cap, pending, flow_solver.graph, fresh_cap,
-                                                      fresh_tr, snapshot, index, value, resume, room)
-            if keep:
-                kept[alpha] = snapshot, index, value
-            return moved
-        if flow_solver is not None:
-            fresh = alpha not in solved
-            solved.add(alpha)
-            return expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap,
-                                   sink_cap, pending, graphs[alpha], snapshots[alpha], fresh)
         current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
                                        edge_cap, pending)
         flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
@@ -453,3 +505,12 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None, flow_solver=N
         # they were, stop rather than cycle
         converged = converged or history[-1] >= history[-2]
     return {"labels": labels, "history": history, "converged": converged}
+
+
+def two_label_cut(problem, min_cut, history):
+    """The exact minimum of a two-label problem: one min-cut (`min_cut` as in :func:`alpha_expansion`);
+    `history` holds the starting labeling's energy. Returns the backend result dict."""
+    _, sink_side = min_cut(*binary_capacities(problem), symmetric=True)
+    labels = sink_side.astype(np.int32)
+    history.append(problem.energy(labels))
+    return {"labels": labels, "history": history, "converged": True}

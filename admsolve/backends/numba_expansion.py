@@ -23,8 +23,9 @@ import os
 
 import numpy as np
 
+from . import CANCEL, check_cancelled
 from ._gridflow import GridMaxflow
-from .moves import alpha_expansion, move_labels
+from .moves import expansion_sweeps, label_major_unary, move_labels, pin_capacity, two_label_cut
 
 #: The layouts of the ``memory`` option.
 MEMORY_LAYOUTS = ("auto", "fast", "lean")
@@ -80,12 +81,27 @@ def minimize(problem, init, *, max_iter=None, labels=None, memory="auto"):
             note = (f"memory='auto' chose the lean layout: the fast one's residual graphs need "
                     f"{needed / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the {available / 2**30:.2f} GiB available")
 
-    def min_cut(source_cap, sink_cap, edge_cap, symmetric):
-        bwd_cap = edge_cap if symmetric else np.zeros_like(edge_cap)
-        return flow_solver.solve(source_cap, sink_cap, edge_cap, bwd_cap), flow_solver.sink_side
+    alphas = move_labels(problem, labels)
+    labels = init.copy()
+    if problem.n_labels == 2 and len(alphas) == 2:
+        def min_cut(source_cap, sink_cap, edge_cap, symmetric):
+            return flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap), flow_solver.sink_side
 
-    # the moves are built and solved in place in the max-flow's arrays; min_cut serves the K = 2 cut
-    outcome = alpha_expansion(problem, init, max_iter, min_cut, labels, flow_solver=flow_solver, layout=memory)
+        outcome = two_label_cut(problem, min_cut, [problem.energy(labels)])
+    else:
+        # the moves are built and solved in place in the max-flow's arrays, all sweeps in one compiled call
+        rows, n = flow_solver.graph[3].shape
+        count = 0 if memory == "lean" else len(alphas)  # lean: none kept whole, one scratch graph
+        caps, trs = np.zeros((count, rows, n)), np.zeros((count, n))
+        scratch = (np.zeros((rows, n)), np.zeros(n)) if memory == "lean" else None
+        snapshots = np.empty((len(alphas), *problem.shape), dtype=labels.dtype)
+        history, converged, cancelled = expansion_sweeps(
+            label_major_unary(problem), problem.lam * problem.weights, labels, problem.seeded, pin_capacity(problem),
+            np.array(alphas if problem.n_labels > 1 else [], dtype=np.int64), -1 if max_iter is None else max_iter, problem.energy_scale,
+            flow_solver.graph, caps, trs, snapshots, scratch, CANCEL.array)
+        if cancelled:
+            check_cancelled()
+        outcome = {"labels": labels, "history": list(history), "converged": converged}
     outcome["memory"] = memory
     if note is not None:
         outcome["note"] = note

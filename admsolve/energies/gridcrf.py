@@ -218,7 +218,10 @@ def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float |
     sq_diff = np.zeros((n_directions, height, width))
     for d in range(n_directions):
         p, q = edge_slices(d, height, width)
-        sq_diff[(d, *p)] = np.sum((image[p] - image[q]) ** 2, axis=2)
+        out = sq_diff[(d, *p)]
+        for c in range(image.shape[2]):  # channel by channel: numpy's sum over a short last axis is ~3x slower
+            diff = image[(*p, c)] - image[(*q, c)]
+            out += diff * diff
     inside = inside_mask(n_directions, height, width)
     if mask is not None:
         mask = np.asarray(mask)
@@ -230,7 +233,8 @@ def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float |
             inside[(d, *p)] &= mask[p] & mask[q]
     if sigma2 is None:
         sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
-        weights = np.exp(-sq_diff / (2.0 * sigma2)) if sigma2 > 0 else np.ones_like(sq_diff)
+        weights = np.exp(np.divide(sq_diff, -2.0 * sigma2, out=sq_diff), out=sq_diff) if sigma2 > 0 else \
+            np.ones_like(sq_diff)
     else:  # a given sigma^2 that underflowed or overflowed in the units above gives the limits, 0 or 1
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             weights = np.exp(-sq_diff / (2.0 * sigma2))
