@@ -60,7 +60,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("maxflow", "admsolve.backends.maxflow", ("maxflow",), "maxflow", False,
                 "alpha-expansion, each move a min-cut by PyMaxflow (GPL)"),
         Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
-                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=16_000),
+                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=4_000),
         Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
                 "alpha-beta swap on admsolve's own Numba max-flow", threads_from=16_000),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
