@@ -151,7 +151,7 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
     base = TrainConfig(data="synthetic", batch_size=8, crop_size=48, workers=1, model="fcn-small")
     plan = regime.RegimePlan(seeds=(0, 1), pretrain_epochs=1, tuning_epochs=1, epochs=1,
                              finetune=(("sgd", 1e-3), ("adam", 1e-3)), ratios=(80,), proximal_weights=(1.0, 1.5),
-                             gd_lams=(2, 16), dense=(), ablation=("start",))
+                             gd_lams=(2, 16), dense=(), ablation=("start", "proximal-weight"))
     out = tmp_path / "synthetic-authors"
     result = regime.study(base, out, plan, progress=False)
     tuning = result["tuning"]
@@ -184,6 +184,8 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
     assert (start["config"].latent_init, start["config"].train_split, start["config"].epochs) == \
         ("argmax", "train-fit", plan.tuning_epochs)
     assert start["status"] == "finished"
+    # taking back the proximal weight (None: gamma, 1) changes nothing where the chosen one is 1: not run
+    assert ("proximal-weight" in result["ablation"]) == (tuning["adm"]["proximal_weight"] != 1.0)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
     again = regime.study(base, out, plan, progress=False)
@@ -192,5 +194,17 @@ def test_the_regime_study_tunes_on_the_holdout_runs_its_tables_and_ablation_and_
     for heading in ("ADM in its authors' regime", "### Tuning", "### Main table", "### Table 1", "### Ablation",
                     "ADM grid minus GD grid", "### The pCE phase"):
         assert heading in text, heading
+    assert ("no difference: the chosen run's own setting" in text) == (tuning["adm"]["proximal_weight"] == 1.0)
     mean = sum(result["tables"][seed]["adm-grid"]["records"][-1]["miou"] for seed in (0, 1)) / 2
     assert f"{mean:.4f} ± " in text.split("### Main table")[1].split("###")[0]
+
+
+def test_an_ablation_that_would_not_change_the_chosen_run_is_not_a_difference():
+    from admsolve.training import regime
+
+    base = TrainConfig(data="synthetic", latent_init="label-0", model="effnet-lite0", dropout=0.5)  # as the regime's runs
+    chosen = {"lam": 160.0, "gamma": 1.0, "proximal_weight": 1.0}
+    assert regime._same_run(base, chosen, regime.OURS["proximal-weight"])  # None means gamma, here 1.0
+    assert not regime._same_run(base, {**chosen, "proximal_weight": 1.5}, regime.OURS["proximal-weight"])
+    assert not regime._same_run(base, chosen, regime.OURS["start"])
+    assert not regime._same_run(base, chosen, regime.OURS["ratio"])

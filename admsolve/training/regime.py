@@ -182,7 +182,8 @@ def study(base: TrainConfig, out: str | os.PathLike[str], plan: RegimePlan | Non
     groups run in this order: tuning, the first seed's main table, the ablation, the other seeds, the
     dense CRF's runs (first seed).
     Returns everything the report shows (:func:`section`): "kind", "base", "plan", "out", "tuning",
-    "tables" (per seed), "ablation", "seconds".
+    "tables" (per seed), "ablation" (a difference that would not change the chosen run is not run), "regime"
+    (the TrainConfig the tuning's settings are applied to), "seconds".
     """
     plan = RegimePlan() if plan is None else plan
     if not isinstance(base, TrainConfig):
@@ -204,7 +205,7 @@ def _study(base, out, plan, *, progress, train):
                                  latent_init=AUTHORS["latent_init"], finetune_schedule=AUTHORS["finetune_schedule"],
                                  eval_every=2)
     result: dict[str, Any] = {"kind": "authors", "base": base, "plan": plan, "out": out, "tables": {},
-                              "ablation": {}}
+                              "ablation": {}, "regime": regime}
     result["tuning"] = tuning = tune(regime, out / "tuning", plan, progress=progress, train=train)
     result["seconds"] = time.perf_counter() - began
     if tuning["adm"] is None or tuning["gd"] is None:
@@ -222,7 +223,8 @@ def _study(base, out, plan, *, progress, train):
         result["tables"].setdefault(seed, {}).update({key: results[f"{key}-seed{seed}"] for key in runs})
 
     table(configurations, first, 2)
-    ablation = {f"ablation-{name}": {**tuning["adm"], **OURS[name]} for name in plan.ablation}
+    ablation = {f"ablation-{name}": {**tuning["adm"], **OURS[name]} for name in plan.ablation
+                if not _same_run(regime, tuning["adm"], OURS[name])}
     fit = dataclasses.replace(_fit(regime), epochs=plan.tuning_epochs)  # as tune() fits (the same pCE phase)
     done = run_group(fit, out / "tuning", ablation, progress=progress, train=train)
     result["ablation"] = {name.removeprefix("ablation-"): run for name, run in done.items()}
@@ -233,6 +235,17 @@ def _study(base, out, plan, *, progress, train):
     table(dense, first, 2)
     result["seconds"] = time.perf_counter() - began
     return result
+
+
+def _same_run(regime, chosen, difference):
+    """Whether taking back `difference` leaves the `chosen` settings' run unchanged (e.g. proximal_weight None,
+    that is gamma, where the chosen proximal weight equals gamma): no ablation run, the report says so."""
+    def effective(settings):
+        config = dataclasses.replace(regime, **settings)
+        proximal = config.gamma if config.proximal_weight is None else config.proximal_weight
+        return dataclasses.replace(config, proximal_weight=float(proximal))
+
+    return effective(chosen) == effective({**chosen, **difference})
 
 
 def load(folder: str | os.PathLike[str]) -> tuple[TrainConfig, RegimePlan]:
@@ -297,7 +310,12 @@ def section(result: dict[str, Any], report: Path, figures: Path) -> list[str]:
         reference = tuning["adm_result"]
         rows = [["none: the chosen ADM grid of the tuning", "", _value(reference, "miou", 4), "",
                  _value(reference, "train_latent_changed", 4)]]
-        for difference, run in result["ablation"].items():
+        for difference in plan.ablation:
+            run = result["ablation"].get(difference)
+            if run is None and _same_run(result["regime"], tuning["adm"], OURS[difference]):
+                rows.append([difference, json.dumps(OURS[difference]), "no difference: the chosen run's own setting",
+                             "", ""])
+                continue
             change = _last(run, "miou"), _last(reference, "miou")
             rows.append([difference, json.dumps(OURS[difference]), _value(run, "miou", 4),
                          f"{change[0] - change[1]:+.4f}" if None not in change else "-",
