@@ -416,10 +416,10 @@ TRAINING_OPTIONS = {
     "regularizer": "none (partial cross-entropy only), grid (grid CRF) or dense (dense CRF)",
     "backend": "ADM's solver (grid: numba-expansion, maxflow, numba-swap, numba-icm, relaxed-gd; dense: mean-field)",
     "lam": "weight of the regularizer per pixel (default per optimizer and regularizer: on dataset folders the "
-           "values the reproduction study chose, GD grid 0.5, ADM grid 8, GD dense 0.5, ADM dense 0.5; on the "
-           "synthetic data 4)",
-    "gamma": "ADM: weight of the divergence between the network and the latent labeling (default: on dataset "
-             "folders the study's choice, 2 for the grid CRF and 1 for the dense CRF; on the synthetic data 2)",
+           "values of the study in the authors' regime, GD grid 0.5, ADM grid 160, GD dense 0.5, ADM dense 0.5; "
+           "on the synthetic data 4)",
+    "gamma": "ADM: weight of the divergence between the network and the latent labeling (default: 1 on dataset "
+             "folders, the study in the authors' regime; 2 on the synthetic data)",
     "gamma_growth": "ADM: gamma is multiplied by this at each regularized epoch (1: fixed, the paper's choice; "
                     "above 1: the annealing of its eq. 6)",
     "connectivity": "grid CRF neighbourhood, 4 or 8",
@@ -427,7 +427,8 @@ TRAINING_OPTIONS = {
     "srgb": "dense CRF: colour kernel width",
     "max_iter": ("ADM: solver iterations per latent step (sweeps of moves, the paper: 5; mean-field updates; "
                  "relaxed-gd steps: 5 hardly move X off argmax S, it needs tens)"),
-    "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction",
+    "restrict_labels": "ADM: move only to the labels of an image's scribbles and of the prediction (default: on "
+                       "dataset folders, off on the synthetic data)",
     "latent_stride": "ADM: solve eq. 8 on a grid 1/N of the input's in each direction (1: the paper's full resolution)",
     "model": "network: " + ", ".join(MODELS) + ", or package.module:factory (factory(n_labels) returns a torch "
              "nn.Module giving (N, K, h, w) logits) (default effnet-lite0 on a dataset folder, fcn-small on the "
@@ -446,14 +447,19 @@ TRAINING_OPTIONS = {
     "lr": "base learning rate",
     "schedule": "learning-rate schedule of a phase, restarted in each: poly, step (divided by 10 after each third, "
                 "the authors') or constant",
-    "finetune_optimizer": "the regularized phase's network optimizer (default: --network-optimizer)",
-    "finetune_lr": "the regularized phase's base learning rate (default: --lr; the authors fine-tune at 1e-4)",
-    "finetune_schedule": "the regularized phase's schedule (default: --schedule)",
+    "finetune_optimizer": "the regularized phase's network optimizer (default: adam on dataset folders, "
+                          "--network-optimizer on the synthetic data)",
+    "finetune_lr": "the regularized phase's base learning rate (default: 3e-4 on dataset folders, chosen by the "
+                   "study in the authors' regime; --lr on the synthetic data; the authors fine-tune at 1e-4)",
+    "finetune_schedule": "the regularized phase's schedule (default: step on dataset folders, --schedule on the "
+                         "synthetic data)",
     "proximal_weight": "ADM: weight of eq. 7's cross-entropy towards the latent labeling (default: gamma, the "
                        "paper's equations; the authors' code: 1.5)",
     "latent_init": "ADM: the labeling the solver starts from: argmax (of the network's softmax) or label-0 "
-                   "(gco's default, the authors' code)",
-    "dropout": "effnet-lite0: dropout before the classifier while training (the authors' network: 0.5)",
+                   "(gco's default, the authors' code) (default: label-0 on dataset folders, argmax on the "
+                   "synthetic data)",
+    "dropout": "effnet-lite0: dropout before the classifier while training (default: 0.5 on dataset folders, as "
+               "the authors' network; 0 on the synthetic data and with other networks)",
     "padding_in_losses": "let crop padding take part in the regularizers, ADM's latent step and the proximal term "
                          "(the behaviour before 0.3; by default padding is left out of every loss)",
     "momentum": "sgd momentum",
@@ -488,6 +494,8 @@ def _add_training_arguments(parser, *, skip=()):
                    "connectivity": (4, 8)}.get(field.name)
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif field.type == "bool | None":  # on, off, or the data's default
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif field.name == "scale":
             parser.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), help=help_text)
         else:

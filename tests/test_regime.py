@@ -2,6 +2,7 @@
 rate and schedule, the proximal term's weight, the latent step's start and effnet-lite0's dropout; each
 recorded in config.json and changing what it should (their round trip through resume is in test_loop)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,6 +14,8 @@ pytest.importorskip("matplotlib")
 from admsolve.cli import main  # noqa: E402
 from admsolve.training import ADMStep, TrainConfig, train  # noqa: E402
 from admsolve.training.comparison import _comparable  # noqa: E402
+from admsolve.training.config import CARRIED_ON, DEFAULT_WEIGHTS, FOLDER_DEFAULTS  # noqa: E402
+from admsolve.training.reproduction import first_study_settings  # noqa: E402
 from admsolve.training.objective import Objective  # noqa: E402
 
 from test_loop import REGIME  # noqa: E402  (its resume test round-trips the regime's knobs)
@@ -46,12 +49,64 @@ def test_each_phase_trains_with_its_own_optimizer_rate_and_schedule(data, tmp_pa
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
 
 
-def test_without_the_knobs_the_regularized_phase_restarts_the_first_phase_s_optimizer(data, tmp_path):
+def test_without_the_knobs_a_dataset_folder_fine_tunes_in_the_regime_the_study_chose(data, tmp_path):
     run = tmp_path / "run"
     train(config(data, epochs=1), run, progress=False)
+    stored = json.loads((run / "config.json").read_text())
+    assert {name: stored[name] for name in FOLDER_DEFAULTS} == {**FOLDER_DEFAULTS, "dropout": 0.0}  # (fcn-small)
+    assert (stored["lam"], stored["gamma"]) == DEFAULT_WEIGHTS["folder"][("adm", "grid")]
     steps = _steps(run)
-    assert steps[len(steps) // 2]["lr"] == 1e-3  # a new poly schedule from --lr
+    regularized = [step["lr"] for step in steps[len(steps) // 2:]]
+    thirds = np.floor(3 * np.arange(len(regularized)) / len(regularized))
+    np.testing.assert_allclose(regularized, 3e-4 * 0.1 ** thirds, rtol=1e-12)
     assert "exp_avg" in next(iter(torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["state"].values()))
+    assert TrainConfig(data=data).resolved().dropout == 0.5  # (effnet-lite0, the folders' network)
+
+
+def test_without_the_knobs_the_synthetic_data_restarts_the_first_phase_s_optimizer(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(epochs=1, pretrain_epochs=1, workers=1, lr=2e-3), run, progress=False)
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["finetune_optimizer"], stored["finetune_lr"], stored["finetune_schedule"]) == ("adam", 2e-3, "poly")
+    assert (stored["latent_init"], stored["restrict_labels"], stored["dropout"]) == ("argmax", False, 0.0)
+    steps = _steps(run)
+    assert steps[len(steps) // 2]["lr"] == 2e-3  # a new poly schedule from --lr
+
+
+@pytest.mark.parametrize("fine_tuning", ["absent", "null"])
+def test_a_run_stored_before_the_folder_defaults_reads_as_it_ran(data, fine_tuning, tmp_path):
+    stored = dataclasses.asdict(TrainConfig(data=data, lr=2e-3, schedule="step").resolved())
+    for name in ("latent_init", "restrict_labels", "dropout"):
+        del stored[name]  # (not yet settings)
+    for name in CARRIED_ON:
+        if fine_tuning == "absent":
+            del stored[name]
+        else:
+            stored[name] = None  # (None was: the pCE phase's)
+    old = TrainConfig.from_dict(stored).resolved()
+    assert old.phase_settings["regularized"] == ("adam", 2e-3, "step")
+    assert (old.latent_init, old.restrict_labels, old.dropout) == ("argmax", False, 0.0)
+    folder = tmp_path / "group" / "run"
+    assert _comparable(stored, folder) == _comparable(dataclasses.asdict(first_study_settings(
+        TrainConfig(data=data, lr=2e-3, schedule="step")).resolved()), folder)
+    assert _comparable(stored, folder) != _comparable(dataclasses.asdict(
+        TrainConfig(data=data, lr=2e-3, schedule="step").resolved()), folder)
+
+
+def test_restrict_labels_takes_on_off_or_the_data_s_default():
+    from admsolve.cli import build_parser
+
+    for flags, expected in (([], None), (["--restrict-labels"], True), (["--no-restrict-labels"], False)):
+        assert build_parser().parse_args(["train", *flags]).restrict_labels is expected
+    with pytest.raises(TypeError, match="restrict_labels: expected True, False or None, got"):
+        TrainConfig(restrict_labels="yes")
+
+
+@pytest.mark.parametrize("settings, restricted", [
+    ({}, True), ({"backend": "maxflow"}, True), ({"backend": "numba-icm"}, False), ({"backend": "relaxed-gd"}, False),
+    ({"regularizer": "dense"}, False), ({"data": "synthetic"}, False), ({"restrict_labels": False}, False)])
+def test_the_folders_label_restriction_applies_where_the_solver_takes_labels(data, settings, restricted):
+    assert TrainConfig(**{"data": data, "optimizer": "adm", **settings}).resolved().restrict_labels is restricted
 
 
 def _batch(seed=0, n=2, k=3, size=12):

@@ -492,8 +492,8 @@ def test_item3_and_11_compare_reuses_runs_through_any_path_and_lost_metrics(data
 @needs_training
 def test_item7_adm_divergence_is_reported_like_gd(data, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--data", data, "--optimizer", "adm", "--lr", "1e30", "--pretrain-epochs", "0",
-                 "--epochs", "2", "--batch-size", "2", "--crop-size", "32", "--workers", "1", "--out", str(run),
+    code = main(["train", "--data", data, "--optimizer", "adm", "--finetune-lr", "1e30",
+                 "--pretrain-epochs", "0", "--epochs", "2", "--batch-size", "2", "--crop-size", "32", "--workers", "1", "--out", str(run),
                  "--quiet"])
     assert code == 2
     err = one_line_error(capsys, "loss is not finite at epoch", "proximal = nan", "diverged-iteration-")

@@ -48,6 +48,7 @@ class Backend:
     problem: type[LabelingProblem] = GridCRF  # the class of problem it solves (subclasses too)
     monotone: bool = True  # whether the reference energy never rises above the initial labeling's
     devices: tuple[str, ...] = ("cpu",)  # where it can run: "cpu", and "cuda" for array-module backends
+    takes_labels: bool = False  # whether it takes a `labels` option (its moves only to those labels)
     # pixels x labels of the largest problem of a batch below which solve_batch solves in the calling thread:
     # on smaller problems the Python around each solve (under the GIL) outweighs the compiled work, and two
     # threads were slower than one (measured on 2 cores: benchmarks/solvers.py's batch section)
@@ -58,11 +59,12 @@ BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
         Backend("maxflow", "admsolve.backends.maxflow", ("maxflow",), "maxflow", False,
-                "alpha-expansion, each move a min-cut by PyMaxflow (GPL)"),
+                "alpha-expansion, each move a min-cut by PyMaxflow (GPL)", takes_labels=True),
         Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
-                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=4_000),
+                "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=4_000,
+                takes_labels=True),
         Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
-                "alpha-beta swap on admsolve's own Numba max-flow", threads_from=16_000),
+                "alpha-beta swap on admsolve's own Numba max-flow", threads_from=16_000, takes_labels=True),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
                 "iterated conditional modes, Numba JIT", threads_from=200_000),
         Backend("relaxed-gd", "admsolve.backends.relaxed_gd", (), "", True,

@@ -33,13 +33,17 @@ COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"
 #: use them stores TrainConfig's defaults, so that its run is reused when only they change.
 ADM_SETTINGS = ("backend", "gamma", "gamma_growth", "max_iter", "restrict_labels", "latent_stride",
                 "proximal_weight", "latent_init")
+#: The network optimizer, lr and schedule of the regularized phase.
+REGULARIZED_PHASE_SETTINGS = ("finetune_optimizer", "finetune_lr", "finetune_schedule")
 
 
 def _unused(config):
     """The settings that the optimizer and regularizer of `config` do not read (without a regularizer,
-    no loss reaches crop padding: only the partial cross-entropy, and padding has no scribbles)."""
+    no loss reaches crop padding: only the partial cross-entropy, and padding has no scribbles); a run
+    without a regularized phase (a shared pCE phase) reads none of that phase's."""
     unused = () if config.optimizer == "adm" and config.regularizer != "none" else ADM_SETTINGS
-    return unused + ("lam", "padding_in_losses") if config.regularizer == "none" else unused
+    unused += ("lam", "padding_in_losses") if config.regularizer == "none" else ()
+    return unused + REGULARIZED_PHASE_SETTINGS if config.epochs == 0 else unused
 
 
 def _unused_to_defaults(config):

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .._validation import as_connectivity, as_scalar
+from .._validation import as_connectivity, as_scalar, describe
 from ..backends import lookup
 from .regularizers import REGULARIZERS, lookup_regularizer
 
@@ -22,8 +22,12 @@ SCHEDULES = ("poly", "step", "constant")
 #: The starting labelings of ADM's latent step: argmax S, or label 0 everywhere (gco's default, the authors' code).
 LATENT_INITS = ("argmax", "label-0")
 #: The value a setting takes in a config.json written before the setting existed, where that differs from its
-#: default: those runs computed the older behaviour (crop padding took part in the losses).
-STORED_BEFORE = {"padding_in_losses": True}
+#: default: those runs computed the older behaviour (crop padding took part in the losses; ADM started from
+#: argmax S on all labels; no dropout). A regularized phase's network optimizer, lr and schedule stored as
+#: None or not at all were the pCE phase's (:data:`CARRIED_ON`).
+STORED_BEFORE = {"padding_in_losses": True, "latent_init": "argmax", "restrict_labels": False, "dropout": 0.0}
+#: The regularized phase's settings and the pCE phase's they take on the synthetic data when not given.
+CARRIED_ON = {"finetune_optimizer": "network_optimizer", "finetune_lr": "lr", "finetune_schedule": "schedule"}
 #: Configurations of `admsolve compare`: key -> (name in the table, settings that differ from the base configuration)
 CONFIGURATIONS = {
     "pce": ("pCE only", {"optimizer": "gd", "regularizer": "none"}),
@@ -34,15 +38,26 @@ CONFIGURATIONS = {
 }
 DEFAULT_CONFIGURATIONS = ("pce", "gd-grid", "adm-grid", "gd-dense")
 #: (lam, gamma) per (optimizer, regularizer) for a run that gives none. "synthetic": the built-in data's (the
-#: README's main job). "folder": any dataset folder; the values the reproduction study chose on the held-back
-#: fifth of MSRC-21's train split (docs/reproduction.md, its hyperparameter table; effnet-lite0, 3 + 3 epochs).
-#: gamma is read by ADM only.
+#: README's main job). "folder": any dataset folder; the grid CRF's values are those the study in the authors'
+#: regime chose on the held-back fifth of MSRC-21's train split (docs/reproduction.md, "In the authors'
+#: regime": ADM grid lam / gamma 160 with gamma 1, GD grid lam 0.5; effnet-lite0, 12 + 4 epochs), the dense
+#: CRF's those its main table ran (not tuned). gamma is read by ADM only.
 DEFAULT_WEIGHTS = {
     "synthetic": {("gd", "grid"): (4.0, 2.0), ("adm", "grid"): (4.0, 2.0),
                   ("gd", "dense"): (4.0, 2.0), ("adm", "dense"): (4.0, 2.0)},
-    "folder": {("gd", "grid"): (0.5, 2.0), ("adm", "grid"): (8.0, 2.0),
+    "folder": {("gd", "grid"): (0.5, 1.0), ("adm", "grid"): (160.0, 1.0),
                ("gd", "dense"): (0.5, 1.0), ("adm", "dense"): (0.5, 1.0)},
 }
+#: The regularized phase and ADM's latent step on a dataset folder, for a run that gives none: the authors'
+#: regime as the same study chose and ran it (docs/reproduction.md, "In the authors' regime"): the pCE network
+#: fine-tuned by Adam at lr 3e-4 (chosen among SGD and Adam at 1e-4, 3e-4, 1e-3), divided by 10 after each
+#: third of the phase; the solver starting from label 0, moving only to the labels of argmax S and the
+#: scribbles (with the grid CRF and a solver that takes labels); dropout 0.5 before effnet-lite0's classifier
+#: (0 with any other network). On the synthetic data:
+#: the pCE phase's optimizer, lr and schedule carried on (:data:`CARRIED_ON`), argmax S, all labels, no dropout.
+FOLDER_DEFAULTS = {"finetune_optimizer": "adam", "finetune_lr": 3e-4, "finetune_schedule": "step",
+                   "latent_init": "label-0", "restrict_labels": True, "dropout": 0.5}
+SYNTHETIC_DEFAULTS = {"latent_init": "argmax", "restrict_labels": False, "dropout": 0.0}
 _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -67,11 +82,13 @@ class TrainConfig:
     ``checkpoint.pt`` (or a saved state dict), e.g. a shared pCE phase.
 
     The regularized phase starts a new network optimizer and schedule: ``finetune_optimizer``,
-    ``finetune_lr`` and ``finetune_schedule`` (None: those of the pCE phase, ``network_optimizer``,
-    ``lr`` and ``schedule``). ``proximal_weight`` is the weight of eq. 7's term towards X (None: gamma,
-    the paper's equations; the authors' code weights it apart, 1.5). ``latent_init`` is the labeling
-    ADM's solver starts from. ``dropout`` is applied before the classifier of "effnet-lite0" while it
-    trains (so the S of the latent step sees it, as in the authors' training). ``padding_in_losses``
+    ``finetune_lr`` and ``finetune_schedule``. ``proximal_weight`` is the weight of eq. 7's term towards
+    X (None: gamma, the paper's equations; the authors' code weights it apart, 1.5). ``latent_init`` is
+    the labeling ADM's solver starts from. ``dropout`` is applied before the classifier of
+    "effnet-lite0" while it trains (so the S of the latent step sees it, as in the authors' training).
+    Those three, ``restrict_labels`` and the regularized phase's settings take, when None, the authors'
+    regime on a dataset folder (:data:`FOLDER_DEFAULTS`) and on the synthetic set the pCE phase's
+    optimizer, lr and schedule with :data:`SYNTHETIC_DEFAULTS`. ``padding_in_losses``
     True lets crop padding take part in the losses and the latent step, as before the valid-pixel
     mask (runs stored before it read as True).
     """
@@ -89,7 +106,7 @@ class TrainConfig:
     sxy: float = 80.0
     srgb: float = 13.0
     max_iter: int = 5
-    restrict_labels: bool = False
+    restrict_labels: bool | None = None
     latent_stride: int = 1
     model: str | None = None
     weights: str | None = None
@@ -110,8 +127,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     proximal_weight: float | None = None
-    latent_init: str = "argmax"
-    dropout: float = 0.0
+    latent_init: str | None = None
+    dropout: float | None = None
     padding_in_losses: bool = False
     scribbles: str = "auto"
     scribble_length: float = 1.0
@@ -129,7 +146,8 @@ class TrainConfig:
                               ("finetune_optimizer", NETWORK_OPTIMIZERS), ("schedule", SCHEDULES),
                               ("finetune_schedule", SCHEDULES), ("latent_init", LATENT_INITS)):
             value = getattr(self, name)
-            if value not in allowed and not (value is None and name.startswith("finetune_")):
+            if value not in allowed and not (value is None and name in ("finetune_optimizer", "finetune_schedule",
+                                                                        "latent_init")):
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
         known = isinstance(self.model, str) and (self.model in MODELS or is_factory(self.model))
         if self.model is not None and not known:
@@ -157,7 +175,9 @@ class TrainConfig:
         for name in ("lam", "gamma", "finetune_lr", "proximal_weight"):
             if getattr(self, name) is not None:
                 as_scalar(getattr(self, name), name, minimum=0.0)
-        if not 0.0 <= as_scalar(self.dropout, "dropout") < 1.0:
+        if self.restrict_labels is not None and not isinstance(self.restrict_labels, bool):
+            raise TypeError(f"restrict_labels: expected True, False or None, got {describe(self.restrict_labels)}")
+        if self.dropout is not None and not 0.0 <= as_scalar(self.dropout, "dropout") < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if self.dropout and self.resolved_model != "effnet-lite0":
             raise ValueError(f"dropout: expected 0 with model {self.resolved_model!r} (only effnet-lite0 has a "
@@ -202,14 +222,24 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This configuration with the values a run uses in place of its defaults of None: ``model``,
         ``crop_size`` (96 on the synthetic data, else 224), ``eval_every`` (2 on the synthetic data, whose
-        epochs are 4 steps, else 1), ``gamma`` and, with a regularizer, ``lam`` (:data:`DEFAULT_WEIGHTS`). A run folder's
+        epochs are 4 steps, else 1), ``gamma`` and, with a regularizer, ``lam`` (:data:`DEFAULT_WEIGHTS`),
+        the regularized phase's network optimizer, lr and schedule, ``latent_init``, ``restrict_labels``
+        and ``dropout`` (:data:`FOLDER_DEFAULTS`, :data:`SYNTHETIC_DEFAULTS`). A run folder's
         ``config.json`` stores this form."""
         synthetic = self.data == "synthetic"
+        if synthetic:
+            defaults = {**SYNTHETIC_DEFAULTS, **{name: getattr(self, pce) for name, pce in CARRIED_ON.items()}}
+        else:  # (dropout where the network has the layer; label restriction where the solver takes labels)
+            restrictable = self.regularizer == "grid" and (self.backend is None or lookup(self.backend).takes_labels)
+            defaults = {**FOLDER_DEFAULTS, "dropout": FOLDER_DEFAULTS["dropout"] * (self.resolved_model == "effnet-lite0"),
+                        "restrict_labels": FOLDER_DEFAULTS["restrict_labels"] and restrictable}
         return dataclasses.replace(self, model=self.resolved_model,
                                    crop_size=self.crop_size or (96 if synthetic else 224),
                                    eval_every=self.eval_every or (2 if synthetic else 1),
                                    lam=self.lam if self.regularizer == "none" else self.weight,
-                                   gamma=self.resolved_gamma)
+                                   gamma=self.resolved_gamma,
+                                   **{name: default if getattr(self, name) is None else getattr(self, name)
+                                      for name, default in defaults.items()})
 
     @property
     def total_epochs(self) -> int:
@@ -218,11 +248,9 @@ class TrainConfig:
     @property
     def phase_settings(self) -> dict[str, tuple[str, float, str]]:
         """(network optimizer, lr, schedule) of each phase, "pce" and "regularized", defaults resolved."""
-        pce = (self.network_optimizer, self.lr, self.schedule)
-        return {"pce": pce,
-                "regularized": (self.finetune_optimizer or pce[0],
-                                pce[1] if self.finetune_lr is None else self.finetune_lr,
-                                self.finetune_schedule or pce[2])}
+        config = self.resolved()
+        return {"pce": (config.network_optimizer, config.lr, config.schedule),
+                "regularized": (config.finetune_optimizer, config.finetune_lr, config.finetune_schedule)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -232,4 +260,5 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
-        return cls(**{**STORED_BEFORE, **values})
+        carried = {name: values.get(pce) for name, pce in CARRIED_ON.items() if values.get(name) is None}
+        return cls(**{**STORED_BEFORE, **values, **{name: value for name, value in carried.items() if value is not None}})

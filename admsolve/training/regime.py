@@ -203,7 +203,7 @@ def _study(base, out, plan, *, progress, train):
     began = time.perf_counter()
     regime = dataclasses.replace(base, pretrain_epochs=plan.pretrain_epochs, dropout=AUTHORS["dropout"],
                                  latent_init=AUTHORS["latent_init"], finetune_schedule=AUTHORS["finetune_schedule"],
-                                 eval_every=2)
+                                 restrict_labels=False, eval_every=2)  # (restricted from the plan's second stage on)
     result: dict[str, Any] = {"kind": "authors", "base": base, "plan": plan, "out": out, "tables": {},
                               "ablation": {}, "regime": regime}
     result["tuning"] = tuning = tune(regime, out / "tuning", plan, progress=progress, train=train)

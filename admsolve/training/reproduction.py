@@ -38,7 +38,7 @@ from ..data import open_dataset
 from ..data.io import write_image
 from .checkpoints import lock_folder
 from .comparison import _run, _unused_to_defaults
-from .config import CONFIGURATIONS, TrainConfig
+from .config import CONFIGURATIONS, FOLDER_DEFAULTS, TrainConfig
 from .loop import TrainingDiverged
 
 if TYPE_CHECKING:
@@ -269,6 +269,16 @@ def load_description(path: Path, plan_type: type) -> tuple[TrainConfig, Any]:
                          f"({type(exc).__name__}: {exc})") from None
 
 
+def first_study_settings(config: TrainConfig) -> TrainConfig:
+    """`config` with the settings it leaves to :data:`~admsolve.training.config.FOLDER_DEFAULTS` set as this
+    study ran them, before those defaults were the authors' regime: the pCE phase's optimizer, lr and schedule
+    carried on, argmax S, all labels, no dropout (a config.json of that time reads so). Its runs stay
+    comparable, and resumable, whatever the defaults of dataset folders."""
+    values = {name: value for name, value in dataclasses.asdict(config).items()
+              if not (name in FOLDER_DEFAULTS and value is None)}
+    return TrainConfig.from_dict(values)
+
+
 def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None = None, *,
               progress: bool = True, train: bool = True) -> dict[str, Any]:
     """Run (or continue) the study on ``base.data`` under `out`.
@@ -302,6 +312,7 @@ def reproduce(base: TrainConfig, out: str | os.PathLike[str], plan: Plan | None 
     plan = Plan() if plan is None else plan
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base: expected a TrainConfig, got {describe(base)}")
+    base = first_study_settings(base)
     if plan.variants is None:
         plan = dataclasses.replace(plan, variants=variants(base.epochs))
     for key in plan.configurations:
