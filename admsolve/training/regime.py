@@ -20,7 +20,10 @@ The study's parts, per dataset, each a group of :func:`~admsolve.training.reprod
   the other proximal weights at the best ratio, and GD grid's lam; pCE continued is the reference.
 - ``main/``: the main table, one pCE phase on all of train (the first seed) shared by every seed's
   fine-tunings of ``epochs`` (pCE, GD grid and ADM grid per seed, then GD dense and ADM dense on the
-  first): the spread over seeds is that of the fine-tuning, which is what the optimizers differ in.
+  last): the spread over seeds is that of the fine-tuning, which is what the optimizers differ in. The
+  pCE network is not kept in the repository: where a sitting finds it gone, the group retrains it (same
+  settings, not bit-identical across machines), and the runs still to train start from the new one; the
+  dense runs, last of all, share the last seed's start.
 - the ablation, in ``tuning/`` (``ablation-<difference>``): the chosen ADM grid with one difference taken
   back to the first study's setting at a time (:data:`OURS`), fine-tuned as the tuning runs are and scored
   on the held-back fifth against the chosen run itself.
@@ -180,7 +183,7 @@ def study(base: TrainConfig, out: str | os.PathLike[str], plan: RegimePlan | Non
     `base` gives the data, network, crops, batch and the pCE phase's optimizer and schedule; the
     regime's settings (:data:`AUTHORS`, the tuned values) and the plan's lengths replace its own. The
     groups run in this order: tuning, the first seed's main table, the ablation, the other seeds, the
-    dense CRF's runs (first seed).
+    dense CRF's runs (last seed).
     Returns everything the report shows (:func:`section`): "kind", "base", "plan", "out", "tuning",
     "tables" (per seed), "ablation" (a difference that would not change the chosen run is not run), "regime"
     (the TrainConfig the tuning's settings are applied to), "seconds".
@@ -232,7 +235,7 @@ def _study(base, out, plan, *, progress, train):
         table(configurations, seed, plan.epochs)
     dense = {key: {**TABLE_CONFIGURATIONS[key][1], "lam": lam, **({"gamma": 1.0} if key.startswith("adm") else {})}
              for key, lam in plan.dense}
-    table(dense, first, 2)
+    table(dense, plan.seeds[-1], 2)
     result["seconds"] = time.perf_counter() - began
     return result
 
@@ -291,14 +294,15 @@ def section(result: dict[str, Any], report: Path, figures: Path) -> list[str]:
                            row["chosen"]] for row in tuning["rows"]]), ""]
     if tables:
         seeds = list(tables)
-        keys = list(next(iter(tables.values())))
+        keys = list(dict.fromkeys(key for table in tables.values() for key in table))
 
         def column(key, metric, digits):
             return _cell([tables[s][key] for s in seeds if key in tables[s]], metric, digits)
 
         lines += [f"### Main table: val scores, mean ± std over the seeds that ran each ({len(seeds)} seed(s))", "",
                   _table(["configuration", "settings", "mIoU", *(h for _, h in TABLE3)],
-                         [[_name(k), json.dumps(_shown(tables[seeds[0]][k]["config"])), column(k, "miou", 4),
+                         [[_name(k), json.dumps(_shown(next(t[k] for t in tables.values() if k in t)["config"])),
+                           column(k, "miou", 4),
                            *(column(k, m, 4) for m, _ in TABLE3)] for k in keys]), ""]
         pair = [k for k in ("gd-grid", "adm-grid") if k in keys]
         lines += ["### Table 1: grid-CRF loss per pixel (λ = 1 for measuring), each optimizer at its own λ", "",
