@@ -62,9 +62,12 @@ def _rehash(keys, count, width, size):
 
 @njit(nogil=True, cache=True)
 def _grow(rows, count):
-    """`rows` with twice as many rows, the first `count` copied."""
+    """`rows` with twice as many rows, the first `count` copied (element by element: a slice assignment
+    compiles its shape-mismatch error message, seconds of a first run's compilation)."""
     grown = np.empty((2 * rows.shape[0], rows.shape[1]), dtype=rows.dtype)
-    grown[:count] = rows[:count]
+    for i in range(count):
+        for j in range(rows.shape[1]):
+            grown[i, j] = rows[i, j]
     return grown
 
 

@@ -1,0 +1,29 @@
+"""The background compilation of the regularized phase's code while the pCE phase trains
+(admsolve/training/warmup.py): it compiles what the first regularized step would, and draws from no
+random generator a run uses."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from admsolve.backends.moves import expansion_sweeps  # noqa: E402
+from admsolve.filters._lattice_kernels import _build_lattice  # noqa: E402
+from admsolve.training import TrainConfig  # noqa: E402
+from admsolve.training.warmup import compile_in_background  # noqa: E402
+
+
+def test_it_compiles_the_solver_and_the_lattice_and_leaves_the_random_generators_alone():
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    thread = compile_in_background([TrainConfig(optimizer="adm", regularizer="grid", device="cpu"),
+                                    TrainConfig(optimizer="gd", regularizer="dense", device="cpu")])
+    thread.join()
+    assert thread.error is None
+    assert expansion_sweeps.signatures and _build_lattice.signatures
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
+
+
+@pytest.mark.parametrize("settings", [{"regularizer": "none"}, {"epochs": 0}])
+def test_nothing_starts_without_a_regularized_phase(settings):
+    assert compile_in_background([TrainConfig(**{"device": "cpu", **settings})]) is None
