@@ -249,3 +249,40 @@ def test_an_unknown_memory_layout_is_refused():
     problem = adm.GridCRF(np.zeros((4, 4, 3)), np.ones((2, 4, 4)))
     with pytest.raises(ValueError, match="memory: expected one of 'auto', 'fast', 'lean', got 'small'"):
         adm.solve(problem, "numba-expansion", memory="small")
+
+
+def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_its_start():
+    """expand_sparse's contract, move after move: the entries it returns, written over the fresh graph
+    of the labels its move started from (its snapshot), give back exactly the residual graph its
+    max-flow left; resumed moves included (whose start differs from the labels they were kept at)."""
+    from admsolve.backends._gridflow import GridMaxflow
+    from admsolve.backends.moves import _fresh_graph, expand_sparse, label_major_unary, pin_capacity
+
+    rng = np.random.default_rng(4)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(24, 20, 5)), 0), 1) / 10
+    problem = adm.GridCRF(smooth - smooth.min() + rng.random((24, 20, 5)), rng.random((4, 24, 20)), lam=1.5)
+    unary, weights = label_major_unary(problem), problem.lam * problem.weights
+    labels = np.zeros(problem.shape, np.int64)
+    graph = GridMaxflow(*problem.shape, 4).graph
+    rows, n = graph[3].shape
+    scratch = (np.zeros((rows, n)), np.zeros(n))
+    source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
+    snapshots = np.zeros((problem.n_labels, *problem.shape), np.int64)
+    kept = [(np.empty(0, np.int64), np.empty(0), False)] * problem.n_labels
+    resumed = 0
+    for _ in range(3):
+        for alpha in range(problem.n_labels):
+            index, value, resume = kept[alpha]
+            resumed += resume
+            _, index, value, keep = expand_sparse(unary, weights, labels, problem.seeded, pin_capacity(problem), alpha,
+                                                  problem.energy_scale, source_cap, sink_cap, pending, graph,
+                                                  *scratch, snapshots[alpha], index, value, resume, 10 ** 9)
+            assert keep
+            kept[alpha] = (index, value, True)
+            cap, tr = np.zeros((rows, n)), np.zeros(n)
+            _fresh_graph(unary, weights, snapshots[alpha], problem.seeded, pin_capacity(problem), alpha,
+                         np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape), cap, tr, True)
+            rebuilt = np.concatenate([cap.ravel(), tr])
+            rebuilt[index] = value
+            np.testing.assert_array_equal(rebuilt, np.concatenate([graph[3].ravel(), graph[4]]))
+    assert resumed >= 2 * problem.n_labels
