@@ -183,7 +183,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
-@pytest.mark.parametrize("backend,wait", [("numba-expansion", 1.0), ("maxflow", 3.0)])
+@pytest.mark.parametrize("backend,wait", [("numba-expansion", 1.0), ("numba-swap", 1.0), ("maxflow", 3.0)])
 def test_item8_ctrl_c_cancels_solve_batch_at_once(tmp_path, backend, wait, inherited):
     """8 problems of 300 x 300 x 8 take 19-32 s on 2 idle cores (threads for numba-expansion, processes
     for maxflow); after Ctrl-C the process must be gone within seconds. The child may inherit SIGINT

@@ -387,7 +387,7 @@ def _augment_all(flow, graph):
 
 
 @njit(nogil=True, cache=True)
-def _solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, graph, sink_side):
+def load_and_solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width, graph, sink_side):
     """Max-flow value; writes sink_side[p] = True for the nodes that can reach the sink in the final
     residual graph (the sink tree).
 
@@ -431,8 +431,8 @@ class GridMaxflow:
         n_dir = 2 * n_directions
 
         fwd = np.array(FORWARD_OFFSETS[:n_directions], dtype=np.int64)
-        self._fwd_dy = np.ascontiguousarray(fwd[:, 0])
-        self._fwd_dx = np.ascontiguousarray(fwd[:, 1])
+        self.fwd_dy = np.ascontiguousarray(fwd[:, 0])
+        self.fwd_dx = np.ascontiguousarray(fwd[:, 1])
         all_dy = np.concatenate([fwd[:, 0], -fwd[:, 0]])
         all_dx = np.concatenate([fwd[:, 1], -fwd[:, 1]])
         offset = all_dy * width + all_dx  # flat index shift per direction
@@ -486,9 +486,9 @@ class GridMaxflow:
         sink_cap = self._as_input(sink_cap, (h, w), "sink_cap")
         fwd_cap = self._as_input(fwd_cap, (d, h, w), "fwd_cap")
         bwd_cap = self._as_input(bwd_cap, (d, h, w), "bwd_cap")
-        flow, valid = _solve(source_cap.reshape(n), sink_cap.reshape(n), fwd_cap.reshape(d, n),
-                             bwd_cap.reshape(d, n), self._fwd_dy, self._fwd_dx, w, self.graph,
-                             self._sink_side_flat)
+        flow, valid = load_and_solve(source_cap.reshape(n), sink_cap.reshape(n), fwd_cap.reshape(d, n),
+                                     bwd_cap.reshape(d, n), self.fwd_dy, self.fwd_dx, w, self.graph,
+                                     self._sink_side_flat)
         if not valid:
             raise ValueError("capacities must be finite and >= 0 (entries for edges leaving the "
                              "image excepted)")

@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
-from . import check_cancelled
+from . import CANCEL, check_cancelled
+from .moves import grid_energy, label_major_unary
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
 
@@ -56,8 +57,24 @@ def _icm_sweep(unary, weights, lam, free, labels):
     return changed
 
 
+@njit(nogil=True, cache=True)
+def icm_sweeps(unary, weights, lam, free, labels, max_iter, label_major, scaled, cancel):
+    """ICM sweeps in one compiled call, modifying `labels` in place, until a sweep changes nothing or
+    `max_iter` sweeps (< 0: no bound); ``cancel[0]`` is read before each sweep. `label_major` and
+    `scaled` are the unaries (K, H, W) and lam * weights of :func:`~admsolve.backends.moves.grid_energy`.
+    Returns (history, converged, cancelled): the energy before the first sweep and after each."""
+    history = [grid_energy(label_major, scaled, labels)]
+    converged = False
+    while not converged and (max_iter < 0 or len(history) <= max_iter):
+        if cancel[0]:
+            return np.array(history), False, True
+        converged = _icm_sweep(unary, weights, lam, free, labels) == 0
+        history.append(grid_energy(label_major, scaled, labels))
+    return np.array(history), converged, False
+
+
 def minimize(problem, init, *, max_iter=None):
-    """ICM sweeps until a sweep changes no pixel or `max_iter`.
+    """ICM sweeps until a sweep changes no pixel or `max_iter`, all in one compiled call.
 
     Parameters
     ----------
@@ -65,11 +82,9 @@ def minimize(problem, init, *, max_iter=None):
         Upper bound on the number of sweeps (default: until convergence).
     """
     labels = init.copy()
-    free = ~problem.seeded
-    history = [problem.energy(labels)]
-    converged = False
-    while not converged and (max_iter is None or len(history) <= max_iter):
+    history, converged, cancelled = icm_sweeps(problem.unary, problem.weights, problem.lam, ~problem.seeded, labels,
+                                               -1 if max_iter is None else max_iter, label_major_unary(problem),
+                                               problem.lam * problem.weights, CANCEL.array)
+    if cancelled:
         check_cancelled()
-        converged = _icm_sweep(problem.unary, problem.weights, problem.lam, free, labels) == 0
-        history.append(problem.energy(labels))
-    return {"labels": labels, "history": history, "converged": converged}
+    return {"labels": labels, "history": list(history), "converged": converged}

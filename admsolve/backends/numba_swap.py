@@ -8,9 +8,9 @@ import numpy as np
 from numba import njit
 
 from ..energies.gridcrf import OFFSETS
-from . import check_cancelled
-from ._gridflow import GridMaxflow
-from .moves import improves, label_major_unary, move_labels
+from . import CANCEL, check_cancelled
+from ._gridflow import GridMaxflow, load_and_solve
+from .moves import grid_energy, improves, label_major_unary, move_labels
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
 
@@ -62,8 +62,43 @@ def swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_c
     return current
 
 
+@njit(nogil=True, cache=True)
+def swap_sweeps(unary, weights, labels, seeds, pinned, pairs, max_iter, energy_scale, source_cap, sink_cap, edge_cap,
+                source_flat, sink_flat, edge_flat, fwd_dy, fwd_dx, graph, sink_side, cancel):
+    """Alpha-beta swap sweeps over the label `pairs` (P, 2) in one compiled call, modifying `labels` in
+    place, until a sweep moves nothing or `max_iter` sweeps (< 0: no bound); ``cancel[0]`` is read before
+    each move. `unary` is label-major (K, H, W), `weights` scaled by lam; the capacity arrays are the
+    (H, W) and (D, H, W) buffers with flat views of them (``*_flat``), `graph` and `sink_side` (flat) a
+    GridMaxflow's. Returns (history, converged, cancelled): the energy (grid_energy) before the first
+    sweep and after each."""
+    width = weights.shape[2]
+    history = [grid_energy(unary, weights, labels)]
+    converged = pairs.shape[0] == 0
+    while not converged and (max_iter < 0 or len(history) <= max_iter):
+        converged = True
+        for i in range(pairs.shape[0]):
+            if cancel[0]:
+                return np.array(history), False, True
+            alpha, beta = pairs[i, 0], pairs[i, 1]
+            current = swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_cap, sink_cap,
+                                      edge_cap)
+            flow, valid = load_and_solve(source_flat, sink_flat, edge_flat, edge_flat, fwd_dy, fwd_dx, width, graph, sink_side)
+            if not valid:
+                raise ValueError("capacities must be finite and >= 0")
+            if improves(flow, current, energy_scale):
+                for y in range(labels.shape[0]):
+                    for x in range(width):
+                        label = labels[y, x]
+                        if label == alpha or label == beta:
+                            labels[y, x] = beta if sink_side[y * width + x] else alpha
+                converged = False
+        history.append(grid_energy(unary, weights, labels))
+    return np.array(history), converged, False
+
+
 def minimize(problem, init, *, max_iter=None, labels=None):
-    """Alpha-beta swap sweeps over all label pairs until no move lowers the energy or `max_iter`.
+    """Alpha-beta swap sweeps over all label pairs until no move lowers the energy or `max_iter`, all in
+    one compiled call.
 
     Parameters
     ----------
@@ -72,25 +107,18 @@ def minimize(problem, init, *, max_iter=None, labels=None):
     labels : sequence of int, optional
         Swap only between these labels.
     """
-    pairs = list(itertools.combinations(move_labels(problem, labels), 2))
+    pairs = np.array(list(itertools.combinations(move_labels(problem, labels), 2)), dtype=np.int64).reshape(-1, 2)
     labels = init.copy()
-    history = [problem.energy(labels)]
-    unary = label_major_unary(problem)
     weights = problem.lam * problem.weights
     flow_solver = GridMaxflow(*problem.shape, weights.shape[0])
+    n = problem.shape[0] * problem.shape[1]
     source_cap, sink_cap = np.empty(problem.shape), np.empty(problem.shape)
     edge_cap = np.empty_like(weights)
-    converged = not pairs
-    while not converged and (max_iter is None or len(history) <= max_iter):
-        converged = True
-        for alpha, beta in pairs:
-            check_cancelled()
-            current = swap_capacities(unary, weights, labels, problem.seeds, problem.seeded, alpha, beta,
-                                      source_cap, sink_cap, edge_cap)
-            flow = flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap)
-            if improves(flow, current, problem.energy_scale):
-                in_swap = (labels == alpha) | (labels == beta)
-                labels[in_swap] = np.where(flow_solver.sink_side[in_swap], beta, alpha)
-                converged = False
-        history.append(problem.energy(labels))
-    return {"labels": labels, "history": history, "converged": converged}
+    history, converged, cancelled = swap_sweeps(
+        label_major_unary(problem), weights, labels, problem.seeds, problem.seeded, pairs,
+        -1 if max_iter is None else max_iter, problem.energy_scale, source_cap, sink_cap, edge_cap,
+        source_cap.reshape(n), sink_cap.reshape(n), edge_cap.reshape(weights.shape[0], n), flow_solver.fwd_dy,
+        flow_solver.fwd_dx, flow_solver.graph, flow_solver.sink_side.reshape(n), CANCEL.array)
+    if cancelled:
+        check_cancelled()
+    return {"labels": labels, "history": list(history), "converged": converged}
