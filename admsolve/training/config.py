@@ -39,8 +39,8 @@ CONFIGURATIONS = {
 DEFAULT_CONFIGURATIONS = ("pce", "gd-grid", "adm-grid", "gd-dense")
 #: (lam, gamma) per (optimizer, regularizer) for a run that gives none. "synthetic": the built-in data's (the
 #: README's main job). "folder": any dataset folder; the grid CRF's values are those the study in the authors'
-#: regime chose on the held-back fifth of MSRC-21's train split (docs/reproduction.md, "In the authors'
-#: regime": ADM grid lam / gamma 160 with gamma 1, GD grid lam 0.5; effnet-lite0, 12 + 4 epochs), the dense
+#: regime chose on the held-back fifth of MSRC-21's train split (docs/reproduction.md, "msrc21: ADM in its
+#: authors' regime": ADM grid lam / gamma 160 with gamma 1, GD grid lam 0.5; effnet-lite0, 12 + 4 epochs), the dense
 #: CRF's those its main table ran (not tuned). gamma is read by ADM only.
 DEFAULT_WEIGHTS = {
     "synthetic": {("gd", "grid"): (4.0, 2.0), ("adm", "grid"): (4.0, 2.0),
@@ -49,12 +49,12 @@ DEFAULT_WEIGHTS = {
                ("gd", "dense"): (0.5, 1.0), ("adm", "dense"): (0.5, 1.0)},
 }
 #: The regularized phase and ADM's latent step on a dataset folder, for a run that gives none: the authors'
-#: regime as the same study chose and ran it (docs/reproduction.md, "In the authors' regime"): the pCE network
-#: fine-tuned by Adam at lr 3e-4 (chosen among SGD and Adam at 1e-4, 3e-4, 1e-3), divided by 10 after each
-#: third of the phase; the solver starting from label 0, moving only to the labels of argmax S and the
-#: scribbles (with the grid CRF and a solver that takes labels); dropout 0.5 before effnet-lite0's classifier
-#: (0 with any other network). On the synthetic data:
-#: the pCE phase's optimizer, lr and schedule carried on (:data:`CARRIED_ON`), argmax S, all labels, no dropout.
+#: regime as the same study chose and ran it (docs/reproduction.md, "msrc21: ADM in its authors' regime"):
+#: the pCE network fine-tuned by Adam at lr 3e-4 (chosen among SGD and Adam at 1e-4, 3e-4, 1e-3), divided
+#: by 10 after each third of the phase; the solver starting from label 0, moving only to the labels of
+#: argmax S and the scribbles (with the grid CRF and a solver that takes labels); dropout 0.5 before
+#: effnet-lite0's classifier (0 with any other network). On the synthetic data: the pCE phase's optimizer, lr and schedule carried on
+#: (:data:`CARRIED_ON`), argmax S, all labels, no dropout.
 FOLDER_DEFAULTS = {"finetune_optimizer": "adam", "finetune_lr": 3e-4, "finetune_schedule": "step",
                    "latent_init": "label-0", "restrict_labels": True, "dropout": 0.5}
 SYNTHETIC_DEFAULTS = {"latent_init": "argmax", "restrict_labels": False, "dropout": 0.0}
@@ -86,8 +86,8 @@ class TrainConfig:
     X (None: gamma, the paper's equations; the authors' code weights it apart, 1.5). ``latent_init`` is
     the labeling ADM's solver starts from. ``dropout`` is applied before the classifier of
     "effnet-lite0" while it trains (so the S of the latent step sees it, as in the authors' training).
-    Those three, ``restrict_labels`` and the regularized phase's settings take, when None, the authors'
-    regime on a dataset folder (:data:`FOLDER_DEFAULTS`) and on the synthetic set the pCE phase's
+    ``latent_init``, ``dropout``, ``restrict_labels`` and the regularized phase's settings take, when
+    None, the authors' regime on a dataset folder (:data:`FOLDER_DEFAULTS`) and on the synthetic set the pCE phase's
     optimizer, lr and schedule with :data:`SYNTHETIC_DEFAULTS`. ``padding_in_losses``
     True lets crop padding take part in the losses and the latent step, as before the valid-pixel
     mask (runs stored before it read as True).
@@ -231,7 +231,8 @@ class TrainConfig:
             defaults = {**SYNTHETIC_DEFAULTS, **{name: getattr(self, pce) for name, pce in CARRIED_ON.items()}}
         else:  # (dropout where the network has the layer; label restriction where the solver takes labels)
             restrictable = self.regularizer == "grid" and (self.backend is None or lookup(self.backend).takes_labels)
-            defaults = {**FOLDER_DEFAULTS, "dropout": FOLDER_DEFAULTS["dropout"] * (self.resolved_model == "effnet-lite0"),
+            dropout = FOLDER_DEFAULTS["dropout"] if self.resolved_model == "effnet-lite0" else 0.0
+            defaults = {**FOLDER_DEFAULTS, "dropout": dropout,
                         "restrict_labels": FOLDER_DEFAULTS["restrict_labels"] and restrictable}
         return dataclasses.replace(self, model=self.resolved_model,
                                    crop_size=self.crop_size or (96 if synthetic else 224),
@@ -260,5 +261,6 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config: unknown settings {unknown}; known: {sorted(names)}")
-        carried = {name: values.get(pce) for name, pce in CARRIED_ON.items() if values.get(name) is None}
-        return cls(**{**STORED_BEFORE, **values, **{name: value for name, value in carried.items() if value is not None}})
+        carried = {name: values[pce] for name, pce in CARRIED_ON.items()
+                   if values.get(name) is None and values.get(pce) is not None}
+        return cls(**{**STORED_BEFORE, **values, **carried})
