@@ -53,8 +53,8 @@ DEFAULT_WEIGHTS = {
 #: the pCE network fine-tuned by Adam at lr 3e-4 (chosen among SGD and Adam at 1e-4, 3e-4, 1e-3), divided
 #: by 10 after each third of the phase; the solver starting from label 0, moving only to the labels of
 #: argmax S and the scribbles (with the grid CRF and a solver that takes labels); dropout 0.5 before
-#: effnet-lite0's classifier (0 with any other network). On the synthetic data: the pCE phase's optimizer, lr and schedule carried on
-#: (:data:`CARRIED_ON`), argmax S, all labels, no dropout.
+#: effnet-lite0's classifier (0 with any other network). On the synthetic data: the pCE phase's optimizer,
+#: lr and schedule carried on (:data:`CARRIED_ON`), argmax S, all labels, no dropout.
 FOLDER_DEFAULTS = {"finetune_optimizer": "adam", "finetune_lr": 3e-4, "finetune_schedule": "step",
                    "latent_init": "label-0", "restrict_labels": True, "dropout": 0.5}
 SYNTHETIC_DEFAULTS = {"latent_init": "argmax", "restrict_labels": False, "dropout": 0.0}
