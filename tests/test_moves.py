@@ -265,11 +265,11 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
     labels = np.zeros(problem.shape, np.int64)
     graph = GridMaxflow(*problem.shape, 4).graph
     rows, n = graph[3].shape
-    scratch = (np.zeros((rows, n)), np.zeros(n))
+    scratch = (np.zeros((rows, n)), np.zeros(n), np.empty(n // 7, np.int64), np.empty(n // 7))  # (some overflow)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     snapshots = np.zeros((problem.n_labels, *problem.shape), np.int64)
     kept = [(np.empty(0, np.int64), np.empty(0), False)] * problem.n_labels
-    resumed = 0
+    resumed, sizes = 0, []
     for _ in range(3):
         for alpha in range(problem.n_labels):
             index, value, resume = kept[alpha]
@@ -278,6 +278,7 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
                                                   problem.energy_scale, source_cap, sink_cap, pending, graph,
                                                   *scratch, snapshots[alpha], index, value, resume, 10 ** 9)
             assert keep
+            sizes.append(index.size)
             kept[alpha] = (index, value, True)
             cap, tr = np.zeros((rows, n)), np.zeros(n)
             _fresh_graph(unary, weights, snapshots[alpha], problem.seeded, pin_capacity(problem), alpha,
@@ -286,3 +287,4 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
             rebuilt[index] = value
             np.testing.assert_array_equal(rebuilt, np.concatenate([graph[3].ravel(), graph[4]]))
     assert resumed >= 2 * problem.n_labels
+    assert min(sizes) <= scratch[2].size < max(sizes)  # entries that fit the scratch, and more than fit

@@ -286,20 +286,29 @@ def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sin
 
 
 @njit(nogil=True, cache=True)
-def _changed_entries(cap, tr, fresh_cap, fresh_tr, budget):
+def _changed_entries(cap, tr, fresh_cap, fresh_tr, budget, index_scratch, value_scratch):
     """Where the residual graph (cap, tr) differs from the fresh graph (fresh_cap, fresh_tr): indices into
     the rows of cap followed by tr, flattened, and the residual values there; (empty, empty, False) if
-    there are more than `budget`."""
+    there are more than `budget`. One pass that writes them into the scratch arrays while they fit (a
+    move usually changes fewer entries than there are pixels), a second pass only when they did not."""
     rows, n = cap.shape
+    room = index_scratch.size
     count = 0
-    for k in range(rows):
+    for k in range(rows + 1):
         for p in range(n):
-            count += cap[k, p] != fresh_cap[k, p]
-    for p in range(n):
-        count += tr[p] != fresh_tr[p]
+            changed = cap[k, p] != fresh_cap[k, p] if k < rows else tr[p] != fresh_tr[p]
+            if changed:
+                if count < room:
+                    index_scratch[count] = k * n + p
+                    value_scratch[count] = cap[k, p] if k < rows else tr[p]
+                count += 1
     if count > budget:
         return np.empty(0, np.int64), np.empty(0), False
     index, value = np.empty(count, np.int64), np.empty(count)
+    if count <= room:
+        for i in range(count):
+            index[i], value[i] = index_scratch[i], value_scratch[i]
+        return index, value, True
     i = 0
     for k in range(rows):
         for p in range(n):
@@ -315,12 +324,13 @@ def _changed_entries(cap, tr, fresh_cap, fresh_tr, budget):
 
 @njit(nogil=True, cache=True)
 def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
-                  graph, fresh_cap, fresh_tr, snapshot, index, value, resume, budget):
+                  graph, fresh_cap, fresh_tr, index_scratch, value_scratch, snapshot, index, value, resume, budget):
     """expand_in_place for the lean layout: the residual graph of alpha's last move is kept as the
     entries (`index`, `value`) where it differs from that move's fresh graph (made from the labels
     `snapshot`), and rebuilt from them exactly in the one working `graph` when `resume`; otherwise the
     move starts afresh. `fresh_cap`, `fresh_tr` are scratch arrays like graph's cap and tr, all zero
-    at the entries of edges leaving the image. Returns (moved, index, value, kept): the entries of this
+    at the entries of edges leaving the image; `index_scratch`, `value_scratch` (int64, float64, any
+    length) hold the entries while they are found. Returns (moved, index, value, kept): the entries of this
     move's residual graph, kept unless more than `budget` (then alpha's next move starts afresh; a
     negative budget: none kept, none looked for)."""
     cap, tr = graph[3], graph[4]
@@ -348,7 +358,7 @@ def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, 
         if resume:
             _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, fresh_cap,
                          fresh_tr, False)  # (the scratch's reverse edges are never written)
-        index, value, kept = _changed_entries(cap, tr, fresh_cap, fresh_tr, budget)
+        index, value, kept = _changed_entries(cap, tr, fresh_cap, fresh_tr, budget, index_scratch, value_scratch)
     return _apply_cut(unary, weights, labels, alpha, energy_scale, graph[5]), index, value, kept
 
 
@@ -396,7 +406,8 @@ def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, 
 
     `graph` is a GridMaxflow's; with ``lean=None`` ("fast"), label i's residual graph is (caps[i],
     trs[i]) and snapshots[i] the labels its last move was made from (expand_in_place); with `lean` a
-    pair (fresh_cap, fresh_tr), a scratch graph like graph's cap and tr (all zero), the moves resume
+    tuple (fresh_cap, fresh_tr, index_scratch, value_scratch), a scratch graph like graph's cap and tr
+    (all zero) and room for the entries a move changes (expand_sparse), the moves resume
     from the changed entries kept per label within :data:`LEAN_BUDGET` (expand_sparse), and `caps`,
     `trs` are not read. (None is a type of its own to Numba, which compiles each layout's loop
     without the other's moves.) The loop checks ``cancel[0]`` before each move and stops when it is set.
@@ -432,7 +443,8 @@ def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, 
                 room = -1 if last_sweep else budget - kept_entries
                 moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alphas[i],
                                                           energy_scale, source_cap, sink_cap, pending, graph,
-                                                          lean[0], lean[1], snapshots[i], kept_index[i],
+                                                          lean[0], lean[1], lean[2], lean[3], snapshots[i],
+                                                          kept_index[i],
                                                           kept_value[i], resume, room)
                 started[i] = keep
                 kept_index[i], kept_value[i] = index, value

@@ -93,7 +93,8 @@ def minimize(problem, init, *, max_iter=None, labels=None, memory="auto"):
         rows, n = flow_solver.graph[3].shape
         count = 0 if memory == "lean" else len(alphas)  # lean: none kept whole, one scratch graph
         caps, trs = np.zeros((count, rows, n)), np.zeros((count, n))
-        scratch = (np.zeros((rows, n)), np.zeros(n)) if memory == "lean" else None
+        scratch = (np.zeros((rows, n)), np.zeros(n), np.empty(n, np.int64), np.empty(n)) if memory == "lean" \
+            else None  # (lean: a scratch graph, and room for one pixel's worth of changed entries per move)
         snapshots = np.empty((len(alphas), *problem.shape), dtype=labels.dtype)
         history, converged, cancelled = expansion_sweeps(
             label_major_unary(problem), problem.lam * problem.weights, labels, problem.seeded, pin_capacity(problem),
