@@ -444,8 +444,7 @@ def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, 
                 moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alphas[i],
                                                           energy_scale, source_cap, sink_cap, pending, graph,
                                                           lean[0], lean[1], lean[2], lean[3], snapshots[i],
-                                                          kept_index[i],
-                                                          kept_value[i], resume, room)
+                                                          kept_index[i], kept_value[i], resume, room)
                 started[i] = keep
                 kept_index[i], kept_value[i] = index, value
                 kept_entries += index.size

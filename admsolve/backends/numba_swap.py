@@ -82,7 +82,8 @@ def swap_sweeps(unary, weights, labels, seeds, pinned, pairs, max_iter, energy_s
             alpha, beta = pairs[i, 0], pairs[i, 1]
             current = swap_capacities(unary, weights, labels, seeds, pinned, alpha, beta, source_cap, sink_cap,
                                       edge_cap)
-            flow, valid = load_and_solve(source_flat, sink_flat, edge_flat, edge_flat, fwd_dy, fwd_dx, width, graph, sink_side)
+            flow, valid = load_and_solve(source_flat, sink_flat, edge_flat, edge_flat, fwd_dy, fwd_dx, width, graph,
+                                         sink_side)
             if not valid:
                 raise ValueError("capacities must be finite and >= 0")
             if improves(flow, current, energy_scale):
