@@ -21,7 +21,7 @@ from .checkpoints import lock_folder
 from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
 from .metrics import plot_comparison
-from .warmup import compile_in_background
+from .warmup import compiling_in_background
 
 #: Columns of the table: (record key, header).
 COLUMNS = (("miou", "mIoU"), ("accuracy", "accuracy"), ("trimap_8", "trimap 8px"), ("trimap_16", "trimap 16px"),
@@ -149,10 +149,11 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
         raise ValueError("configurations: expected at least one configuration, got none")
     configs = [_configuration(base, key, None) for key in configurations]  # checks every key before training
     out.mkdir(parents=True, exist_ok=True)
-    with lock_folder(out, "out"):  # one process writes the comparison; each run also locks its own folder
+    # one process writes the comparison (each run also locks its own folder); the regularized phases'
+    # compiled code is made while pCE trains
+    with lock_folder(out, "out"), compiling_in_background(configs if base.pretrain_epochs > 0 else []):
         init = None
         if base.pretrain_epochs > 0:
-            compile_in_background(configs)  # the regularized phases' compiled code, while pCE trains
             pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
                                                                init=None))
             if progress:

@@ -11,6 +11,8 @@ and only rank 0 writes the run folder.
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -59,11 +61,34 @@ class Processes:
             return values
         tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=self._reduce_device())
         dist.all_reduce(tensor)
-        result = tensor.cpu().numpy()
-        return float(result) if np.ndim(values) == 0 else result.astype(np.asarray(values).dtype)
+        result = tensor.cpu().numpy().astype(np.asarray(values).dtype)  # a copy: nothing of `tensor` kept
+        if dist.get_backend() == "gloo":
+            reduced = weakref.ref(tensor)
+            del tensor
+            _wait_until_let_go(reduced)
+        return float(result) if np.ndim(values) == 0 else result
 
     def _reduce_device(self):
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+#: Seconds :meth:`Processes.sum` waits at most for gloo's worker thread to let go of a reduced tensor.
+LET_GO_TIMEOUT = 1.0
+
+
+def _wait_until_let_go(reduced: weakref.ref[torch.Tensor]) -> None:
+    """Wait until the tensor of the weak reference `reduced`, which Python no longer holds, is let go of
+    by gloo's worker thread too (at most :data:`LET_GO_TIMEOUT` seconds).
+
+    The worker lets go of a reduction's tensors after the reduction has returned to Python, and letting
+    go of a tensor Python has seen takes the GIL. If that happens once the interpreter is shutting down,
+    the thread is killed in C++ code and the process aborts ("terminate called without an active
+    exception": seen under torchrun at a run's end, right after its last reduction). Torch keeps the
+    Python object alive while C++ holds the tensor, so its weak reference dies when the worker lets go;
+    sleeping hands the worker the GIL meanwhile."""
+    deadline = time.monotonic() + LET_GO_TIMEOUT
+    while reduced() is not None and time.monotonic() < deadline:
+        time.sleep(1e-4)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -47,7 +47,7 @@ from .evaluation import Evaluator, image_tensor
 from .metrics import plot_curves
 from .models import build_model, input_normalization, wrap_model
 from .objective import Objective
-from .warmup import compile_in_background
+from .warmup import compiling_in_background
 
 __all__ = ["NO_VALIDATION", "Progress", "Trainer", "TrainingDiverged", "read_metrics", "resume", "train"]
 
@@ -404,9 +404,9 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, progress: bool = 
         if trainer.processes.main:
             write_config(out, trainer.config)
             trainer.write_model_info()
-        if trainer.config.pretrain_epochs > 0:
-            compile_in_background([trainer.config])  # the regularized phase's compiled code, while pCE trains
-        return trainer.run()
+        # the regularized phase's compiled code, while pCE trains
+        with compiling_in_background([trainer.config] if trainer.config.pretrain_epochs > 0 else []):
+            return trainer.run()
 
 
 def resume(run: str | os.PathLike[str], *, epochs: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
