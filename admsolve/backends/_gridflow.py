@@ -306,9 +306,9 @@ def _augment_all(flow, graph):
     n_dir = offset.shape[0]
 
     # each node with terminal capacity left starts as an active root of its tree
-    a_head = 0  # active nodes: FIFO ring buffer active_queue[a_head ...], a_count entries
-    a_tail = 0
-    a_count = 0
+    # active nodes: FIFO ring buffer active_queue[a_head ...], a_count entries (int64 from the start: a literal
+    # 0 would have Numba compile the functions they are passed to a second time, for the literal)
+    a_head, a_tail, a_count = np.int64(0), np.int64(0), np.int64(0)
     for p in range(n):
         in_active[p] = False
         stamp[p] = 0

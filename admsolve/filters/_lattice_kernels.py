@@ -227,7 +227,7 @@ def _build_lattice(features, token):
     rank = np.empty(dp1, dtype=np.int64)
     bary = np.empty(dp1 + 1, dtype=np.float32)
     state = np.array([0, 0, -1])
-    p = 0
+    p = np.int64(0)  # not a literal 0, for which Numba would compile _scan a second time
     while True:
         p = _scan(token, features, p, state, scale, canonical, point_keys, point_table, simplex_keys, simplex_points,
                   simplex_table, vertices, barycentric, elevated, rem0, rank, bary)
