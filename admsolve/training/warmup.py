@@ -5,9 +5,10 @@ cache filled this only loads it; with the cache empty (a fresh install) it moves
 20 s on 2 cores, off the critical path. The compiler releases the GIL for LLVM's passes and torch for
 its kernels, so the two overlap.
 
-The thread is joined before the run returns (and before the process can exit): a thread still inside
-compiled code when the interpreter shuts down is killed there, and the C++ beneath aborts the process
-("terminate called without an active exception"), as two processes under torchrun showed."""
+The thread is joined before the run returns (and before the process can exit): a daemon thread that
+comes back from compiled code while the interpreter shuts down is killed there, which can abort the
+process ("terminate called without an active exception", as gloo's worker thread did under torchrun,
+see :func:`admsolve.training.distributed._wait_until_let_go`)."""
 
 from __future__ import annotations
 
