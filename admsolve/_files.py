@@ -1,6 +1,7 @@
 """Writing output files safely, for every command that writes some: a file is replaced whole or not at
 all (:func:`atomic_file`, :func:`write_text`), a line is appended whole or not at all
-(:func:`append_line`), and a folder has one writer at a time (:func:`folder_lock`).
+(:func:`append_line`), and a folder has one writer at a time (:func:`folder_lock`); under torchrun one
+process writes and reports (:func:`writes_outputs`).
 
 A failed write (no space left, no permission, the folder gone) raises :class:`WriteError`, an OSError
 whose message is one line naming the file and the OS error, and leaves the file as it was.
@@ -100,6 +101,12 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
         if cause is None:
             raise
         raise _write_error(path, cause) from None
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes the output files and prints the results: True but in a torchrun process of
+    rank other than 0 (its RANK, known before any process group starts)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

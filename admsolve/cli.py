@@ -3,8 +3,10 @@ run the demo, and train, evaluate, compare, apply and export networks trained fr
 ``evaluate``, ``compare``, ``predict``, ``export``: these need the ``train`` extra)."""
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import io
 import os
 import sys
 import time
@@ -14,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__, backends
+from ._files import writes_outputs
 from ._support import ProgressBar
 from .energies.densecrf import DenseCRF
 from .energies.gridcrf import GridCRF, contrast_weights
@@ -665,8 +668,11 @@ def main(argv=None):
     for name, value in OPENMP_SETTINGS.items():
         os.environ.setdefault(name, value)
     args = build_parser().parse_args(argv)
+    # under torchrun rank 0 prints the results (errors come from every rank, on stderr)
+    results = contextlib.nullcontext() if writes_outputs() else contextlib.redirect_stdout(io.StringIO())
     try:
-        status = args.handler(args)
+        with results:
+            status = args.handler(args)
     except (ValueError, TypeError, ImportError, OSError, FloatingPointError) as exc:
         print(f"admsolve: error: {exc}", file=sys.stderr)
         return 2

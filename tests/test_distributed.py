@@ -102,3 +102,20 @@ def test_a_sum_returns_once_gloo_has_let_go_of_its_tensor(tmp_path):
                            str(tmp_path / "sums.py")], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_comparison_under_torchrun_starts_each_run_from_the_written_pretrain_checkpoint_and_reports_once(tmp_path):
+    """Rank 1 does not write, so it finished the pCE phase first and read the shared pretrain checkpoint before
+    rank 0 had written it; and every rank printed the table."""
+    (tmp_path / "user_plain.py").write_text(NETWORK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "comparison"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "admsolve", "compare", "--configs", "pce,adm-grid", *SETTINGS[:-1], "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("| ADM grid |") == 1
+    assert done.stdout.count("phase 2: ADM grid") == 1
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [row["key"] for row in rows] == ["pce", "adm-grid"]

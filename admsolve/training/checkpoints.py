@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._files import append_line, atomic_file, folder_lock, write_text
+from .._files import append_line, atomic_file, folder_lock, write_text, writes_outputs
 from .._validation import UNLABELED
 from .config import TrainConfig
 
@@ -186,9 +186,9 @@ class StepLog:
 
 def lock_folder(folder: str | os.PathLike[str], name: str = "out") -> contextlib.AbstractContextManager:
     """:func:`admsolve._files.folder_lock` of the existing folder `folder`, in the process that writes
-    it: under torchrun rank 0 alone (its RANK, known before the process group starts), the other
-    ranks writing nothing there."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    it (:func:`admsolve._files.writes_outputs`: under torchrun rank 0 alone, the other ranks writing
+    nothing there)."""
+    if not writes_outputs():
         return contextlib.nullcontext()
     return folder_lock(folder, name)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import write_text
+from .._files import write_text, writes_outputs
 from .checkpoints import lock_folder
 from .config import CONFIGURATIONS, DEFAULT_CONFIGURATIONS, TrainConfig
 from .loop import read_metrics, resume, train
@@ -152,11 +152,11 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
     # one process writes the comparison (each run also locks its own folder); the regularized phases'
     # compiled code is made while pCE trains
     with lock_folder(out, "out"), compiling_in_background(configs if base.pretrain_epochs > 0 else []):
-        init = None
+        init, report = None, progress and writes_outputs()  # under torchrun rank 0 reports and writes
         if base.pretrain_epochs > 0:
             pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
                                                                init=None))
-            if progress:
+            if report:
                 print(f"phase 1: partial cross-entropy for {base.pretrain_epochs} epochs -> {out / 'pretrain'}")
             _run(pretrain, out / "pretrain", progress)
             init = str(out / "pretrain" / "checkpoint.pt")
@@ -164,7 +164,7 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
         for key in configurations:
             name = CONFIGURATIONS[key][0]
             config = _configuration(base, key, init)
-            if progress:
+            if report:
                 print(f"phase 2: {name} for {config.epochs} epochs -> {out / key}")
             records = _run(config, out / key, progress)
             last = records[-1]
@@ -174,9 +174,10 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
             row["solver_time"] = sum(record.get("solver_time", 0.0) for record in records)
             rows.append(row)
             curves[name] = records
-        write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
-        write_text(out / "comparison.md", format_table(rows) + "\n")
-        plot_comparison(curves, out / "comparison.png")
+        if writes_outputs():
+            write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
+            write_text(out / "comparison.md", format_table(rows) + "\n")
+            plot_comparison(curves, out / "comparison.png")
         return rows
 
 

@@ -68,6 +68,11 @@ class Processes:
             _wait_until_let_go(reduced)
         return float(result) if np.ndim(values) == 0 else result
 
+    def barrier(self) -> None:
+        """Wait until every process has got here (nothing to wait for in one process)."""
+        if self.world_size > 1:
+            dist.barrier()
+
     def _reduce_device(self):
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 

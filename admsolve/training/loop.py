@@ -326,6 +326,9 @@ class Trainer:
                       if "miou" in record else "")
             self.progress.done(f"epoch {epoch}/{config.total_epochs} {record['phase']}: loss "
                                f"{record['train_loss']:.4f}{scores} ({record['train_time']:.1f} s)")
+        # under torchrun no process goes on before rank 0 has written the run (a comparison's next run
+        # starts from its checkpoint)
+        self.processes.barrier()
         return self.records
 
     def save_best(self, record: dict[str, Any]) -> None:
