@@ -152,7 +152,8 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
     # one process writes the comparison (each run also locks its own folder); the regularized phases'
     # compiled code is made while pCE trains
     with lock_folder(out, "out"), compiling_in_background(configs if base.pretrain_epochs > 0 else []):
-        init, report = None, progress and writes_outputs()  # under torchrun rank 0 reports and writes
+        init, writes = None, writes_outputs()  # under torchrun rank 0 reports and writes
+        report = progress and writes
         if base.pretrain_epochs > 0:
             pretrain = _unused_to_defaults(dataclasses.replace(base, optimizer="gd", regularizer="none", epochs=0,
                                                                init=None))
@@ -174,7 +175,7 @@ def compare(base: TrainConfig, out: str | os.PathLike[str], *, configurations: S
             row["solver_time"] = sum(record.get("solver_time", 0.0) for record in records)
             rows.append(row)
             curves[name] = records
-        if writes_outputs():
+        if writes:
             write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
             write_text(out / "comparison.md", format_table(rows) + "\n")
             plot_comparison(curves, out / "comparison.png")
