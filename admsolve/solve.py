@@ -28,7 +28,8 @@ class SolveResult(dict):
     labels : (H, W) ndarray of int32
         The labeling found; it satisfies the problem's seeds.
     energy : float
-        ``problem.energy(labels)``, the reference energy.
+        ``problem.energy(labels)``, the reference energy (ADM's compiled latent step,
+        :mod:`admsolve.backends.latent_batch`, sums the reference's formula in compiled code, as history).
     history : list of float
         Reference energy of the initial labeling, then after each sweep (mean-field records only the
         first and the last by default: its ``history`` option); numba-expansion sums the reference's
@@ -255,7 +256,7 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
                 raise _with_index(exc, index)
         return results
     if callable(chosen) or backends.BACKENDS[chosen].releases_gil or _processes_failed:  # a callable may not pickle
-        return _run_in_threads(jobs, workers)
+        return run_in_threads(_solve_job, jobs, workers)
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_ignore_sigint)
@@ -266,21 +267,25 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
         _terminate(executor)
         warnings.warn(f"solve_batch: the worker processes could not start; solving in threads instead, now and "
                       f"in later calls ({MAIN_GUARD})", RuntimeWarning, stacklevel=2)
-        return _run_in_threads(jobs, workers)
+        return run_in_threads(_solve_job, jobs, workers)
     except BaseException:
         _terminate(executor)
         raise
-    return _collect(executor, jobs, stop=_terminate)
+    return _collect(executor, _solve_job, jobs, stop=_terminate)
 
 
-def _run_in_threads(jobs, workers):
-    return _collect(ThreadPoolExecutor(workers), jobs, stop=_cancel_threads)
+def run_in_threads(function: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
+    """``[function(job) for job in jobs]``, computed by `workers` threads, in order. An exception raised for a
+    job (its index in ``exc.index``) or Ctrl-C sets :data:`admsolve.backends.CANCEL`, which stops the compiled
+    loops of the running jobs after their current move, waits for them and is re-raised."""
+    return _collect(ThreadPoolExecutor(workers), function, jobs, stop=_cancel_threads)
 
 
-def _collect(executor, jobs, *, stop):
-    """Run `jobs` on `executor`, results in order; on an error or Ctrl-C, `stop` the outstanding work first."""
+def _collect(executor, function, jobs, *, stop):
+    """Run `function` on each of `jobs` on `executor`, results in order; on an error or Ctrl-C, `stop` the
+    outstanding work first."""
     try:
-        futures = [executor.submit(_solve_job, job) for job in jobs]
+        futures = [executor.submit(function, job) for job in jobs]
         results = []
         for index, future in enumerate(futures):
             try:

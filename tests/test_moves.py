@@ -76,7 +76,7 @@ def test_resumed_expansion_move_cuts_as_a_fresh_one(problem, data):
         """The labels after the move and its sink side off alpha (where it changes something)."""
         labels = labels.astype(np.int32)
         buffers = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
-        moves.expand_in_place(unary, weights, labels, problem.seeded, moves.pin_capacity(problem), alpha,
+        moves.expand_in_place(unary, weights, labels, problem.seeded, moves.pin_capacity(problem, unary), alpha,
                               problem.energy(labels), *buffers, graph, snapshot, is_fresh)
         return labels, (graph[5] == SINK).reshape(problem.shape) & (snapshot != alpha)
 
@@ -151,9 +151,9 @@ def test_threads_are_used_for_numba_backends_and_agree_with_serial(monkeypatch):
     solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
 
     threaded_calls = []
-    run_in_threads = solve_module._run_in_threads
-    monkeypatch.setattr(solve_module, "_run_in_threads",
-                        lambda jobs, workers: threaded_calls.append(workers) or run_in_threads(jobs, workers))
+    run_in_threads = solve_module.run_in_threads
+    monkeypatch.setattr(solve_module, "run_in_threads", lambda function, jobs, workers:
+                        threaded_calls.append(workers) or run_in_threads(function, jobs, workers))
     rng = np.random.default_rng(5)
     problems = [adm.GridCRF(rng.normal(size=(80, 80, 4)), rng.random((2, 80, 80)), lam=1.0) for _ in range(4)]
     serial = adm.solve_batch(problems, "numba-expansion", workers=1)
@@ -170,9 +170,9 @@ def test_problems_below_the_backend_s_threads_from_are_solved_in_the_calling_thr
     solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
 
     threaded_calls = []
-    run_in_threads = solve_module._run_in_threads
-    monkeypatch.setattr(solve_module, "_run_in_threads",
-                        lambda jobs, workers: threaded_calls.append(workers) or run_in_threads(jobs, workers))
+    run_in_threads = solve_module.run_in_threads
+    monkeypatch.setattr(solve_module, "run_in_threads", lambda function, jobs, workers:
+                        threaded_calls.append(workers) or run_in_threads(function, jobs, workers))
     threads_from = adm.backends.BACKENDS[backend].threads_from
     rng = np.random.default_rng(6)
     side = int(np.sqrt(threads_from / 4)) - 1  # 4 labels: just under the threshold
@@ -274,14 +274,14 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
         for alpha in range(problem.n_labels):
             index, value, resume = kept[alpha]
             resumed += resume
-            _, index, value, keep = expand_sparse(unary, weights, labels, problem.seeded, pin_capacity(problem), alpha,
+            _, index, value, keep = expand_sparse(unary, weights, labels, problem.seeded, pin_capacity(problem, unary), alpha,
                                                   problem.energy_scale, source_cap, sink_cap, pending, graph,
                                                   *scratch, snapshots[alpha], index, value, resume, 10 ** 9)
             assert keep
             sizes.append(index.size)
             kept[alpha] = (index, value, True)
             cap, tr = np.zeros((rows, n)), np.zeros(n)
-            _fresh_graph(unary, weights, snapshots[alpha], problem.seeded, pin_capacity(problem), alpha,
+            _fresh_graph(unary, weights, snapshots[alpha], problem.seeded, pin_capacity(problem, unary), alpha,
                          np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape), cap, tr, True)
             rebuilt = np.concatenate([cap.ravel(), tr])
             rebuilt[index] = value

@@ -402,6 +402,29 @@ def load_and_solve(source_cap, sink_cap, fwd_cap, bwd_cap, fwd_dy, fwd_dx, width
     return flow, True
 
 
+@njit(nogil=True, cache=True)
+def grid_graph(height, width, n_directions):
+    """A new max-flow workspace for an H x W grid with D forward directions: the tuple (offset, reverse,
+    nbr_mask, cap, tr, tree, parent, ...) that max_flow and _augment_all unpack, residual capacities all
+    zero. Bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image."""
+    n, n_dir = height * width, 2 * n_directions
+    offset, reverse = np.empty(n_dir, np.int64), np.empty(n_dir, np.int64)
+    mask = np.zeros(n, np.uint8)
+    for k in range(n_dir):
+        dy, dx = FORWARD_OFFSETS[k % n_directions]
+        if k >= n_directions:
+            dy, dx = -dy, -dx
+        offset[k] = dy * width + dx  # flat index shift
+        reverse[k] = (k + n_directions) % n_dir
+        # for offset (dy, dx), the nodes in rows max(0, -dy) .. H - max(0, dy) - 1, likewise columns
+        for y in range(max(0, -dy), height - max(0, dy)):
+            for x in range(max(0, -dx), width - max(0, dx)):
+                mask[y * width + x] |= np.uint8(1 << k)
+    return (offset, reverse, mask, np.zeros((n_dir, n)), np.zeros(n), np.zeros(n, np.int8), np.zeros(n, np.int8),
+            np.zeros(n, np.int64), np.zeros(n, np.int32), np.zeros(n, np.int64), np.zeros(n, np.bool_),
+            np.zeros(n, np.int64))
+
+
 class GridMaxflow:
     """Reusable workspace for max-flow on an H×W grid with D in {2, 4}. Allocates every buffer once
     in __init__; each call to solve() reuses them (it will be called hundreds of times per problem,
@@ -427,31 +450,10 @@ class GridMaxflow:
         self.height = height
         self.width = width
         self.n_directions = n_directions
-        n = height * width
-        n_dir = 2 * n_directions
-
         fwd = np.array(FORWARD_OFFSETS[:n_directions], dtype=np.int64)
         self.fwd_dy = np.ascontiguousarray(fwd[:, 0])
         self.fwd_dx = np.ascontiguousarray(fwd[:, 1])
-        all_dy = np.concatenate([fwd[:, 0], -fwd[:, 0]])
-        all_dx = np.concatenate([fwd[:, 1], -fwd[:, 1]])
-        offset = all_dy * width + all_dx  # flat index shift per direction
-        reverse = (np.arange(n_dir, dtype=np.int64) + n_directions) % n_dir
-
-        # bit k of nbr_mask[p] is set when the neighbour of p in direction k is inside the image:
-        # for offset (dy, dx), the nodes in rows max(0, -dy) .. H - max(0, dy) - 1, likewise columns
-        mask = np.zeros((height, width), dtype=np.uint8)
-        for k in range(n_dir):
-            dy, dx = all_dy[k], all_dx[k]
-            mask[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] |= np.uint8(1 << k)
-        mask = mask.reshape(n)
-
-        # the residual capacities and the search trees, in the order _augment_all unpacks them
-        self.graph = (offset, reverse, mask, np.zeros((n_dir, n), dtype=np.float64),
-                      np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int8),
-                      np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int64),
-                      np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int64),
-                      np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int64))
+        self.graph = grid_graph(height, width, n_directions)
         self.sink_side = np.zeros((height, width), dtype=np.bool_)
         self._sink_side_flat = self.sink_side.reshape(-1)
 

@@ -27,26 +27,27 @@ def label_major_unary(problem):
 
 
 @njit(nogil=True, cache=True)
-def _unary_range(unary, out):
-    """out[y, x] = max - min of unary[y, x, :]; compiled, as numpy's max and min over the last axis
-    are ~10x slower."""
-    height, width, n_labels = unary.shape
+def pin_bound(unary, weights, lam):
+    """A terminal capacity no expansion move can afford to cut, from label-major `unary` (K, H, W) and the
+    weights before lambda (D, H, W): twice the sum of the pixels' unary ranges (max - min over the labels)
+    plus three times lambda times the weights, which bound the sum of every other capacity of a move;
+    1 when that is 0 (relative to the energy: no absolute offset lost in rounding)."""
+    n_labels, height, width = unary.shape
+    ranges = 0.0
     for y in range(height):
         for x in range(width):
-            low = high = unary[y, x, 0]
+            low = high = unary[0, y, x]
             for label in range(1, n_labels):
-                low = min(low, unary[y, x, label])
-                high = max(high, unary[y, x, label])
-            out[y, x] = high - low
+                low = min(low, unary[label, y, x])
+                high = max(high, unary[label, y, x])
+            ranges += high - low
+    bound = ranges + 3.0 * lam * weights.sum()
+    return 2.0 * bound if bound > 0 else 1.0
 
 
-def pin_capacity(problem):
-    """A terminal capacity no expansion move can afford to cut: more than the unary ranges plus
-    three times the edge weights, which bound the sum of every other capacity of a move."""
-    unary_range = np.empty(problem.shape)
-    _unary_range(problem.unary, unary_range)
-    bound = float(unary_range.sum()) + 3.0 * problem.lam * float(problem.weights.sum())
-    return 2.0 * bound if bound > 0 else 1.0  # relative to the energy: no absolute offset lost in rounding
+def pin_capacity(problem, unary):
+    """:func:`pin_bound` of `problem`, whose label-major unaries (label_major_unary) are `unary`."""
+    return pin_bound(unary, problem.weights, problem.lam)
 
 
 @njit(inline="always")
@@ -242,6 +243,7 @@ def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale
     n_directions, height, width = weights.shape
     n = height * width
     if fresh:
+        graph[3][:] = 0.0  # (no reverse capacities, and nothing on the edges leaving the image)
         expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
                              graph[3][:n_directions].reshape((n_directions, height, width)), pending)
         max_flow(source_cap.reshape(n), sink_cap.reshape(n), graph)
@@ -483,7 +485,7 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
         return two_label_cut(problem, min_cut, history)
     unary = label_major_unary(problem)
     weights = problem.lam * problem.weights
-    pinned, pin_cap = problem.seeded, pin_capacity(problem)
+    pinned, pin_cap = problem.seeded, pin_capacity(problem, unary)
     source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
     edge_cap = np.empty_like(weights)
 

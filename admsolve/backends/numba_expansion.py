@@ -92,12 +92,13 @@ def minimize(problem, init, *, max_iter=None, labels=None, memory="auto"):
         # the moves are built and solved in place in the max-flow's arrays, all sweeps in one compiled call
         rows, n = flow_solver.graph[3].shape
         count = 0 if memory == "lean" else len(alphas)  # lean: none kept whole, one scratch graph
-        caps, trs = np.zeros((count, rows, n)), np.zeros((count, n))
+        caps, trs = np.empty((count, rows, n)), np.empty((count, n))  # (a label's first move writes its graph)
         scratch = (np.zeros((rows, n)), np.zeros(n), np.empty(n, np.int64), np.empty(n)) if memory == "lean" \
             else None  # (lean: a scratch graph, and room for one pixel's worth of changed entries per move)
         snapshots = np.empty((len(alphas), *problem.shape), dtype=labels.dtype)
+        unary = label_major_unary(problem)
         history, converged, cancelled = expansion_sweeps(
-            label_major_unary(problem), problem.lam * problem.weights, labels, problem.seeded, pin_capacity(problem),
+            unary, problem.lam * problem.weights, labels, problem.seeded, pin_capacity(problem, unary),
             np.array(alphas if problem.n_labels > 1 else [], dtype=np.int64), -1 if max_iter is None else max_iter, problem.energy_scale,
             flow_solver.graph, caps, trs, snapshots, scratch, CANCEL.array)
         if cancelled:

@@ -213,34 +213,19 @@ def contrast_weights(image: ArrayLike, *, connectivity: int = 8, sigma2: float |
         if sigma2 is not None:
             with np.errstate(over="ignore", under="ignore"):
                 sigma2 = float(np.ldexp(sigma2, -2 * exponent))
+    from ._kernels import contrast_weights_into  # Numba, loaded when first used
+
     height, width = image.shape[:2]
-    n_directions = N_DIRECTIONS[connectivity]
-    sq_diff = np.zeros((n_directions, height, width))
-    for d in range(n_directions):
-        p, q = edge_slices(d, height, width)
-        out = sq_diff[(d, *p)]
-        for c in range(image.shape[2]):  # channel by channel: numpy's sum over a short last axis is ~3x slower
-            diff = image[(*p, c)] - image[(*q, c)]
-            out += diff * diff
-    inside = inside_mask(n_directions, height, width)
-    if mask is not None:
+    if mask is None:
+        mask = np.ones((height, width), dtype=bool)
+    else:
         mask = np.asarray(mask)
         if mask.shape != (height, width) or mask.dtype != bool:
             raise ValueError(f"mask: expected a bool array of shape {(height, width)} (the image's), "
                              f"got {describe(mask)}")
-        for d in range(n_directions):
-            p, q = edge_slices(d, height, width)
-            inside[(d, *p)] &= mask[p] & mask[q]
-    if sigma2 is None:
-        sigma2 = float(sq_diff[inside].mean()) if inside.any() else 0.0
-        weights = np.exp(np.divide(sq_diff, -2.0 * sigma2, out=sq_diff), out=sq_diff) if sigma2 > 0 else \
-            np.ones_like(sq_diff)
-    else:  # a given sigma^2 that underflowed or overflowed in the units above gives the limits, 0 or 1
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            weights = np.exp(-sq_diff / (2.0 * sigma2))
-        weights[sq_diff == 0] = 1.0
-    weights[2:] /= np.sqrt(2.0)
-    weights[~inside] = 0.0
+    weights = np.zeros((N_DIRECTIONS[connectivity], height, width))
+    contrast_weights_into(np.ascontiguousarray(image), np.ascontiguousarray(mask), -1.0 if sigma2 is None else sigma2,
+                          weights)
     if not np.all(np.isfinite(weights)):  # not expected: every step above stays in range
         raise ValueError("image: the contrast weights are not finite; expected an image of moderate values")
     return weights

@@ -11,7 +11,11 @@ from numpy.typing import ArrayLike
 from .._validation import MAX_LABELS, UNLABELED, as_label_map, as_real_array, as_scalar
 
 
-def adm_unary(probs: ArrayLike, *, gamma: float = 1.0, eps: float = 1e-8) -> np.ndarray:
+#: The probability below which adm_unary clips (its default `eps`).
+ADM_EPS = 1e-8
+
+
+def adm_unary(probs: ArrayLike, *, gamma: float = 1.0, eps: float = ADM_EPS) -> np.ndarray:
     """Unary of the ADM latent problem (eq. 8): ``-gamma * log(max(S, eps))``.
 
     Minimising ``sum_p unary[p, X_p]`` over one-hot X equals minimising the KL divergence
@@ -40,7 +44,11 @@ def adm_unary(probs: ArrayLike, *, gamma: float = 1.0, eps: float = 1e-8) -> np.
         raise ValueError(f"eps: expected a value in (0, 1), got {eps!r}")
     if not math.isfinite(gamma * -math.log(eps)):  # the largest unary
         raise ValueError(f"gamma: expected gamma * -log(eps) to be finite, got gamma {gamma:g} and eps {eps:g}")
-    return -gamma * np.log(np.maximum(probs, eps))
+    from ._kernels import adm_unary_into  # Numba, loaded when first used
+
+    unary = np.empty(probs.shape)
+    adm_unary_into(np.ascontiguousarray(probs).reshape(-1), gamma, eps, unary.reshape(-1))
+    return unary
 
 
 def scribble_unary(image: ArrayLike, scribbles: ArrayLike, *, n_labels: int | None = None, bins: int = 16,
