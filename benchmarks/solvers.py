@@ -8,8 +8,8 @@ and lambda = 2. Every energy printed is ``problem.energy(labels)``, admsolve's r
                                  [--sweeps 5] [--repeats 3] [--backends maxflow numba-icm] [--no-extras]
                                  [--memory-sizes 1024 2048]
 
-After the main table come the extras (skipped with --no-extras): batch throughput of solve_batch,
-expansion restricted to a label subset, and the Numba JIT compile and cached start-up times.
+After the main table come the extras (skipped with --no-extras): batch throughput of solve_batch, ADM's
+latent step compiled against built in Python (needs torch), expansion restricted to a label subset, and the Numba JIT compile and cached start-up times.
 --memory-sizes adds, for each size, gco against numba-expansion's memory layouts on the first image
 (K = the largest of --labels, 8-connected): time and peak memory beyond the problem's arrays, each
 solver in a process of its own.
@@ -317,6 +317,45 @@ def small_batches(ids, args):
             print(f"  8 x {size}x{size}, K={n_labels}, 8-conn, 1 / 2 workers: " + ", ".join(parts))
 
 
+def latent_section(ids, args):
+    """ADM's latent step (ADMStep, grid regularizer, 8-connected, lambda 2, gamma 1, max --sweeps sweeps) on
+    a batch of 8 GrabCut images with smooth random probabilities: built and solved in one compiled call per
+    thread (the default) against building each GridCRF in Python and solving them with solve_batch (as every
+    other backend does); median batch time, 1 and 2 workers. Target: the compiled step measurably faster."""
+    try:
+        import torch
+        from admsolve.training import ADMStep
+    except ImportError:
+        print("\nADM latent step: skipped (needs torch: pip install 'admsolve[train]')")
+        return
+    print(f"\nADM latent step, 8 images, 8-conn, max {args.sweeps} sweeps: compiled / built in Python + solve_batch")
+    for size, n_labels, repeats in ((48, 3, 30), (96, 3, 20), (224, 21, 5), (321, 21, 3)):
+        loaded = [load_image(image_id, size) for image_id in (ids * 8)[:8]]
+        images = np.stack([image for image, _ in loaded])
+        scribbles = torch.from_numpy(np.stack([scribble for _, scribble in loaded]).astype(np.int64))
+        probs = torch.from_numpy(np.stack([
+            np.exp(-make_problem(image, scribble, f"{image_id}-{i}", n_labels, 8).unary / GAMMA)
+            for i, ((image, scribble), image_id) in enumerate(zip(loaded, (ids * 8)[:8]))]).astype(np.float32))
+        probs = probs.permute(0, 3, 1, 2).contiguous()
+        parts = []
+        for workers in (1, 2):
+            step = ADMStep(lam=LAM, gamma=GAMMA, max_iter=args.sweeps, workers=workers)
+            compiled = lambda: step(probs, images, scribbles)  # noqa: E731
+            in_python = lambda: step._solve_problems(step._latent_inputs(step._checked(probs, images, scribbles, None)))  # noqa: E731
+            seconds = {}
+            for name, run in (("compiled", compiled), ("python", in_python)):
+                run()
+                times = []
+                for _ in range(repeats):
+                    began = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - began)
+                seconds[name] = statistics.median(times)
+            parts.append(f"{workers} worker{'s' if workers > 1 else ''} {1e3 * seconds['compiled']:.1f} / "
+                         f"{1e3 * seconds['python']:.1f} ms ({seconds['compiled'] / seconds['python']:.2f}x)")
+        print(f"  8 x {size}x{size}, K={n_labels}: " + ", ".join(parts))
+
+
 def subset_section(ids, args):
     """Expansion over 3 of 21 labels (those present, as ADM would choose) vs over all 21."""
     size, n_labels = 321, 21
@@ -465,6 +504,7 @@ def main():
     print_summary(rows, backends, args, len(ids))
     if not args.no_extras:
         batch_section(ids, args)
+        latent_section(ids, args)
         subset_section(ids, args)
         startup_section()
     memory_section(ids, args)

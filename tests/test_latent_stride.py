@@ -105,7 +105,8 @@ def test_stride_1_is_the_full_resolution_solve(settings):
                    for init, seed in zip(inits, scribbles.numpy())]
     expected = adm.solve_batch(problems, workers=1, inits=inits, problem_options=options, max_iter=5)
     assert torch.equal(latent, torch.from_numpy(np.stack([r.labels for r in expected]).astype(np.int64)))
-    assert [r.energy for r in step.results] == [r.energy for r in expected]
+    # (the compiled latent step sums the reference's formula in its own order)
+    assert [r.energy for r in step.results] == pytest.approx([r.energy for r in expected], rel=1e-12)
     assert torch.equal(ADMStep(workers=1, max_iter=5, **settings)(probs, images, scribbles), latent)  # the default
 
 

@@ -7,6 +7,9 @@ of the image's in each direction (:func:`block_probabilities`, :func:`block_mean
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -14,10 +17,11 @@ import numpy as np
 import torch
 
 from .._validation import UNLABELED, as_connectivity, as_positive, as_scalar
-from ..backends import lookup
-from ..energies.problem import LabelingProblem
-from ..energies.unaries import adm_unary
-from ..solve import SolveResult, solve_batch
+from ..backends import CANCEL, check_cancelled, load, lookup
+from ..energies.gridcrf import N_DIRECTIONS
+from ..energies.problem import ENERGY_LIMIT, LabelingProblem
+from ..energies.unaries import ADM_EPS, adm_unary
+from ..solve import SolveResult, check_options, run_in_threads, solve_batch, stop_message
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _describe, _images_as_numpy, argmax_labels
 from .config import LATENT_INITS
 from .regularizers import lookup_regularizer
@@ -124,24 +128,31 @@ class ADMStep:
         valid : (N, H, W) bool tensor, the pixels that take part (False on crop padding), or None
         (every pixel).
         """
-        return self._problems(self._latent_inputs(probs, images, scribbles, valid))
+        return self._problems(self._latent_inputs(self._checked(probs, images, scribbles, valid)))
 
-    def _latent_inputs(self, probs, images, scribbles, valid):
-        """Each image's eq. 8 inputs (:class:`_Latent`) on the latent grid, cut to the bounding box of
-        its valid pixels."""
+    def _checked(self, probs, images, scribbles, valid):
+        """The inputs of a call, checked: (probs, images as an (N, H, W, 3) float64 array, the scribbles as
+        an int64 array, the valid masks as a bool array or None, each image's bounding box of valid pixels)."""
         probs = _check_float_tensor(probs, "probs")
         n, n_labels, height, width = probs.shape
         scribbles = _check_labels(scribbles, "scribbles", (n, height, width), n_labels, self.ignore_index)
         pictures = _images_as_numpy(images, (n, height, width))
-        seeds = scribbles.cpu().numpy()
-        masks = [None] * n if valid is None else _check_valid(valid, (n, height, width)).cpu().numpy()
+        masks = None if valid is None else _check_valid(valid, (n, height, width)).cpu().numpy()
+        boxes = [(slice(None), slice(None))] * n if masks is None else \
+            [_bounding_box(mask, i) for i, mask in enumerate(masks)]
+        return _Checked(probs, pictures, scribbles.cpu().numpy(), masks, boxes)
+
+    def _latent_inputs(self, checked):
+        """Each image's eq. 8 inputs (:class:`_Latent`) on the latent grid, cut to the bounding box of
+        its valid pixels."""
+        probs, pictures, seeds, masks, boxes = checked
+        n_labels = probs.shape[1]
         stride = self.latent_stride
         if stride == 1:
             soft = probs.detach().cpu().to(torch.float64).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
         inputs = []
-        for i, mask in enumerate(masks):
-            box = (slice(None), slice(None)) if mask is None else _bounding_box(mask, i)
-            mask = None if mask is None or mask[box].all() else mask[box]
+        for i, box in enumerate(boxes):
+            mask = None if masks is None or masks[i][box].all() else masks[i][box]
             if stride == 1:
                 inputs.append(_Latent(soft[i][box], pictures[i][box], seeds[i][box], mask, box))
                 continue
@@ -169,8 +180,37 @@ class ADMStep:
     def __call__(self, probs: torch.Tensor, images: np.ndarray | torch.Tensor, scribbles: torch.Tensor,
                  valid: torch.Tensor | None = None) -> torch.Tensor:
         """Latent labels X: an int64 (N, H, W) tensor on `probs`' device, scribbles respected; argmax S
-        outside the bounding box of the `valid` pixels (see :meth:`problems`), where no loss reads X."""
-        inputs = self._latent_inputs(probs, images, scribbles, valid)
+        outside the bounding box of the `valid` pixels (see :meth:`problems`), where no loss reads X.
+
+        The grid regularizer at full resolution with ``numba-expansion`` (the default) builds and solves
+        the images' problems in one compiled call per worker thread (:mod:`admsolve.backends.latent_batch`):
+        the same labels as building the problems and solving them one by one, with the energies summed in
+        compiled code (as the backend's history) and each result's ``time`` its thread's time shared
+        equally among the images the thread solved."""
+        checked = self._checked(probs, images, scribbles, valid)
+        compiled = self._compiled_options(checked)
+        labels = argmax_labels(checked.probs.detach()).cpu().numpy()
+        if compiled is not None:
+            self.results = self._solve_compiled(checked, *compiled)
+            pieces = [result.labels for result in self.results]
+            self.problem_pixels = [piece.size if checked.masks is None else int(checked.masks[i][box].sum())
+                                   for i, (piece, box) in enumerate(zip(pieces, checked.boxes))]
+        else:
+            inputs = self._latent_inputs(checked)
+            self.results = self._solve_problems(inputs)
+            pieces = [result.labels if self.latent_stride == 1 else
+                      upsample_labels(result.labels[None], self.latent_stride, labels[i][latent.box].shape)[0]
+                      for i, (result, latent) in enumerate(zip(self.results, inputs))]
+            self.problem_pixels = [latent.soft.shape[0] * latent.soft.shape[1] if latent.valid is None else
+                                   int(latent.valid.sum()) for latent in inputs]
+        for i, (piece, box) in enumerate(zip(pieces, checked.boxes)):
+            labels[i][box] = piece
+        if self.latent_stride > 1:
+            labels = np.where(checked.seeds != self.ignore_index, checked.seeds, labels)  # the hard constraints, at full resolution
+        return torch.from_numpy(labels).to(checked.probs.device)
+
+    def _solve_problems(self, inputs):
+        """Build each image's problem and solve them with solve_batch."""
         problems = self._problems(inputs)
         guesses = [latent.soft.argmax(-1) for latent in inputs]  # argmax S (pooled on the latent grid)
         inits = guesses if self.latent_init == "argmax" else [np.zeros_like(guess) for guess in guesses]
@@ -178,19 +218,92 @@ class ADMStep:
         if self.restrict_labels:
             per_problem = [{"labels": np.union1d(np.unique(guess), np.unique(latent.seeds[latent.seeds != self.ignore_index]))}
                            for guess, latent in zip(guesses, inputs)]
-        self.results = solve_batch(problems, self.backend, workers=self.workers, inits=inits,
-                                   problem_options=per_problem, **self.solver_options)
-        self.problem_pixels = [latent.soft.shape[0] * latent.soft.shape[1] if latent.valid is None else
-                               int(latent.valid.sum()) for latent in inputs]
-        labels = argmax_labels(probs.detach()).cpu().numpy()
-        for i, (result, latent) in enumerate(zip(self.results, inputs)):
-            inside = labels[i][latent.box]
-            inside[...] = result.labels if self.latent_stride == 1 else \
-                upsample_labels(result.labels[None], self.latent_stride, inside.shape)[0]
-        if self.latent_stride > 1:
-            full = scribbles.cpu().numpy()
-            labels = np.where(full != self.ignore_index, full, labels)  # the hard constraints, at full resolution
-        return torch.from_numpy(labels).to(probs.device)
+        return solve_batch(problems, self.backend, workers=self.workers, inits=inits,
+                           problem_options=per_problem, **self.solver_options)
+
+    def _compiled_options(self, checked):
+        """``(memory, max_iter)`` of the backend's options when the compiled latent step applies (grid
+        regularizer, full resolution, numba-expansion, finite probabilities, images whose contrast weights
+        need no rescaling, energies within float64's range), else None (the problems are built and solved
+        one by one, and any error is theirs)."""
+        if self.regularizer.name != "grid" or self.latent_stride != 1 or \
+                not (self.backend is None or (isinstance(self.backend, str) and self.backend == "numba-expansion")):
+            return None  # (numba, a dependency, makes numba-expansion the grid CRF's default backend)
+        from ..backends.numba_expansion import MEMORY_LAYOUTS
+
+        options = check_options("numba-expansion", load("numba-expansion"), self.solver_options)
+        memory, max_iter = options.pop("memory", "auto"), options.pop("max_iter", None)
+        if options or memory not in MEMORY_LAYOUTS:
+            return None
+        height, width = checked.probs.shape[2:]
+        directions = N_DIRECTIONS[self.settings["connectivity"]]
+        if (self.gamma * -math.log(ADM_EPS) + self.lam * directions) * height * width > ENERGY_LIMIT or \
+                not bool(torch.isfinite(checked.probs).all()):
+            return None
+        for picture, box in zip(checked.pictures, checked.boxes):
+            peak = float(np.abs(picture[box]).max())
+            if peak > 2.0**400 or 0 < peak < 2.0**-400:  # contrast_weights rescales such an image
+                return None
+        return memory, max_iter
+
+    def _solve_compiled(self, checked, memory, max_iter):
+        """solve_latent_batch over the batch, the images shared among the worker threads (largest first,
+        dealt in turn); a SolveResult per image, in order."""
+        from ..backends.latent_batch import solve_latent_batch
+        from ..backends.numba_expansion import AUTO_SHARE, available_memory, residual_bytes
+
+        probs = checked.probs.detach()  # float32 or float64 as given (bfloat16 and float16 as float32)
+        probs = probs.to(torch.float32) if probs.dtype not in (torch.float32, torch.float64) else probs
+        probs = probs.cpu().contiguous().numpy()
+        n, n_labels, height, width = probs.shape
+        valid = np.ones((n, height, width), bool) if checked.masks is None else checked.masks
+        boxes = np.array([box[0].indices(height)[:2] + box[1].indices(width)[:2] for box in checked.boxes],
+                         dtype=np.int64)
+        directions = N_DIRECTIONS[self.settings["connectivity"]]
+        shapes = boxes[:, 1::2] - boxes[:, ::2]  # (height, width) of each image's problem
+        sizes = shapes.prod(axis=1)
+        available = available_memory() if memory == "auto" else None
+        budget = {"auto": AUTO_SHARE * (available or 0), "fast": None, "lean": -1.0}[memory]
+        if budget is not None and budget >= residual_bytes(shapes[sizes.argmax()], directions, n_labels):
+            budget = None  # every image fits the fast layout with all its labels (so the lean one needs no compiling)
+        workers = min(self.workers or os.cpu_count() or 1, n)
+        shares = [np.argsort(-sizes, kind="stable")[t::workers] for t in range(workers)]
+
+        def solve_share(indices):
+            began = time.perf_counter()
+            *outcome, cancelled = solve_latent_batch(
+                indices, probs, checked.pictures, checked.seeds, valid, boxes, self.gamma, ADM_EPS, self.lam,
+                directions, self.ignore_index, self.latent_init == "argmax", self.restrict_labels,
+                -1 if max_iter is None else max_iter, budget, True if n_labels == 2 else None, CANCEL.array)
+            if cancelled:
+                check_cancelled()
+            return outcome, time.perf_counter() - began
+
+        outcomes = [solve_share(shares[0])] if workers == 1 else run_in_threads(solve_share, shares, workers)
+        results = [None] * n
+        for indices, ((labels, histories, converged, lean, moved), seconds) in zip(shares, outcomes):
+            for j, i in enumerate(indices):
+                outcome = {"history": histories[j].tolist(), "converged": bool(converged[j])}
+                message = stop_message(outcome, max_iter)
+                if memory == "auto" and lean[j]:
+                    needed = residual_bytes(shapes[i], directions, moved[j])
+                    message += (f"; memory='auto' chose the lean layout: the fast one's residual graphs need "
+                                f"{needed / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the "
+                                f"{available / 2**30:.2f} GiB available")
+                results[i] = SolveResult(labels=labels[j], energy=outcome["history"][-1], backend="numba-expansion",
+                                         time=seconds / len(indices), sweeps=len(outcome["history"]) - 1, **outcome,
+                                         message=message, memory="lean" if lean[j] else "fast")
+        return results
+
+
+class _Checked(NamedTuple):
+    """The inputs of an ADMStep call, checked (ADMStep._checked)."""
+
+    probs: torch.Tensor
+    pictures: np.ndarray
+    seeds: np.ndarray
+    masks: np.ndarray | None
+    boxes: list[tuple[slice, slice]]
 
 
 class _Latent(NamedTuple):

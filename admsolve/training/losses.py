@@ -154,7 +154,7 @@ def _check_images(images, shape):
 
 
 def _images_as_numpy(images, shape):
-    """`images` as a list of N float64 (H, W, 3) NumPy arrays (for the discrete solvers of ADM).
+    """`images` as a C-contiguous (N, H, W, 3) float64 NumPy array (for the discrete solvers of ADM).
 
     Accepts an (N, H, W, 3) NumPy array (uint8 or float) or an (N, 3, H, W) tensor.
     """
@@ -165,7 +165,7 @@ def _images_as_numpy(images, shape):
         array = images.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError("images: expected finite values")
-    return [np.ascontiguousarray(array[i]) for i in range(shape[0])]
+    return np.ascontiguousarray(array)
 
 
 def _images_as_tensor(images, shape, device, dtype):
