@@ -29,7 +29,7 @@ class SolveResult(dict):
         The labeling found; it satisfies the problem's seeds.
     energy : float
         ``problem.energy(labels)``, the reference energy (ADM's compiled latent step,
-        :mod:`admsolve.backends.latent_batch`, sums the reference's formula in compiled code, as history).
+        :mod:`admsolve.backends.expansion_batch`, sums the reference's formula in compiled code, as history).
     history : list of float
         Reference energy of the initial labeling, then after each sweep (mean-field records only the
         first and the last by default: its ``history`` option); numba-expansion sums the reference's
@@ -154,9 +154,13 @@ def solve(problem: LabelingProblem, backend: str | Callable[..., dict] | None = 
     start = problem.initial_labels() if init is None else problem.apply_seeds(init, "init")
     began = time.perf_counter()
     outcome = minimize(problem, start, **options)
-    elapsed = time.perf_counter() - began
+    return _result(problem, name, outcome, time.perf_counter() - began, options.get("max_iter"))
+
+
+def _result(problem, name, outcome, elapsed, max_iter):
+    """The SolveResult of a backend's `outcome` dict for `problem`, which took `elapsed` seconds."""
     labels = outcome.pop("labels")
-    outcome.setdefault("message", stop_message(outcome, options.get("max_iter")))
+    outcome.setdefault("message", stop_message(outcome, max_iter))
     note = outcome.pop("note", None)
     if note:
         outcome["message"] += f"; {note}"
@@ -244,6 +248,10 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     jobs = [(problem, chosen, init, {**options, **extra})
             for problem, init, extra in zip(problems, inits, problem_options)]
     workers = min(workers, max(len(jobs), 1))
+    if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].solves_batches:
+        together = _checked_together(jobs)
+        if together is not None:
+            return _solve_together(chosen, problems, *together, workers)
     if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].releases_gil and \
             max(problem.unary.size for problem in problems) < backends.BACKENDS[chosen].threads_from:
         workers = 1  # problems this small solve faster one after another (the registry's threads_from)
@@ -256,7 +264,7 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
                 raise _with_index(exc, index)
         return results
     if callable(chosen) or backends.BACKENDS[chosen].releases_gil or _processes_failed:  # a callable may not pickle
-        return run_in_threads(_solve_job, jobs, workers)
+        return _solve_in_threads(jobs, workers)
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_ignore_sigint)
@@ -267,23 +275,64 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
         _terminate(executor)
         warnings.warn(f"solve_batch: the worker processes could not start; solving in threads instead, now and "
                       f"in later calls ({MAIN_GUARD})", RuntimeWarning, stacklevel=2)
-        return run_in_threads(_solve_job, jobs, workers)
+        return _solve_in_threads(jobs, workers)
     except BaseException:
         _terminate(executor)
         raise
     return _collect(executor, _solve_job, jobs, stop=_terminate)
 
 
+def _solve_in_threads(jobs, workers):
+    return _collect(ThreadPoolExecutor(workers), _solve_job, jobs, stop=_cancel_threads)
+
+
+def _checked_together(jobs):
+    """For a backend that solves batches: each job's options (checked by solve's rules and the backend's,
+    an error naming the problem's index) and start, when the backend takes the problems together; else None."""
+    name = jobs[0][1]
+    module = backends.load_module(name)
+    options, starts = [], []
+    for index, (problem, _, init, job_options) in enumerate(jobs):
+        try:
+            resolve_backend(problem, name)
+            job_options = check_options(name, module.minimize, job_options)
+            module.checked_options(problem, job_options)
+            starts.append(problem.initial_labels() if init is None else problem.apply_seeds(init, "init"))
+        except Exception as exc:
+            raise _with_index(exc, index)
+        options.append(job_options)
+    return (options, starts) if module.batchable([job[0] for job in jobs], options) else None
+
+
+def _solve_together(name, problems, options, starts, workers):
+    """Solve `problems` with the backend's minimize_batch: each thread its share, in one compiled call; each
+    result's ``time`` is its thread's time shared equally among the problems of its share."""
+    minimize_batch = backends.load_module(name).minimize_batch
+    shares = [range(first, len(problems), workers) for first in range(workers)]
+
+    def solve_share(share):
+        began = time.perf_counter()
+        outcomes = minimize_batch([problems[i] for i in share], [starts[i] for i in share], [options[i] for i in share])
+        return outcomes, time.perf_counter() - began
+
+    done = [solve_share(shares[0])] if workers == 1 else run_in_threads(solve_share, shares, workers)
+    results = [None] * len(problems)
+    for share, (outcomes, seconds) in zip(shares, done):
+        for i, outcome in zip(share, outcomes):
+            results[i] = _result(problems[i], name, outcome, seconds / len(share), options[i].get("max_iter"))
+    return results
+
+
 def run_in_threads(function: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:
-    """``[function(job) for job in jobs]``, computed by `workers` threads, in order. An exception raised for a
-    job (its index in ``exc.index``) or Ctrl-C sets :data:`admsolve.backends.CANCEL`, which stops the compiled
-    loops of the running jobs after their current move, waits for them and is re-raised."""
-    return _collect(ThreadPoolExecutor(workers), function, jobs, stop=_cancel_threads)
+    """``[function(job) for job in jobs]``, computed by `workers` threads, in order. An exception raised by a
+    job or Ctrl-C sets :data:`admsolve.backends.CANCEL`, which stops the compiled loops of the running jobs
+    after their current move, waits for them and is re-raised."""
+    return _collect(ThreadPoolExecutor(workers), function, jobs, stop=_cancel_threads, indexed=False)
 
 
-def _collect(executor, function, jobs, *, stop):
+def _collect(executor, function, jobs, *, stop, indexed=True):
     """Run `function` on each of `jobs` on `executor`, results in order; on an error or Ctrl-C, `stop` the
-    outstanding work first."""
+    outstanding work first. `indexed`: an exception is marked with its job's index (_with_index)."""
     try:
         futures = [executor.submit(function, job) for job in jobs]
         results = []
@@ -291,7 +340,7 @@ def _collect(executor, function, jobs, *, stop):
             try:
                 results.append(future.result())
             except Exception as exc:
-                raise _with_index(exc, index)
+                raise _with_index(exc, index) if indexed else exc
     except BaseException:
         stop(executor)
         raise

@@ -163,16 +163,16 @@ def test_threads_are_used_for_numba_backends_and_agree_with_serial(monkeypatch):
         assert np.array_equal(a.labels, b.labels) and a.history == b.history
 
 
-@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap", "numba-icm"])
+@pytest.mark.parametrize("backend", ["numba-swap", "numba-icm"])
 def test_problems_below_the_backend_s_threads_from_are_solved_in_the_calling_thread(backend, monkeypatch):
     """On small problems two threads were slower than one (the GIL around each solve): solve_batch
     runs them one after another, whatever `workers`; one problem at the threshold brings the threads."""
     solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
 
     threaded_calls = []
-    run_in_threads = solve_module.run_in_threads
-    monkeypatch.setattr(solve_module, "run_in_threads", lambda function, jobs, workers:
-                        threaded_calls.append(workers) or run_in_threads(function, jobs, workers))
+    solve_in_threads = solve_module._solve_in_threads
+    monkeypatch.setattr(solve_module, "_solve_in_threads",
+                        lambda jobs, workers: threaded_calls.append(workers) or solve_in_threads(jobs, workers))
     threads_from = adm.backends.BACKENDS[backend].threads_from
     rng = np.random.default_rng(6)
     side = int(np.sqrt(threads_from / 4)) - 1  # 4 labels: just under the threshold
@@ -183,6 +183,37 @@ def test_problems_below_the_backend_s_threads_from_are_solved_in_the_calling_thr
     big = adm.GridCRF(rng.normal(size=(side + 2, side + 2, 4)), rng.random((2, side + 2, side + 2)), lam=1.0)
     adm.solve_batch([*small, big], backend, workers=2)
     assert threaded_calls == [2]
+
+
+@given(data=st.data(), workers=st.sampled_from([1, 2, 3]))
+@settings(max_examples=40)
+def test_a_batch_solved_together_is_solved_as_one_problem_at_a_time(data, workers):
+    """numba-expansion solves each thread's share of a batch of one shape in one compiled call (at any size:
+    no GIL between problems): the results of solve() one problem at a time, per-problem options included."""
+    from admsolve.backends import numba_expansion
+
+    calls = []
+    minimize_batch = numba_expansion.minimize_batch
+    first = data.draw(continuous_problems(), label="first")
+    count = data.draw(st.integers(1, 5), label="count")
+    rng = data.draw(rngs(), label="rng")
+    problems = [first] + [adm.GridCRF(rng.normal(0, 2, first.unary.shape), rng.random(first.weights.shape),
+                                      lam=float(rng.uniform(0.1, 3.0)), seeds=first.seeds) for _ in range(count - 1)]
+    inits = [data.draw(st.none() | labelings(problem)) for problem in problems]
+    extra = [{"labels": data.draw(st.none() | st.lists(st.integers(0, first.n_labels - 1), min_size=1, unique=True)),
+              "max_iter": data.draw(st.sampled_from([None, 1, 3]))} for _ in problems]
+    memory = data.draw(st.sampled_from(["auto", "fast", "lean"]), label="memory")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numba_expansion, "minimize_batch",
+                      lambda problems, *rest: calls.append(len(problems)) or minimize_batch(problems, *rest))
+        together = adm.solve_batch(problems, "numba-expansion", workers=workers, inits=inits, problem_options=extra,
+                                   memory=memory)
+    assert sorted(calls) == sorted(len(range(t, count, min(workers, count))) for t in range(min(workers, count)))
+    for problem, init, options, result in zip(problems, inits, extra, together):
+        alone = adm.solve(problem, "numba-expansion", init=init, memory=memory, **options)
+        assert np.array_equal(result.labels, alone.labels)
+        for key in ("energy", "history", "sweeps", "converged", "message", "memory"):
+            assert result[key] == alone[key], key
 
 
 @given(problem=continuous_problems(), data=st.data())

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from admsolve.backends.moves import expansion_sweeps  # noqa: E402
+from admsolve.backends.expansion_batch import solve_latent_batch  # noqa: E402
 from admsolve.filters._lattice_kernels import _build_lattice  # noqa: E402
 from admsolve.training import TrainConfig  # noqa: E402
 from admsolve.training.warmup import compiling_in_background  # noqa: E402
@@ -19,7 +19,7 @@ def test_it_compiles_the_solver_and_the_lattice_and_leaves_the_random_generators
                                   TrainConfig(optimizer="gd", regularizer="dense", device="cpu")]) as thread:
         thread.join()
     assert thread.error is None
-    assert expansion_sweeps.signatures and _build_lattice.signatures
+    assert solve_latent_batch.signatures and _build_lattice.signatures
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
 

@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class Backend:
     monotone: bool = True  # whether the reference energy never rises above the initial labeling's
     devices: tuple[str, ...] = ("cpu",)  # where it can run: "cpu", and "cuda" for array-module backends
     takes_labels: bool = False  # whether it takes a `labels` option (its moves only to those labels)
+    # whether the module also defines batchable(problems, options), checked_options(problem, options) and
+    # minimize_batch(problems, inits, options), which solve_batch calls to solve each thread's share of a batch
+    # in one compiled call
+    solves_batches: bool = False
     # pixels x labels of the largest problem of a batch below which solve_batch solves in the calling thread:
     # on smaller problems the Python around each solve (under the GIL) outweighs the compiled work, and two
     # threads were slower than one (measured on 2 cores: benchmarks/solvers.py's batch section)
@@ -62,7 +67,7 @@ BACKENDS: dict[str, Backend] = {
                 "alpha-expansion, each move a min-cut by PyMaxflow (GPL)", takes_labels=True),
         Backend("numba-expansion", "admsolve.backends.numba_expansion", ("numba",), "", True,
                 "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=4_000,
-                takes_labels=True),
+                takes_labels=True, solves_batches=True),
         Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
                 "alpha-beta swap on admsolve's own Numba max-flow", threads_from=4_000, takes_labels=True),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
@@ -142,11 +147,16 @@ def missing_requirement(backend: Backend) -> str | None:
 
 def load(name: str) -> Callable:
     """Import and return the ``minimize`` function of backend `name`."""
+    return load_module(name).minimize
+
+
+def load_module(name: str) -> ModuleType:
+    """Import and return the module of backend `name`."""
     backend = lookup(name)
     reason = missing_requirement(backend)
     if reason:
         raise ImportError(reason)
-    return importlib.import_module(backend.module).minimize
+    return importlib.import_module(backend.module)
 
 
 def available_backends() -> dict[str, bool | str]:

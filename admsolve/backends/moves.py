@@ -27,11 +27,11 @@ def label_major_unary(problem):
 
 
 @njit(nogil=True, cache=True)
-def pin_bound(unary, weights, lam):
+def pin_bound(unary, scaled):
     """A terminal capacity no expansion move can afford to cut, from label-major `unary` (K, H, W) and the
-    weights before lambda (D, H, W): twice the sum of the pixels' unary ranges (max - min over the labels)
-    plus three times lambda times the weights, which bound the sum of every other capacity of a move;
-    1 when that is 0 (relative to the energy: no absolute offset lost in rounding)."""
+    weights times lambda (D, H, W): twice the sum of the pixels' unary ranges (max - min over the labels)
+    plus three times the weights, which bound the sum of every other capacity of a move; 1 when that is 0
+    (relative to the energy: no absolute offset lost in rounding)."""
     n_labels, height, width = unary.shape
     ranges = 0.0
     for y in range(height):
@@ -41,13 +41,13 @@ def pin_bound(unary, weights, lam):
                 low = min(low, unary[label, y, x])
                 high = max(high, unary[label, y, x])
             ranges += high - low
-    bound = ranges + 3.0 * lam * weights.sum()
+    bound = ranges + 3.0 * scaled.sum()
     return 2.0 * bound if bound > 0 else 1.0
 
 
 def pin_capacity(problem, unary):
     """:func:`pin_bound` of `problem`, whose label-major unaries (label_major_unary) are `unary`."""
-    return pin_bound(unary, problem.weights, problem.lam)
+    return pin_bound(unary, problem.lam * problem.weights)
 
 
 @njit(inline="always")

@@ -1,6 +1,7 @@
 """Backend ``numba-expansion``: alpha-expansion on the package's own Numba grid max-flow
-(Boykov-Kolmogorov, ``_gridflow``), with every buffer allocated once per problem and the GIL
-released while solving. Same moves and semantics as ``maxflow``, no GPL dependency.
+(Boykov-Kolmogorov, ``_gridflow``), a problem's sweeps in one compiled call with the GIL released
+(:mod:`.expansion_batch`). Same moves and semantics as ``maxflow``, no GPL dependency. ``solve_batch``
+solves a batch of one shape in one compiled call per thread (:func:`minimize_batch`).
 
 Two memory layouts give the same moves, labels and energies:
 
@@ -24,8 +25,8 @@ import os
 import numpy as np
 
 from . import CANCEL, check_cancelled
-from ._gridflow import GridMaxflow
-from .moves import expansion_sweeps, label_major_unary, move_labels, pin_capacity, two_label_cut
+from .expansion_batch import residual_graph_bytes, solve_grid_batch
+from .moves import move_labels
 
 #: The layouts of the ``memory`` option.
 MEMORY_LAYOUTS = ("auto", "fast", "lean")
@@ -37,7 +38,7 @@ AUTO_SHARE = 0.25
 def residual_bytes(shape, n_directions, n_moved):
     """Bytes the fast layout keeps beyond the lean one: a residual graph ((2 D + 1) float64 per pixel)
     and a labeling (int32) per label moved to."""
-    return int(np.prod(shape)) * n_moved * ((2 * n_directions + 1) * 8 + 4)
+    return int(residual_graph_bytes(int(np.prod(shape)), n_directions, n_moved))
 
 
 def available_memory():
@@ -68,43 +69,65 @@ def minimize(problem, init, *, max_iter=None, labels=None, memory="auto"):
         "lean" only what each label's flow changed; "auto" takes "fast" unless its graphs would need more than
         AUTO_SHARE of the available memory. The result's ``memory`` says which ran.
     """
+    return minimize_batch([problem], [init], [dict(max_iter=max_iter, labels=labels, memory=memory)])[0]
+
+
+def checked_options(problem, options):
+    """(memory layout, labels moved to as a (K,) bool mask) from `problem`'s `options`, checked."""
+    memory = options.get("memory", "auto")
     if memory not in MEMORY_LAYOUTS:
         raise ValueError(f"memory: expected one of {', '.join(map(repr, MEMORY_LAYOUTS))}, got {memory!r}")
-    n_directions = problem.weights.shape[0]
-    flow_solver = GridMaxflow(*problem.shape, n_directions)
-    note = None
-    if memory == "auto":
-        needed, available = residual_bytes(problem.shape, n_directions, len(move_labels(problem, labels))), \
-            available_memory()
-        memory = "fast" if needed <= AUTO_SHARE * available else "lean"
-        if memory == "lean":
-            note = (f"memory='auto' chose the lean layout: the fast one's residual graphs need "
-                    f"{needed / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the {available / 2**30:.2f} GiB available")
+    moves_to = np.zeros(problem.n_labels, bool)
+    moves_to[move_labels(problem, options.get("labels"))] = True
+    return memory, moves_to
 
-    alphas = move_labels(problem, labels)
-    labels = init.copy()
-    if problem.n_labels == 2 and len(alphas) == 2:
-        def min_cut(source_cap, sink_cap, edge_cap, symmetric):
-            return flow_solver.solve(source_cap, sink_cap, edge_cap, edge_cap), flow_solver.sink_side
 
-        outcome = two_label_cut(problem, min_cut, [problem.energy(labels)])
-    else:
-        # the moves are built and solved in place in the max-flow's arrays, all sweeps in one compiled call
-        rows, n = flow_solver.graph[3].shape
-        count = 0 if memory == "lean" else len(alphas)  # lean: none kept whole, one scratch graph
-        caps, trs = np.empty((count, rows, n)), np.empty((count, n))  # (a label's first move writes its graph)
-        scratch = (np.zeros((rows, n)), np.zeros(n), np.empty(n, np.int64), np.empty(n)) if memory == "lean" \
-            else None  # (lean: a scratch graph, and room for one pixel's worth of changed entries per move)
-        snapshots = np.empty((len(alphas), *problem.shape), dtype=labels.dtype)
-        unary = label_major_unary(problem)
-        history, converged, cancelled = expansion_sweeps(
-            unary, problem.lam * problem.weights, labels, problem.seeded, pin_capacity(problem, unary),
-            np.array(alphas if problem.n_labels > 1 else [], dtype=np.int64), -1 if max_iter is None else max_iter, problem.energy_scale,
-            flow_solver.graph, caps, trs, snapshots, scratch, CANCEL.array)
-        if cancelled:
-            check_cancelled()
-        outcome = {"labels": labels, "history": list(history), "converged": converged}
-    outcome["memory"] = memory
-    if note is not None:
-        outcome["note"] = note
-    return outcome
+def batchable(problems, options):
+    """Whether :func:`minimize_batch` takes `problems` together: of one shape, K, connectivity and
+    ``unlabeled``, with one memory layout among their `options`."""
+    first = problems[0]
+    return all(problem.unary.shape == first.unary.shape and problem.weights.shape == first.weights.shape
+               and problem.unlabeled == first.unlabeled for problem in problems) and \
+        len({entry.get("memory", "auto") for entry in options}) == 1
+
+
+def minimize_batch(problems, inits, options):
+    """:func:`minimize` for each of `problems` (:func:`batchable`), with its `inits` entry and its dict of
+    `options`, all in one compiled call (:func:`~.expansion_batch.solve_grid_batch`: no return to Python
+    between problems, the residual graphs' buffers reused): the list of their outcomes."""
+    memory, moves_to = zip(*(checked_options(problem, entry) for problem, entry in zip(problems, options)))
+    memory, moves_to = memory[0], np.stack(moves_to)
+    first = problems[0]
+    n_directions, n_labels = first.weights.shape[0], first.n_labels
+    needed = [residual_bytes(problem.shape, n_directions, int(row.sum())) for problem, row in zip(problems, moves_to)]
+    available = available_memory() if memory == "auto" else None
+    budget = {"fast": np.inf, "lean": -1.0}.get(memory, AUTO_SHARE * (available or 0))
+    stack = (lambda arrays: arrays[0][None]) if len(problems) == 1 else _read_only_stack
+    labels = np.stack([np.asarray(init, dtype=np.int32) for init in inits])
+    histories, converged, lean, cancelled = solve_grid_batch(
+        np.arange(len(problems)), stack([problem.unary for problem in problems]),
+        stack([problem.weights for problem in problems]), np.array([problem.lam for problem in problems]),
+        np.array([problem.energy_scale for problem in problems]), stack([problem.seeds for problem in problems]),
+        first.unlabeled, labels, moves_to,
+        np.array([-1 if entry.get("max_iter") is None else entry["max_iter"] for entry in options], dtype=np.int64),
+        None if max(needed) <= budget else budget,  # None: the fast layout for all (and no lean one compiled)
+        True if n_labels == 2 else None, CANCEL.array)
+    if cancelled:
+        check_cancelled()
+    outcomes = []
+    for i, history in enumerate(histories):
+        outcome = {"labels": labels[i], "history": history.tolist(), "converged": bool(converged[i]),
+                   "memory": "lean" if lean[i] else "fast"}
+        if memory == "auto" and lean[i]:
+            outcome["note"] = (f"memory='auto' chose the lean layout: the fast one's residual graphs need "
+                               f"{needed[i] / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the "
+                               f"{available / 2**30:.2f} GiB available")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _read_only_stack(arrays):
+    """np.stack, read-only (the type Numba compiled for a problem's own arrays)."""
+    stacked = np.stack(arrays)
+    stacked.flags.writeable = False
+    return stacked

@@ -1,6 +1,6 @@
 """The compiled arithmetic of the energies' construction: the contrast weights of eq. 2 and the ADM unary
 of eq. 8. :func:`~admsolve.energies.contrast_weights` and :func:`~admsolve.energies.adm_unary` check
-their inputs and call these; ADM's compiled latent step (:mod:`admsolve.backends.latent_batch`) calls
+their inputs and call these; ADM's compiled latent step (:mod:`admsolve.backends.expansion_batch`) calls
 them on each image of a batch, so that both build bit-identical problems. Imported when first used
 (Numba is not loaded by ``import admsolve``)."""
 

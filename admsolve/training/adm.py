@@ -183,7 +183,7 @@ class ADMStep:
         outside the bounding box of the `valid` pixels (see :meth:`problems`), where no loss reads X.
 
         The grid regularizer at full resolution with ``numba-expansion`` (the default) builds and solves
-        the images' problems in one compiled call per worker thread (:mod:`admsolve.backends.latent_batch`):
+        the images' problems in one compiled call per worker thread (:mod:`admsolve.backends.expansion_batch`):
         the same labels as building the problems and solving them one by one, with the energies summed in
         compiled code (as the backend's history) and each result's ``time`` its thread's time shared
         equally among the images the thread solved."""
@@ -249,7 +249,7 @@ class ADMStep:
     def _solve_compiled(self, checked, memory, max_iter):
         """solve_latent_batch over the batch, the images shared among the worker threads (largest first,
         dealt in turn); a SolveResult per image, in order."""
-        from ..backends.latent_batch import solve_latent_batch
+        from ..backends.expansion_batch import solve_latent_batch
         from ..backends.numba_expansion import AUTO_SHARE, available_memory, residual_bytes
 
         probs = checked.probs.detach()  # float32 or float64 as given (bfloat16 and float16 as float32)
