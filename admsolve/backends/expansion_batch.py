@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from ..energies._kernels import adm_cost, contrast_weights_into
+from ._batch import load_problem
 from ._gridflow import grid_graph, load_and_solve
 from .moves import expansion_sweeps, grid_energy, pin_bound
 
@@ -88,10 +89,9 @@ def solve_grid(unary, scaled, pin_cap, energy_scale, labels, pinned, moves_to, m
 @njit(nogil=True, cache=True)
 def solve_grid_batch(indices, unaries, weights, lams, energy_scales, seeds, unlabeled, labels, moves_to, max_iters,
                      fast_budget, two_labels, cancel):
-    """Solve the problems `indices` of a stack: unaries (N, H, W, K), weights (N, D, H, W) before lambda,
-    lams and energy_scales (N,), seeds (N, H, W) int32 (`unlabeled` where free), labels (N, H, W) int32, the
-    starts with the seeds applied (modified in place), moves_to (N, K) bool, max_iters (N,); `fast_budget`,
-    `two_labels` and `cancel` as in :func:`solve_grid`.
+    """Solve the problems `indices` of the stacks of :func:`~._batch.stacked` (labels: the starts, seeds
+    applied, modified in place), with moves_to (N, K) bool and max_iters (N,); `fast_budget`, `two_labels`
+    and `cancel` as in :func:`solve_grid`.
 
     Returns (histories, converged, lean, cancelled) for the problems `indices` (the lists hold those done
     when `cancel` stopped the call).
@@ -107,15 +107,7 @@ def solve_grid_batch(indices, unaries, weights, lams, energy_scales, seeds, unla
         if cancel[0]:
             return histories, converged, lean, True
         i = indices[j]
-        for y in range(height):
-            for x in range(width):
-                pinned[y, x] = seeds[i, y, x] != unlabeled
-                for label in range(n_labels):
-                    unary[label, y, x] = unaries[i, y, x, label]
-        for d in range(n_directions):
-            for y in range(height):
-                for x in range(width):
-                    scaled[d, y, x] = lams[i] * weights[i, d, y, x]
+        load_problem(unaries, weights, lams, seeds, unlabeled, i, unary, scaled, pinned)
         history, converged[j], lean[j], stopped, caps, trs = solve_grid(
             unary, scaled, pin_bound(unary, scaled), energy_scales[i], labels[i], pinned, moves_to[i], max_iters[i],
             fast_budget, two_labels, caps, trs, cancel)

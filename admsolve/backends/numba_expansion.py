@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from . import CANCEL, check_cancelled
+from ._batch import iteration_caps, same_grid, stacked
 from .expansion_batch import residual_graph_bytes, solve_grid_batch
 from .moves import move_labels
 
@@ -83,12 +84,9 @@ def checked_options(problem, options):
 
 
 def batchable(problems, options):
-    """Whether :func:`minimize_batch` takes `problems` together: of one shape, K, connectivity and
-    ``unlabeled``, with one memory layout among their `options`."""
-    first = problems[0]
-    return all(problem.unary.shape == first.unary.shape and problem.weights.shape == first.weights.shape
-               and problem.unlabeled == first.unlabeled for problem in problems) and \
-        len({entry.get("memory", "auto") for entry in options}) == 1
+    """Whether :func:`minimize_batch` takes `problems` together: of one grid (:func:`~._batch.same_grid`), with
+    one memory layout among their `options`."""
+    return same_grid(problems) and len({entry.get("memory", "auto") for entry in options}) == 1
 
 
 def minimize_batch(problems, inits, options):
@@ -97,19 +95,14 @@ def minimize_batch(problems, inits, options):
     between problems, the residual graphs' buffers reused): the list of their outcomes."""
     memory, moves_to = zip(*(checked_options(problem, entry) for problem, entry in zip(problems, options)))
     memory, moves_to = memory[0], np.stack(moves_to)
-    first = problems[0]
-    n_directions, n_labels = first.weights.shape[0], first.n_labels
+    n_directions, n_labels = problems[0].weights.shape[0], problems[0].n_labels
     needed = [residual_bytes(problem.shape, n_directions, int(row.sum())) for problem, row in zip(problems, moves_to)]
     available = available_memory() if memory == "auto" else None
     budget = {"fast": np.inf, "lean": -1.0}.get(memory, AUTO_SHARE * (available or 0))
-    stack = (lambda arrays: arrays[0][None]) if len(problems) == 1 else _read_only_stack
-    labels = np.stack([np.asarray(init, dtype=np.int32) for init in inits])
+    unaries, weights, lams, energy_scales, seeds, labels = stacked(problems, inits)
     histories, converged, lean, cancelled = solve_grid_batch(
-        np.arange(len(problems)), stack([problem.unary for problem in problems]),
-        stack([problem.weights for problem in problems]), np.array([problem.lam for problem in problems]),
-        np.array([problem.energy_scale for problem in problems]), stack([problem.seeds for problem in problems]),
-        first.unlabeled, labels, moves_to,
-        np.array([-1 if entry.get("max_iter") is None else entry["max_iter"] for entry in options], dtype=np.int64),
+        np.arange(len(problems)), unaries, weights, lams, energy_scales, seeds, problems[0].unlabeled, labels,
+        moves_to, iteration_caps(options),
         None if max(needed) <= budget else budget,  # None: the fast layout for all (and no lean one compiled)
         True if n_labels == 2 else None, CANCEL.array)
     if cancelled:
@@ -124,10 +117,3 @@ def minimize_batch(problems, inits, options):
                                f"{available / 2**30:.2f} GiB available")
         outcomes.append(outcome)
     return outcomes
-
-
-def _read_only_stack(arrays):
-    """np.stack, read-only (the type Numba compiled for a problem's own arrays)."""
-    stacked = np.stack(arrays)
-    stacked.flags.writeable = False
-    return stacked
