@@ -199,7 +199,9 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     """Solve several problems in parallel; results come back in input order.
 
     Backends that release the GIL (the Numba ones) run in threads; the others (PyMaxflow holds the
-    GIL) in worker processes. An exception raised for one problem is re-raised, after the remaining
+    GIL) in worker processes. A backend with ``solves_batches`` in the registry (``numba-expansion``) solves
+    a batch of one shape together: each thread its share in one compiled call, with no return to Python
+    between problems (each result's ``time`` is then its thread's time shared equally among its share). An exception raised for one problem is re-raised, after the remaining
     work is cancelled, with a note naming its index (``exc.__notes__``, and ``exc.index``).
     Ctrl-C (KeyboardInterrupt) cancels the outstanding work and returns at once: worker processes
     are terminated, worker threads stop after their current move or sweep
@@ -214,8 +216,9 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
         As in :func:`solve`; a callable runs in threads.
     workers : int, optional
         Number of threads or processes; default ``os.cpu_count()``. 1 solves in this thread, as do
-        problems of fewer pixels x labels than the backend's ``threads_from`` in the registry (there the
-        Python around each solve outweighs the compiled work, and threads were slower than one).
+        problems of fewer pixels x labels than the backend's ``threads_from`` in the registry (there
+        starting threads, and the Python around each solve where the problems are not solved together,
+        outweigh the compiled work: two threads were slower than one).
     inits : sequence of (H, W) array_like or None, optional
         One starting labeling per problem (``solve``'s ``init=``, per problem).
     problem_options : sequence of dict, optional
@@ -248,13 +251,13 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     jobs = [(problem, chosen, init, {**options, **extra})
             for problem, init, extra in zip(problems, inits, problem_options)]
     workers = min(workers, max(len(jobs), 1))
+    if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].releases_gil and \
+            max(problem.unary.size for problem in problems) < backends.BACKENDS[chosen].threads_from:
+        workers = 1  # problems this small solve faster one after another (the registry's threads_from)
     if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].solves_batches:
         together = _checked_together(jobs)
         if together is not None:
             return _solve_together(chosen, problems, *together, workers)
-    if problems and isinstance(chosen, str) and backends.BACKENDS[chosen].releases_gil and \
-            max(problem.unary.size for problem in problems) < backends.BACKENDS[chosen].threads_from:
-        workers = 1  # problems this small solve faster one after another (the registry's threads_from)
     if workers == 1:
         results = []
         for index, job in enumerate(jobs):

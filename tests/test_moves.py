@@ -1,6 +1,7 @@
 """The move-making backends against each other: numba-expansion is the same algorithm as maxflow
 on another max-flow, label-subset expansion (labels=) and alpha-beta swap."""
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -163,36 +164,37 @@ def test_threads_are_used_for_numba_backends_and_agree_with_serial(monkeypatch):
         assert np.array_equal(a.labels, b.labels) and a.history == b.history
 
 
-@pytest.mark.parametrize("backend", ["numba-swap", "numba-icm"])
+@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap", "numba-icm"])
 def test_problems_below_the_backend_s_threads_from_are_solved_in_the_calling_thread(backend, monkeypatch):
-    """On small problems two threads were slower than one (the GIL around each solve): solve_batch
-    runs them one after another, whatever `workers`; one problem at the threshold brings the threads."""
+    """On small problems two threads were slower than one (starting them, and the GIL around each solve of a
+    batch not solved together): solve_batch runs them in the calling thread, whatever `workers`; one problem
+    at the threshold brings the threads, whether the batch is solved together (one shape) or not."""
     solve_module = importlib.import_module("admsolve.solve")  # (admsolve.solve is also the function)
 
     threaded_calls = []
-    solve_in_threads = solve_module._solve_in_threads
-    monkeypatch.setattr(solve_module, "_solve_in_threads",
-                        lambda jobs, workers: threaded_calls.append(workers) or solve_in_threads(jobs, workers))
+    for name in ("_solve_in_threads", "run_in_threads"):  # problem by problem, and solved together
+        monkeypatch.setattr(solve_module, name, lambda *args, original=getattr(solve_module, name):
+                            threaded_calls.append(args[-1]) or original(*args))
     threads_from = adm.backends.BACKENDS[backend].threads_from
     rng = np.random.default_rng(6)
     side = int(np.sqrt(threads_from / 4)) - 1  # 4 labels: just under the threshold
-    # (of several shapes: a batch of one shape is solved together, in one compiled call per thread, at any size)
-    small = [adm.GridCRF(rng.normal(size=(side - i, side, 4)), rng.random((2, side - i, side)), lam=1.0)
-             for i in range(3)]
+    small = [adm.GridCRF(rng.normal(size=(side, side, 4)), rng.random((2, side, side)), lam=1.0) for _ in range(3)]
     assert [r.energy for r in adm.solve_batch(small, backend, workers=2)] == \
         [adm.solve(problem, backend).energy for problem in small]
     assert threaded_calls == []
-    big = adm.GridCRF(rng.normal(size=(side + 2, side + 2, 4)), rng.random((2, side + 2, side + 2)), lam=1.0)
-    adm.solve_batch([*small, big], backend, workers=2)
-    assert threaded_calls == [2]
+    big = [adm.GridCRF(rng.normal(size=(side + 2, side + 2, 4)), rng.random((2, side + 2, side + 2)), lam=1.0)
+           for _ in range(2)]
+    adm.solve_batch(big, backend, workers=2)
+    adm.solve_batch([*small, big[0]], backend, workers=2)
+    assert threaded_calls == [2, 2]
 
 
-@pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap", "numba-icm"])
+@pytest.mark.parametrize("backend", [name for name, entry in adm.backends.BACKENDS.items() if entry.solves_batches])
 @given(data=st.data(), workers=st.sampled_from([1, 2, 3]))
 @settings(max_examples=30)
 def test_a_batch_solved_together_is_solved_as_one_problem_at_a_time(backend, data, workers):
-    """The Numba backends solve each thread's share of a batch of one shape in one compiled call (at any size:
-    no GIL between problems): the results of solve() one problem at a time, per-problem options included."""
+    """numba-expansion and numba-swap solve each thread's share of a batch of one shape in one compiled call (no
+    GIL between problems): the results of solve() one problem at a time, per-problem options included."""
     module = importlib.import_module(adm.backends.BACKENDS[backend].module)
     calls = []
     minimize_batch = module.minimize_batch
@@ -211,6 +213,7 @@ def test_a_batch_solved_together_is_solved_as_one_problem_at_a_time(backend, dat
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "minimize_batch",
                       lambda problems, *rest: calls.append(len(problems)) or minimize_batch(problems, *rest))
+        patch.setitem(adm.backends.BACKENDS, backend, dataclasses.replace(adm.backends.BACKENDS[backend], threads_from=0))
         together = adm.solve_batch(problems, backend, workers=workers, inits=inits, problem_options=extra, **shared)
     threads = min(workers, count)
     assert sorted(calls) == sorted(len(range(t, count, threads)) for t in range(threads))

@@ -54,10 +54,10 @@ class Backend:
     # minimize_batch(problems, inits, options), which solve_batch calls to solve each thread's share of a batch
     # in one compiled call
     solves_batches: bool = False
-    # pixels x labels of the largest problem of a batch below which solve_batch solves in the calling thread
-    # (a batch it does not solve together, problems of several shapes):
-    # on smaller problems the Python around each solve (under the GIL) outweighs the compiled work, and two
-    # threads were slower than one (measured on 2 cores: benchmarks/solvers.py's batch section)
+    # pixels x labels of the largest problem of a batch below which solve_batch solves in the calling thread:
+    # on smaller problems starting the threads (and, where the problems are not solved together, the Python
+    # around each solve, under the GIL) outweighs the compiled work, and two threads were slower than one
+    # (measured on 2 cores: benchmarks/solvers.py's batch section)
     threads_from: int = 0
 
 
@@ -70,10 +70,9 @@ BACKENDS: dict[str, Backend] = {
                 "alpha-expansion on admsolve's own Numba max-flow (Boykov-Kolmogorov)", threads_from=4_000,
                 takes_labels=True, solves_batches=True),
         Backend("numba-swap", "admsolve.backends.numba_swap", ("numba",), "", True,
-                "alpha-beta swap on admsolve's own Numba max-flow", threads_from=4_000, takes_labels=True,
-                solves_batches=True),
+                "alpha-beta swap on admsolve's own Numba max-flow", threads_from=4_000, takes_labels=True),
         Backend("numba-icm", "admsolve.backends.numba_icm", ("numba",), "", True,
-                "iterated conditional modes, Numba JIT", threads_from=20_000, solves_batches=True),
+                "iterated conditional modes, Numba JIT", threads_from=20_000),
         Backend("relaxed-gd", "admsolve.backends.relaxed_gd", (), "", True,
                 "mirror descent on the relaxed grid-CRF energy (eq. 9), NumPy or CuPy",
                 monotone=False, devices=("cpu", "cuda")),

@@ -14,7 +14,6 @@ import numpy as np
 from numba import njit
 
 from ..energies._kernels import adm_cost, contrast_weights_into
-from ._batch import load_problem
 from ._gridflow import grid_graph, load_and_solve
 from .moves import expansion_sweeps, grid_energy, pin_bound
 
@@ -86,10 +85,26 @@ def solve_grid(unary, scaled, pin_cap, energy_scale, labels, pinned, moves_to, m
     return history, converged, lean, stopped, caps, trs
 
 
+@njit(inline="always")
+def load_problem(unaries, weights, lams, seeds, unlabeled, i, unary, scaled, pinned):
+    """Problem `i` of the stacks into the buffers: `unary` (K, H, W) label-major, `scaled` (D, H, W) the
+    weights times lambda, `pinned` (H, W) its seeded pixels."""
+    n_labels, height, width = unary.shape
+    for y in range(height):
+        for x in range(width):
+            pinned[y, x] = seeds[i, y, x] != unlabeled
+            for label in range(n_labels):
+                unary[label, y, x] = unaries[i, y, x, label]
+    for d in range(scaled.shape[0]):
+        for y in range(height):
+            for x in range(width):
+                scaled[d, y, x] = lams[i] * weights[i, d, y, x]
+
+
 @njit(nogil=True, cache=True)
 def solve_grid_batch(indices, unaries, weights, lams, energy_scales, seeds, unlabeled, labels, moves_to, max_iters,
                      fast_budget, two_labels, cancel):
-    """Solve the problems `indices` of the stacks of :func:`~._batch.stacked` (labels: the starts, seeds
+    """Solve the problems `indices` of the stacks of :func:`~.numba_expansion.stacked` (labels: the starts, seeds
     applied, modified in place), with moves_to (N, K) bool and max_iters (N,); `fast_budget`, `two_labels`
     and `cancel` as in :func:`solve_grid`.
 

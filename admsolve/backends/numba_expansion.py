@@ -25,7 +25,6 @@ import os
 import numpy as np
 
 from . import CANCEL, check_cancelled
-from ._batch import iteration_caps, same_grid, stacked
 from .expansion_batch import residual_graph_bytes, solve_grid_batch
 from .moves import move_labels
 
@@ -84,8 +83,8 @@ def checked_options(problem, options):
 
 
 def batchable(problems, options):
-    """Whether :func:`minimize_batch` takes `problems` together: of one grid (:func:`~._batch.same_grid`), with
-    one memory layout among their `options`."""
+    """Whether :func:`minimize_batch` takes `problems` together: of one grid (:func:`same_grid`), with one
+    memory layout among their `options`."""
     return same_grid(problems) and len({entry.get("memory", "auto") for entry in options}) == 1
 
 
@@ -117,3 +116,32 @@ def minimize_batch(problems, inits, options):
                                f"{available / 2**30:.2f} GiB available")
         outcomes.append(outcome)
     return outcomes
+
+
+def same_grid(problems):
+    """Whether `problems` have one shape, number of labels, connectivity and ``unlabeled`` value."""
+    first = problems[0]
+    return all(problem.unary.shape == first.unary.shape and problem.weights.shape == first.weights.shape
+               and problem.unlabeled == first.unlabeled for problem in problems)
+
+
+def stacked(problems, inits):
+    """The arrays of `problems` (:func:`same_grid`) for a batch entry: (unaries (N, H, W, K), weights
+    (N, D, H, W), lams (N,), energy_scales (N,), seeds (N, H, W), labels (N, H, W) int32 from `inits`).
+    The problems' arrays are read-only and so are their stacks (one type to Numba: a single problem's are
+    its own arrays, viewed)."""
+    stack = (lambda arrays: arrays[0][None]) if len(problems) == 1 else _read_only_stack
+    return (stack([problem.unary for problem in problems]), stack([problem.weights for problem in problems]),
+            np.array([problem.lam for problem in problems]), np.array([problem.energy_scale for problem in problems]),
+            stack([problem.seeds for problem in problems]), np.stack([np.asarray(init, dtype=np.int32) for init in inits]))
+
+
+def iteration_caps(options):
+    """Each problem's ``max_iter`` as an int64 array, -1 for none."""
+    return np.array([-1 if entry.get("max_iter") is None else entry["max_iter"] for entry in options], dtype=np.int64)
+
+
+def _read_only_stack(arrays):
+    stacked_arrays = np.stack(arrays)
+    stacked_arrays.flags.writeable = False
+    return stacked_arrays

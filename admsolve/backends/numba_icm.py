@@ -12,7 +12,6 @@ from numba import njit
 
 from ..energies.gridcrf import OFFSETS
 from . import CANCEL, check_cancelled
-from ._batch import iteration_caps, load_problem, same_grid, stacked
 from .moves import grid_energy, label_major_unary
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
@@ -90,48 +89,3 @@ def minimize(problem, init, *, max_iter=None):
         check_cancelled()
     return {"labels": labels, "history": list(history), "converged": converged}
 
-
-def checked_options(problem, options):
-    """ICM takes no option beyond ``max_iter`` (checked by solve's rules)."""
-
-
-def batchable(problems, options):
-    """Whether :func:`minimize_batch` takes `problems` together (:func:`~._batch.same_grid`)."""
-    return same_grid(problems)
-
-
-def minimize_batch(problems, inits, options):
-    """:func:`minimize` for each of `problems` (:func:`batchable`), with its `inits` entry and its dict of
-    `options`, in one compiled call (no return to Python between problems): the list of their outcomes."""
-    unaries, weights, lams, _, seeds, labels = stacked(problems, inits)
-    histories, converged, cancelled = icm_batch(np.arange(len(problems)), unaries, weights, lams, seeds,
-                                                problems[0].unlabeled, labels, iteration_caps(options), CANCEL.array)
-    if cancelled:
-        check_cancelled()
-    return [{"labels": labels[i], "history": history.tolist(), "converged": bool(converged[i])}
-            for i, history in enumerate(histories)]
-
-
-@njit(nogil=True, cache=True)
-def icm_batch(indices, unaries, weights, lams, seeds, unlabeled, labels, max_iters, cancel):
-    """icm_sweeps for the problems `indices` of the stacks of :func:`~._batch.stacked`, with the buffers reused.
-    Returns (histories, converged, cancelled) for the problems done."""
-    n_labels, height, width, n_directions = unaries.shape[3], unaries.shape[1], unaries.shape[2], weights.shape[1]
-    histories = []
-    converged = np.zeros(indices.size, np.bool_)
-    unary, scaled = np.empty((n_labels, height, width)), np.empty((n_directions, height, width))
-    pinned, free = np.empty((height, width), np.bool_), np.empty((height, width), np.bool_)
-    for j in range(indices.size):
-        if cancel[0]:
-            return histories, converged, True
-        i = indices[j]
-        load_problem(unaries, weights, lams, seeds, unlabeled, i, unary, scaled, pinned)
-        for y in range(height):
-            for x in range(width):
-                free[y, x] = not pinned[y, x]
-        history, converged[j], stopped = icm_sweeps(unaries[i], weights[i], lams[i], free, labels[i], max_iters[i],
-                                                    unary, scaled, cancel)
-        if stopped:
-            return histories, converged, True
-        histories.append(history)
-    return histories, converged, False

@@ -9,8 +9,7 @@ from numba import njit
 
 from ..energies.gridcrf import OFFSETS
 from . import CANCEL, check_cancelled
-from ._batch import iteration_caps, load_problem, same_grid, stacked
-from ._gridflow import GridMaxflow, grid_graph, load_and_solve
+from ._gridflow import GridMaxflow, load_and_solve
 from .moves import grid_energy, improves, label_major_unary, move_labels
 
 _OFFSETS = np.array(OFFSETS, dtype=np.int64)
@@ -124,65 +123,3 @@ def minimize(problem, init, *, max_iter=None, labels=None):
     if cancelled:
         check_cancelled()
     return {"labels": labels, "history": list(history), "converged": converged}
-
-
-def checked_options(problem, options):
-    """The labels `problem` swaps between, as a (K,) bool mask, from its `options`, checked."""
-    moves_to = np.zeros(problem.n_labels, bool)
-    moves_to[move_labels(problem, options.get("labels"))] = True
-    return moves_to
-
-
-def batchable(problems, options):
-    """Whether :func:`minimize_batch` takes `problems` together (:func:`~._batch.same_grid`)."""
-    return same_grid(problems)
-
-
-def minimize_batch(problems, inits, options):
-    """:func:`minimize` for each of `problems` (:func:`batchable`), with its `inits` entry and its dict of
-    `options`, in one compiled call (no return to Python between problems): the list of their outcomes."""
-    moves_to = np.stack([checked_options(problem, entry) for problem, entry in zip(problems, options)])
-    unaries, weights, lams, energy_scales, seeds, labels = stacked(problems, inits)
-    histories, converged, cancelled = swap_batch(np.arange(len(problems)), unaries, weights, lams, energy_scales,
-                                                 seeds, problems[0].unlabeled, labels, moves_to,
-                                                 iteration_caps(options), CANCEL.array)
-    if cancelled:
-        check_cancelled()
-    return [{"labels": labels[i], "history": history.tolist(), "converged": bool(converged[i])}
-            for i, history in enumerate(histories)]
-
-
-@njit(nogil=True, cache=True)
-def swap_batch(indices, unaries, weights, lams, energy_scales, seeds, unlabeled, labels, moves_to, max_iters, cancel):
-    """swap_sweeps for the problems `indices` of the stacks of :func:`~._batch.stacked`, each over the pairs of
-    its labels moves_to[i] (in the order of :func:`minimize`'s), with the buffers and max-flow workspace
-    reused. Returns (histories, converged, cancelled) for the problems done."""
-    n_labels, height, width, n_directions = unaries.shape[3], unaries.shape[1], unaries.shape[2], weights.shape[1]
-    n = height * width
-    histories = []
-    converged = np.zeros(indices.size, np.bool_)
-    unary, scaled = np.empty((n_labels, height, width)), np.empty((n_directions, height, width))
-    pinned = np.empty((height, width), np.bool_)
-    source_cap, sink_cap, edge_cap = np.empty((height, width)), np.empty((height, width)), np.empty_like(scaled)
-    graph, sink_side = grid_graph(height, width, n_directions), np.zeros(n, np.bool_)
-    fwd_dy, fwd_dx = _OFFSETS[:n_directions, 0].copy(), _OFFSETS[:n_directions, 1].copy()
-    for j in range(indices.size):
-        if cancel[0]:
-            return histories, converged, True
-        i = indices[j]
-        load_problem(unaries, weights, lams, seeds, unlabeled, i, unary, scaled, pinned)
-        chosen = np.flatnonzero(moves_to[i])
-        pairs = np.empty((chosen.size * (chosen.size - 1) // 2, 2), np.int64)
-        count = 0
-        for a in range(chosen.size):
-            for b in range(a + 1, chosen.size):
-                pairs[count, 0], pairs[count, 1] = chosen[a], chosen[b]
-                count += 1
-        history, converged[j], stopped = swap_sweeps(
-            unary, scaled, labels[i], seeds[i], pinned, pairs, max_iters[i], energy_scales[i], source_cap, sink_cap,
-            edge_cap, source_cap.reshape(n), sink_cap.reshape(n), edge_cap.reshape((n_directions, n)), fwd_dy, fwd_dx,
-            graph, sink_side, cancel)
-        if stopped:
-            return histories, converged, True
-        histories.append(history)
-    return histories, converged, False
