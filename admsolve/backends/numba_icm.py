@@ -88,4 +88,3 @@ def minimize(problem, init, *, max_iter=None):
     if cancelled:
         check_cancelled()
     return {"labels": labels, "history": list(history), "converged": converged}
-

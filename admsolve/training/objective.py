@@ -114,5 +114,6 @@ class Objective:
                 "confidence": float(confidence.mean()) if confidence.numel() else 1.0}
 
     def solver_time(self) -> float:
-        """Seconds the backend spent in the last latent step (0 without one)."""
+        """Seconds the backend spent in the last latent step (0 without one): summed over the solver threads,
+        and with the compiled latent step (numba-expansion) including the building of the problems."""
         return sum(result.time for result in self.adm_step.results) if self.adm_step is not None else 0.0
