@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import numpy as np
 from numpy.typing import ArrayLike
 
 from . import backends
@@ -201,8 +202,9 @@ def solve_batch(problems: Sequence[LabelingProblem], backend: str | Callable[...
     Backends that release the GIL (the Numba ones) run in threads; the others (PyMaxflow holds the
     GIL) in worker processes. A backend with ``solves_batches`` in the registry (``numba-expansion``) solves
     a batch of one shape together: each thread its share in one compiled call, with no return to Python
-    between problems (each result's ``time`` is then its thread's time shared equally among its share). An exception raised for one problem is re-raised, after the remaining
-    work is cancelled, with a note naming its index (``exc.__notes__``, and ``exc.index``).
+    between problems (each result's ``time`` is then its thread's time shared equally among its share).
+    An exception raised for one problem is re-raised, after the remaining work is cancelled, with a note
+    naming its index (``exc.__notes__``, and ``exc.index``).
     Ctrl-C (KeyboardInterrupt) cancels the outstanding work and returns at once: worker processes
     are terminated, worker threads stop after their current move or sweep
     (:data:`admsolve.backends.CANCEL`). A script that runs ``solve_batch`` with processes must call
@@ -311,19 +313,30 @@ def _solve_together(name, problems, options, starts, workers):
     """Solve `problems` with the backend's minimize_batch: each thread its share, in one compiled call; each
     result's ``time`` is its thread's time shared equally among the problems of its share."""
     minimize_batch = backends.load_module(name).minimize_batch
-    shares = [range(first, len(problems), workers) for first in range(workers)]
-
-    def solve_share(share):
-        began = time.perf_counter()
-        outcomes = minimize_batch([problems[i] for i in share], [starts[i] for i in share], [options[i] for i in share])
-        return outcomes, time.perf_counter() - began
-
-    done = [solve_share(shares[0])] if workers == 1 else run_in_threads(solve_share, shares, workers)
     results = [None] * len(problems)
-    for share, (outcomes, seconds) in zip(shares, done):
+    for share, outcomes, seconds in in_shares(
+            lambda share: minimize_batch([problems[i] for i in share], [starts[i] for i in share],
+                                         [options[i] for i in share]),
+            np.arange(len(problems)), workers):
         for i, outcome in zip(share, outcomes):
             results[i] = _result(problems[i], name, outcome, seconds / len(share), options[i].get("max_iter"))
     return results
+
+
+def in_shares(function: Callable[[np.ndarray], Any], order: np.ndarray,
+              workers: int) -> list[tuple[np.ndarray, Any, float]]:
+    """Deal the indices `order` in turn into `workers` shares (contiguous int64 arrays: one type to Numba
+    whatever their number) and call ``function(share)`` on each, in threads (:func:`run_in_threads`) when
+    there are several: a list of (share, its result, the seconds it took)."""
+    shares = [np.ascontiguousarray(order[first::workers], dtype=np.int64) for first in range(workers)]
+
+    def timed(share):
+        began = time.perf_counter()
+        result = function(share)
+        return result, time.perf_counter() - began
+
+    done = [timed(shares[0])] if workers == 1 else run_in_threads(timed, shares, workers)
+    return [(share, result, seconds) for share, (result, seconds) in zip(shares, done)]
 
 
 def run_in_threads(function: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> list[Any]:

@@ -9,7 +9,8 @@ and lambda = 2. Every energy printed is ``problem.energy(labels)``, admsolve's r
                                  [--memory-sizes 1024 2048]
 
 After the main table come the extras (skipped with --no-extras): batch throughput of solve_batch, ADM's
-latent step compiled against built in Python (needs torch), expansion restricted to a label subset, and the Numba JIT compile and cached start-up times.
+latent step compiled against built in Python (needs torch), expansion restricted to a label subset, and
+the Numba JIT compile and cached start-up times.
 --memory-sizes adds, for each size, gco against numba-expansion's memory layouts on the first image
 (K = the largest of --labels, 8-connected): time and peak memory beyond the problem's arrays, each
 solver in a process of its own.
@@ -320,8 +321,9 @@ def small_batches(ids, args):
 def latent_section(ids, args):
     """ADM's latent step (ADMStep, grid regularizer, 8-connected, lambda 2, gamma 1, max --sweeps sweeps) on
     a batch of 8 GrabCut images with smooth random probabilities: built and solved in one compiled call per
-    thread (the default) against building each GridCRF in Python and solving them with solve_batch (as every
-    other backend does); median batch time, 1 and 2 workers. Target: the compiled step measurably faster."""
+    thread (the default) against building each GridCRF in Python and solving them with solve_batch (itself one
+    compiled call per thread): what building the problems in compiled code gains; median batch time, 1 and 2
+    workers."""
     try:
         import torch
         from admsolve.training import ADMStep
@@ -341,7 +343,8 @@ def latent_section(ids, args):
         for workers in (1, 2):
             step = ADMStep(lam=LAM, gamma=GAMMA, max_iter=args.sweeps, workers=workers)
             compiled = lambda: step(probs, images, scribbles)  # noqa: E731
-            in_python = lambda: step._solve_problems(step._latent_inputs(step._checked(probs, images, scribbles, None)))  # noqa: E731
+            in_python = lambda: step._solve_problems(  # noqa: E731
+                step._latent_inputs(step._checked(probs, images, scribbles, None)))
             seconds = {}
             for name, run in (("compiled", compiled), ("python", in_python)):
                 run()

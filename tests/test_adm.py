@@ -209,3 +209,17 @@ def test_other_latent_steps_build_their_problems_in_python(settings):
     logits, images, scribbles = batch(seed=6)
     step = ADMStep(**settings)
     assert step._compiled_options(step._checked(logits.softmax(1), images, scribbles, None)) is None
+
+
+def test_shares_have_one_numba_type_whatever_their_number():
+    """The warm-up compiles the latent step with one thread and runs use more: a strided share would be
+    another type to Numba, and the run would compile the step again."""
+    import numba
+
+    from admsolve.solve import in_shares
+
+    order = np.argsort(-np.arange(7), kind="stable")
+    for workers in (1, 2, 3):
+        shares = [share for share, _, _ in in_shares(lambda share: share.sum(), order, workers)]
+        assert all(numba.typeof(share) == numba.typeof(np.arange(3)) for share in shares)
+        assert [share.tolist() for share in shares] == [order[first::workers].tolist() for first in range(workers)]

@@ -213,7 +213,8 @@ def test_a_batch_solved_together_is_solved_as_one_problem_at_a_time(backend, dat
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "minimize_batch",
                       lambda problems, *rest: calls.append(len(problems)) or minimize_batch(problems, *rest))
-        patch.setitem(adm.backends.BACKENDS, backend, dataclasses.replace(adm.backends.BACKENDS[backend], threads_from=0))
+        patch.setitem(adm.backends.BACKENDS, backend,
+                      dataclasses.replace(adm.backends.BACKENDS[backend], threads_from=0))
         together = adm.solve_batch(problems, backend, workers=workers, inits=inits, problem_options=extra, **shared)
     threads = min(workers, count)
     assert sorted(calls) == sorted(len(range(t, count, threads)) for t in range(threads))

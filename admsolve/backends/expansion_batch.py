@@ -14,11 +14,11 @@ import numpy as np
 from numba import njit
 
 from ..energies._kernels import adm_cost, contrast_weights_into
-from ._gridflow import grid_graph, load_and_solve
+from ._gridflow import FORWARD_OFFSETS, grid_graph, load_and_solve
 from .moves import expansion_sweeps, grid_energy, pin_bound
 
-_FORWARD_DY = np.array((0, 1, 1, 1), dtype=np.int64)
-_FORWARD_DX = np.array((1, 0, 1, -1), dtype=np.int64)
+_FORWARD_DY = np.array([dy for dy, _ in FORWARD_OFFSETS], dtype=np.int64)
+_FORWARD_DX = np.array([dx for _, dx in FORWARD_OFFSETS], dtype=np.int64)
 
 
 @njit(nogil=True, cache=True)

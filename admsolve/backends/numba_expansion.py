@@ -96,14 +96,11 @@ def minimize_batch(problems, inits, options):
     memory, moves_to = memory[0], np.stack(moves_to)
     n_directions, n_labels = problems[0].weights.shape[0], problems[0].n_labels
     needed = [residual_bytes(problem.shape, n_directions, int(row.sum())) for problem, row in zip(problems, moves_to)]
-    available = available_memory() if memory == "auto" else None
-    budget = {"fast": np.inf, "lean": -1.0}.get(memory, AUTO_SHARE * (available or 0))
+    budget, available = fast_budget(memory, max(needed))
     unaries, weights, lams, energy_scales, seeds, labels = stacked(problems, inits)
     histories, converged, lean, cancelled = solve_grid_batch(
         np.arange(len(problems)), unaries, weights, lams, energy_scales, seeds, problems[0].unlabeled, labels,
-        moves_to, iteration_caps(options),
-        None if max(needed) <= budget else budget,  # None: the fast layout for all (and no lean one compiled)
-        True if n_labels == 2 else None, CANCEL.array)
+        moves_to, iteration_caps(options), budget, True if n_labels == 2 else None, CANCEL.array)
     if cancelled:
         check_cancelled()
     outcomes = []
@@ -111,11 +108,24 @@ def minimize_batch(problems, inits, options):
         outcome = {"labels": labels[i], "history": history.tolist(), "converged": bool(converged[i]),
                    "memory": "lean" if lean[i] else "fast"}
         if memory == "auto" and lean[i]:
-            outcome["note"] = (f"memory='auto' chose the lean layout: the fast one's residual graphs need "
-                               f"{needed[i] / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the "
-                               f"{available / 2**30:.2f} GiB available")
+            outcome["note"] = lean_note(needed[i], available)
         outcomes.append(outcome)
     return outcomes
+
+
+def fast_budget(memory, largest):
+    """(the compiled solve's `fast_budget`, the bytes available or None) for the layout option `memory`, when
+    the problems' fast layouts need at most `largest` bytes: None where every one of them takes the fast
+    layout (Numba then compiles the solve without the lean one)."""
+    available = available_memory() if memory == "auto" else None
+    budget = {"fast": np.inf, "lean": -1.0}.get(memory, AUTO_SHARE * (available or 0))
+    return (None if largest <= budget else budget), available
+
+
+def lean_note(needed, available):
+    """The result's note when "auto" chose the lean layout."""
+    return (f"memory='auto' chose the lean layout: the fast one's residual graphs need {needed / 2**30:.2f} GiB, "
+            f"more than {AUTO_SHARE:.0%} of the {available / 2**30:.2f} GiB available")
 
 
 def same_grid(problems):
@@ -133,7 +143,8 @@ def stacked(problems, inits):
     stack = (lambda arrays: arrays[0][None]) if len(problems) == 1 else _read_only_stack
     return (stack([problem.unary for problem in problems]), stack([problem.weights for problem in problems]),
             np.array([problem.lam for problem in problems]), np.array([problem.energy_scale for problem in problems]),
-            stack([problem.seeds for problem in problems]), np.stack([np.asarray(init, dtype=np.int32) for init in inits]))
+            stack([problem.seeds for problem in problems]),
+            np.stack([np.asarray(init, dtype=np.int32) for init in inits]))
 
 
 def iteration_caps(options):

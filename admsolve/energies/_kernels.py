@@ -9,8 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-# Forward directions (dy, dx), as gridcrf.OFFSETS.
-_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
+from .gridcrf import OFFSETS as _OFFSETS
 
 
 @njit(inline="always")

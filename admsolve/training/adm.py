@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +20,7 @@ from ..backends import CANCEL, check_cancelled, load, lookup
 from ..energies.gridcrf import N_DIRECTIONS
 from ..energies.problem import ENERGY_LIMIT, LabelingProblem
 from ..energies.unaries import ADM_EPS, adm_unary
-from ..solve import SolveResult, check_options, run_in_threads, solve_batch, stop_message
+from ..solve import SolveResult, check_options, in_shares, solve_batch, stop_message
 from .losses import _check_float_tensor, _check_ignore_index, _check_labels, _describe, _images_as_numpy, argmax_labels
 from .config import LATENT_INITS
 from .regularizers import lookup_regularizer
@@ -206,7 +205,8 @@ class ADMStep:
         for i, (piece, box) in enumerate(zip(pieces, checked.boxes)):
             labels[i][box] = piece
         if self.latent_stride > 1:
-            labels = np.where(checked.seeds != self.ignore_index, checked.seeds, labels)  # the hard constraints, at full resolution
+            # the hard constraints, at full resolution
+            labels = np.where(checked.seeds != self.ignore_index, checked.seeds, labels)
         return torch.from_numpy(labels).to(checked.probs.device)
 
     def _solve_problems(self, inputs):
@@ -250,7 +250,7 @@ class ADMStep:
         """solve_latent_batch over the batch, the images shared among the worker threads (largest first,
         dealt in turn); a SolveResult per image, in order."""
         from ..backends.expansion_batch import solve_latent_batch
-        from ..backends.numba_expansion import AUTO_SHARE, available_memory, residual_bytes
+        from ..backends.numba_expansion import fast_budget, lean_note, residual_bytes
 
         probs = checked.probs.detach()  # float32 or float64 as given (bfloat16 and float16 as float32)
         probs = probs.to(torch.float32) if probs.dtype not in (torch.float32, torch.float64) else probs
@@ -262,34 +262,27 @@ class ADMStep:
         directions = N_DIRECTIONS[self.settings["connectivity"]]
         shapes = boxes[:, 1::2] - boxes[:, ::2]  # (height, width) of each image's problem
         sizes = shapes.prod(axis=1)
-        available = available_memory() if memory == "auto" else None
-        budget = {"auto": AUTO_SHARE * (available or 0), "fast": None, "lean": -1.0}[memory]
-        if budget is not None and budget >= residual_bytes(shapes[sizes.argmax()], directions, n_labels):
-            budget = None  # every image fits the fast layout with all its labels (so the lean one needs no compiling)
-        workers = min(self.workers or os.cpu_count() or 1, n)
-        shares = [np.argsort(-sizes, kind="stable")[t::workers] for t in range(workers)]
+        # (an upper bound, all labels moved to: the compiled solve counts each image's own)
+        budget, available = fast_budget(memory, residual_bytes(shapes[sizes.argmax()], directions, n_labels))
 
         def solve_share(indices):
-            began = time.perf_counter()
             *outcome, cancelled = solve_latent_batch(
                 indices, probs, checked.pictures, checked.seeds, valid, boxes, self.gamma, ADM_EPS, self.lam,
                 directions, self.ignore_index, self.latent_init == "argmax", self.restrict_labels,
                 -1 if max_iter is None else max_iter, budget, True if n_labels == 2 else None, CANCEL.array)
             if cancelled:
                 check_cancelled()
-            return outcome, time.perf_counter() - began
+            return outcome
 
-        outcomes = [solve_share(shares[0])] if workers == 1 else run_in_threads(solve_share, shares, workers)
         results = [None] * n
-        for indices, ((labels, histories, converged, lean, moved), seconds) in zip(shares, outcomes):
+        workers = min(self.workers or os.cpu_count() or 1, n)
+        for indices, (labels, histories, converged, lean, moved), seconds in in_shares(
+                solve_share, np.argsort(-sizes, kind="stable"), workers):
             for j, i in enumerate(indices):
                 outcome = {"history": histories[j].tolist(), "converged": bool(converged[j])}
                 message = stop_message(outcome, max_iter)
                 if memory == "auto" and lean[j]:
-                    needed = residual_bytes(shapes[i], directions, moved[j])
-                    message += (f"; memory='auto' chose the lean layout: the fast one's residual graphs need "
-                                f"{needed / 2**30:.2f} GiB, more than {AUTO_SHARE:.0%} of the "
-                                f"{available / 2**30:.2f} GiB available")
+                    message += "; " + lean_note(residual_bytes(shapes[i], directions, moved[j]), available)
                 results[i] = SolveResult(labels=labels[j], energy=outcome["history"][-1], backend="numba-expansion",
                                          time=seconds / len(indices), sweeps=len(outcome["history"]) - 1, **outcome,
                                          message=message, memory="lean" if lean[j] else "fast")
