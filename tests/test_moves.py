@@ -76,9 +76,8 @@ def test_resumed_expansion_move_cuts_as_a_fresh_one(problem, data):
     def move(labels, graph, snapshot, is_fresh):
         """The labels after the move and its sink side off alpha (where it changes something)."""
         labels = labels.astype(np.int32)
-        buffers = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
         moves.expand_in_place(unary, weights, labels, problem.seeded, moves.pin_capacity(problem, unary), alpha,
-                              problem.energy(labels), *buffers, graph, snapshot, is_fresh)
+                              problem.energy(labels), np.empty(problem.shape[1]), graph, snapshot, is_fresh)
         return labels, (graph[5] == SINK).reshape(problem.shape) & (snapshot != alpha)
 
     move(first, resumed, snapshots[0], True)
@@ -86,6 +85,28 @@ def test_resumed_expansion_move_cuts_as_a_fresh_one(problem, data):
     want_labels, want_side = move(second, fresh, snapshots[1], True)
     np.testing.assert_array_equal(got_side, want_side)
     np.testing.assert_array_equal(got_labels, want_labels)
+
+
+@given(problem=continuous_problems(max_side=12), data=st.data())
+@settings(max_examples=80)
+def test_a_fresh_graph_refreshed_near_changed_labels_is_the_fresh_graph_of_the_new_labels(problem, data):
+    """_refresh_graph rewrites only the entries next to changed labels (all of them when many changed):
+    bit for bit the graph built from the new labels, window edges and image borders included."""
+    old = problem.apply_seeds(data.draw(labelings(problem), label="old")).astype(np.int32)
+    changed = data.draw(rngs(), label="rng").random(problem.shape) < data.draw(st.sampled_from([0.02, 0.1, 1.0]))
+    new = np.where(changed, problem.apply_seeds(data.draw(labelings(problem), label="new")), old).astype(np.int32)
+    alpha = data.draw(st.integers(0, problem.n_labels - 1), label="alpha")
+    unary, weights = moves.label_major_unary(problem), problem.lam * problem.weights
+    pin_cap, delta = moves.pin_capacity(problem, unary), np.empty(problem.shape[1])
+    graphs = []
+    for start in (old, new):
+        cap, tr = np.zeros((2 * weights.shape[0], new.size)), np.zeros(new.size)
+        moves._fresh_graph(unary, weights, start, problem.seeded, pin_cap, alpha, delta, cap, tr, False)
+        graphs.append((cap, tr))
+    (cap, tr), (want_cap, want_tr) = graphs
+    moves._refresh_graph(unary, weights, old, new, problem.seeded, pin_cap, alpha, delta, cap, tr)
+    assert np.array_equal(cap.view(np.int64), want_cap.view(np.int64))
+    assert np.array_equal(tr.view(np.int64), want_tr.view(np.int64))
 
 
 @pytest.mark.parametrize("backend", ["numba-expansion", "numba-swap"])
@@ -306,7 +327,7 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
     graph = GridMaxflow(*problem.shape, 4).graph
     rows, n = graph[3].shape
     scratch = (np.zeros((rows, n)), np.zeros(n), np.empty(n // 7, np.int64), np.empty(n // 7))  # (some overflow)
-    source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
+    delta = np.empty(problem.shape[1])
     snapshots = np.zeros((problem.n_labels, *problem.shape), np.int64)
     kept = [(np.empty(0, np.int64), np.empty(0), False)] * problem.n_labels
     resumed, sizes = 0, []
@@ -315,14 +336,14 @@ def test_a_lean_move_keeps_its_residual_graph_as_entries_off_the_fresh_graph_of_
             index, value, resume = kept[alpha]
             resumed += resume
             _, index, value, keep = expand_sparse(unary, weights, labels, problem.seeded, pin_capacity(problem, unary), alpha,
-                                                  problem.energy_scale, source_cap, sink_cap, pending, graph,
+                                                  problem.energy_scale, delta, graph,
                                                   *scratch, snapshots[alpha], index, value, resume, 10 ** 9)
             assert keep
             sizes.append(index.size)
             kept[alpha] = (index, value, True)
             cap, tr = np.zeros((rows, n)), np.zeros(n)
             _fresh_graph(unary, weights, snapshots[alpha], problem.seeded, pin_capacity(problem, unary), alpha,
-                         np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape), cap, tr, True)
+                         delta, cap, tr, True)
             rebuilt = np.concatenate([cap.ravel(), tr])
             rebuilt[index] = value
             np.testing.assert_array_equal(rebuilt, np.concatenate([graph[3].ravel(), graph[4]]))

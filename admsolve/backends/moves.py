@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from . import check_cancelled
-from ._gridflow import FORWARD_OFFSETS, SINK, max_flow, resume_max_flow
+from ._gridflow import FORWARD_OFFSETS, SINK, resume_max_flow
 
 
 @njit(nogil=True, cache=True)
@@ -61,49 +61,81 @@ def _edge_terms(w, la, lb, alpha):
 
 
 @njit(inline="always")
-def _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, d, y, x, qy, qx):
-    """One edge p -> q of an expansion move: writes its capacity, moves its share of q's terminal
-    cost into `pending`, and returns its share of p's."""
-    edge_cap[d, y, x], share_p, share_q = _edge_terms(weights[d, y, x], lp, labels[qy, qx], alpha)
-    pending[qy, qx] += share_q
-    return share_p
+def _move_row(unary, weights, labels, alpha, y, start, stop, edges, offset, delta):
+    """Columns start:stop of row y of alpha's expansion move from `labels`: writes the capacities of the
+    forward edges p -> p + OFFSETS[d] of these pixels (those inside the image) to ``edges[d, offset + x]``,
+    and ``delta[x]`` = cost(y_p = 1) - cost(y_p = 0) before any pin.
+
+    The edge terms split as expansion_capacities describes; a pixel's delta adds, in this order, the shares
+    of its backward edges (their first ends in raster order: up-left, up, up-right, left), its unary
+    change, then the shares of its own forward edges in the order of OFFSETS. Every window of the grid thus
+    gets bit for bit the values of the whole, and each loop runs over a row without a dependence from one
+    pixel to the next (Numba vectorises them)."""
+    n_directions, height, width = weights.shape
+    left, right = max(start, 1), min(stop, width - 1)  # the pixels with a left / a right neighbour
+    for x in range(start, stop):
+        delta[x] = 0.0
+    if y > 0:
+        if n_directions == 4:
+            for x in range(left, stop):
+                delta[x] += _edge_terms(weights[2, y - 1, x - 1], labels[y - 1, x - 1], labels[y, x], alpha)[2]
+        for x in range(start, stop):
+            delta[x] += _edge_terms(weights[1, y - 1, x], labels[y - 1, x], labels[y, x], alpha)[2]
+        if n_directions == 4:
+            for x in range(start, right):
+                delta[x] += _edge_terms(weights[3, y - 1, x + 1], labels[y - 1, x + 1], labels[y, x], alpha)[2]
+    for x in range(left, stop):
+        delta[x] += _edge_terms(weights[0, y, x - 1], labels[y, x - 1], labels[y, x], alpha)[2]
+    for x in range(start, stop):
+        delta[x] = unary[alpha, y, x] - unary[labels[y, x], y, x] + delta[x]
+    for x in range(start, right):
+        edges[0, offset + x], share, _ = _edge_terms(weights[0, y, x], labels[y, x], labels[y, x + 1], alpha)
+        delta[x] += share
+    if y + 1 < height:
+        for x in range(start, stop):
+            edges[1, offset + x], share, _ = _edge_terms(weights[1, y, x], labels[y, x], labels[y + 1, x], alpha)
+            delta[x] += share
+        if n_directions == 4:
+            for x in range(start, right):
+                edges[2, offset + x], share, _ = _edge_terms(weights[2, y, x], labels[y, x], labels[y + 1, x + 1],
+                                                             alpha)
+                delta[x] += share
+            for x in range(left, stop):
+                edges[3, offset + x], share, _ = _edge_terms(weights[3, y, x], labels[y, x], labels[y + 1, x - 1],
+                                                             alpha)
+                delta[x] += share
+
+
+@njit(inline="always")
+def _terminals(delta, pinned, label, alpha, pin_cap):
+    """(source, sink) capacity of a pixel whose cost(y = 1) - cost(y = 0) is `delta`; a `pinned` pixel not
+    yet at alpha gets `pin_cap` more source capacity (it must keep its label)."""
+    source = max(delta, 0.0)
+    if pinned and label != alpha:
+        source += pin_cap
+    return source, max(-delta, 0.0)
 
 
 @njit(nogil=True, cache=True)
-def expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, edge_cap,
-                         pending):
+def expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, edge_cap, delta):
     """Capacities of the alpha-expansion move from `labels`: y_p = 1 moves p to `alpha`.
 
     unary : (K, H, W); weights : (D, H, W), already multiplied by lambda; pinned : (H, W) bool, the
-    seeded pixels, pinned to y = 0 (unless already `alpha`) by the extra source capacity `pin_cap`.
-    Writes the (H, W) terminal capacities and the (D, H, W) capacities of the directed edges
-    p -> p + OFFSETS[d] (the reverse edges have none), and returns the cost of y = 0 everywhere: the
-    move's energy change is maxflow - that. Edge p -> q decomposes E(y_p, y_q) with
-    E(0,0) = w[l_p != l_q], E(0,1) = w[l_p != alpha], E(1,0) = w[l_q != alpha], E(1,1) = 0
-    (Kolmogorov & Zabih 2004). Every forward neighbour comes later in raster order, so one pass
-    suffices: `pending` (H, W), all zero on entry and on return, carries what earlier pixels add to
-    later ones.
+    seeded pixels, pinned to y = 0 (unless already `alpha`) by the extra source capacity `pin_cap`;
+    delta : (W,) scratch. Writes the (H, W) terminal capacities and the (D, H, W) capacities of the
+    directed edges p -> p + OFFSETS[d] (the reverse edges have none; entries of edges leaving the image
+    are not written), and returns the cost of y = 0 everywhere: the move's energy change is maxflow - that.
+    Edge a -> b decomposes E(y_a, y_b) with E(0,0) = w[l_a != l_b], E(0,1) = w[l_a != alpha],
+    E(1,0) = w[l_b != alpha], E(1,1) = 0 (Kolmogorov & Zabih 2004) into its capacity E(0,1) + E(1,0) -
+    E(0,0) and shares of a's and b's terminal costs (_edge_terms; the order they are summed in: _move_row).
     """
     n_directions, height, width = weights.shape
+    edges = edge_cap.reshape((n_directions, height * width))
     current_cost = 0.0
     for y in range(height):
+        _move_row(unary, weights, labels, alpha, y, 0, width, edges, y * width, delta)
         for x in range(width):
-            lp = labels[y, x]
-            delta = unary[alpha, y, x] - unary[lp, y, x] + pending[y, x]  # cost(y=1) - cost(y=0)
-            pending[y, x] = 0.0
-            # the directions of OFFSETS: (0, 1), (1, 0), then (1, 1), (1, -1) for 8-connectivity
-            if x + 1 < width:
-                delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 0, y, x, y, x + 1)
-            if y + 1 < height:
-                delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 1, y, x, y + 1, x)
-                if n_directions == 4 and x + 1 < width:
-                    delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 2, y, x, y + 1, x + 1)
-                if n_directions == 4 and x > 0:
-                    delta += _expansion_edge(weights, labels, edge_cap, pending, alpha, lp, 3, y, x, y + 1, x - 1)
-            sink_cap[y, x] = max(-delta, 0.0)
-            source_cap[y, x] = max(delta, 0.0)
-            if pinned[y, x] and lp != alpha:
-                source_cap[y, x] += pin_cap
+            source_cap[y, x], sink_cap[y, x] = _terminals(delta[x], pinned[y, x], labels[y, x], alpha, pin_cap)
             current_cost += sink_cap[y, x]
     return current_cost
 
@@ -226,27 +258,22 @@ def _energy_change(unary, weights, labels, alpha, tree):
 
 
 @njit(nogil=True, cache=True)
-def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
-                    graph, snapshot, fresh):
+def expand_in_place(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, delta, graph, snapshot, fresh):
     """The alpha-expansion move from `labels`, solved on the Numba max-flow and applied to `labels`
     if it lowers the energy (beyond improves' rounding margin); returns True if so.
 
     `graph` is alpha's own residual graph (GridMaxflow.residual_graphs) and `snapshot` (H, W) the
-    labels its last move was made from. If `fresh`, the graph is new (all zero): the capacities go
-    straight into its arrays (the forward rows, in the layout of expansion_capacities' `edge_cap`;
-    the reverse edges have none), with no copy between building the move and solving it. Otherwise
+    labels its last move was made from. If `fresh`, the graph is new: the capacities go straight into
+    its arrays (_fresh_graph), with no copy between building the move and solving it. Otherwise
     the graph still holds the flow of alpha's last move, and only what the label changes since then
     alter is updated (_update_residuals): in later sweeps few labels change, so max-flow has little
-    left to do. The other arguments are those of expansion_capacities (`source_cap`, `sink_cap`,
-    `pending` as buffers) and `energy_scale` that of improves.
+    left to do. The other arguments are those of expansion_capacities (`delta` a buffer) and
+    `energy_scale` that of improves.
     """
-    n_directions, height, width = weights.shape
-    n = height * width
     if fresh:
         graph[3][:] = 0.0  # (no reverse capacities, and nothing on the edges leaving the image)
-        expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
-                             graph[3][:n_directions].reshape((n_directions, height, width)), pending)
-        max_flow(source_cap.reshape(n), sink_cap.reshape(n), graph)
+        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, delta, graph[3], graph[4], False)
+        resume_max_flow(graph)
         _copy(labels, snapshot)
     else:
         _update_residuals(unary, weights, snapshot, labels, alpha, graph)
@@ -268,23 +295,63 @@ def _apply_cut(unary, weights, labels, alpha, energy_scale, tree):
     return True
 
 
+@njit(inline="always")
+def _fresh_row(unary, weights, labels, pinned, pin_cap, alpha, y, start, stop, delta, cap, tr):
+    """Columns start:stop of row y of _fresh_graph's graph: the forward rows of `cap` and `tr`."""
+    width = labels.shape[1]
+    _move_row(unary, weights, labels, alpha, y, start, stop, cap, y * width, delta)
+    for x in range(start, stop):
+        source, sink = _terminals(delta[x], pinned[y, x], labels[y, x], alpha, pin_cap)
+        tr[y * width + x] = source - sink
+
+
 @njit(nogil=True, cache=True)
-def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr,
-                 clear_reverse):
+def _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, delta, cap, tr, clear_reverse):
     """Write into (cap, tr) the graph of alpha's expansion move from `labels` before any flow: the
     forward capacities, none on the reverse edges (set to 0 if `clear_reverse`, else already 0), tr =
-    source - sink capacity (as max_flow sets it). Entries of edges leaving the image are not written."""
+    source - sink capacity (as max_flow sets it). Entries of edges leaving the image are not written;
+    `delta` (W,) is scratch."""
     n_directions, height, width = weights.shape
-    n = height * width
-    expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
-                         cap[:n_directions].reshape((n_directions, height, width)), pending)
+    for y in range(height):
+        _fresh_row(unary, weights, labels, pinned, pin_cap, alpha, y, 0, width, delta, cap, tr)
     if clear_reverse:
         for k in range(n_directions, 2 * n_directions):
-            for p in range(n):
+            for p in range(height * width):
                 cap[k, p] = 0.0
-    source, sink = source_cap.reshape(n), sink_cap.reshape(n)
-    for p in range(n):
-        tr[p] = source[p] - sink[p]
+
+
+#: _refresh_graph rebuilds the whole graph instead of the pixels near changed labels when more than this
+#: share of the pixels changed.
+REFRESH_SHARE = 1 / 16
+
+
+@njit(nogil=True, cache=True)
+def _refresh_graph(unary, weights, snapshot, labels, pinned, pin_cap, alpha, delta, cap, tr):
+    """Turn (cap, tr), _fresh_graph's graph of alpha's move from `snapshot`, into that from `labels`,
+    bit for bit, rewriting only the entries a changed label enters: those of the pixel, of its left
+    neighbour and of the three above it (the capacities of its edges and its backward neighbours'
+    terminal shares); the whole graph when more than REFRESH_SHARE of the pixels changed."""
+    height, width = labels.shape
+    changed = 0
+    for y in range(height):
+        for x in range(width):
+            changed += snapshot[y, x] != labels[y, x]
+    if changed > REFRESH_SHARE * height * width:
+        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, delta, cap, tr, False)
+        return
+    for y in range(height):
+        x = 0
+        while x < width:
+            if snapshot[y, x] == labels[y, x]:
+                x += 1
+                continue
+            stop = x + 1  # a run of changed labels, x:stop
+            while stop < width and snapshot[y, stop] != labels[y, stop]:
+                stop += 1
+            for row in range(max(y - 1, 0), y + 1):
+                _fresh_row(unary, weights, labels, pinned, pin_cap, alpha, row, max(x - 1, 0), min(stop + 1, width),
+                           delta, cap, tr)
+            x = stop
 
 
 @njit(nogil=True, cache=True)
@@ -325,19 +392,27 @@ def _changed_entries(cap, tr, fresh_cap, fresh_tr, budget, index_scratch, value_
 
 
 @njit(nogil=True, cache=True)
-def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, source_cap, sink_cap, pending,
-                  graph, fresh_cap, fresh_tr, index_scratch, value_scratch, snapshot, index, value, resume, budget):
+def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, delta, graph, fresh_cap, fresh_tr,
+                  index_scratch, value_scratch, snapshot, index, value, resume, budget):
     """expand_in_place for the lean layout: the residual graph of alpha's last move is kept as the
     entries (`index`, `value`) where it differs from that move's fresh graph (made from the labels
     `snapshot`), and rebuilt from them exactly in the one working `graph` when `resume`; otherwise the
     move starts afresh. `fresh_cap`, `fresh_tr` are scratch arrays like graph's cap and tr, all zero
-    at the entries of edges leaving the image; `index_scratch`, `value_scratch` (int64, float64, any
-    length) hold the entries while they are found. Returns (moved, index, value, kept): the entries of this
-    move's residual graph, kept unless more than `budget` (then alpha's next move starts afresh; a
-    negative budget: none kept, none looked for)."""
+    at the entries of edges leaving the image and on the reverse edges: they take this move's fresh
+    graph, copied from the rebuild and brought to the move's labels (_refresh_graph); `index_scratch`,
+    `value_scratch` (int64, float64, any length) hold the entries while they are found. Returns (moved,
+    index, value, kept): the entries of this move's residual graph, kept unless more than `budget` (then
+    alpha's next move starts afresh; a negative budget: none kept, none looked for)."""
+    n_directions = weights.shape[0]
     cap, tr = graph[3], graph[4]
+    _fresh_graph(unary, weights, snapshot if resume else labels, pinned, pin_cap, alpha, delta, cap, tr, True)
+    if budget >= 0:  # this move's fresh graph, to compare its residual with
+        _copy(cap[:n_directions], fresh_cap[:n_directions])
+        for p in range(tr.shape[0]):
+            fresh_tr[p] = tr[p]
+        if resume:
+            _refresh_graph(unary, weights, snapshot, labels, pinned, pin_cap, alpha, delta, fresh_cap, fresh_tr)
     if resume:
-        _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr, True)
         rows, n = cap.shape
         for i in range(index.size):
             j = index[i]
@@ -347,19 +422,11 @@ def expand_sparse(unary, weights, labels, pinned, pin_cap, alpha, energy_scale, 
                 tr[j - rows * n] = value[i]
         _update_residuals(unary, weights, snapshot, labels, alpha, graph)
     else:
-        _fresh_graph(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap, pending, cap, tr, True)
         _copy(labels, snapshot)
-        if budget >= 0:  # this move's fresh graph, to compare its residual with
-            _copy(cap[:weights.shape[0]], fresh_cap[:weights.shape[0]])  # (its reverse edges stay 0)
-            for p in range(tr.shape[0]):
-                fresh_tr[p] = tr[p]
     resume_max_flow(graph)
     if budget < 0:  # nothing is to be kept
         index, value, kept = np.empty(0, np.int64), np.empty(0), False
     else:
-        if resume:
-            _fresh_graph(unary, weights, snapshot, pinned, pin_cap, alpha, source_cap, sink_cap, pending, fresh_cap,
-                         fresh_tr, False)  # (the scratch's reverse edges are never written)
         index, value, kept = _changed_entries(cap, tr, fresh_cap, fresh_tr, budget, index_scratch, value_scratch)
     return _apply_cut(unary, weights, labels, alpha, energy_scale, graph[5]), index, value, kept
 
@@ -419,8 +486,7 @@ def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, 
     n_alphas = alphas.size
     n_directions, height, width = weights.shape
     rows = 2 * n_directions
-    source_cap, sink_cap = np.empty((height, width)), np.empty((height, width))
-    pending = np.zeros((height, width))
+    delta = np.empty(width)
     started = np.zeros(n_alphas, np.bool_)  # fast: its graph holds a flow; lean: its entries are kept
     useless_since = np.full(n_alphas, -1, np.int64)  # `accepted` when its move last changed nothing
     kept_index = [np.empty(0, np.int64) for _ in range(n_alphas)]
@@ -444,16 +510,16 @@ def expansion_sweeps(unary, weights, labels, pinned, pin_cap, alphas, max_iter, 
                 last_sweep = max_iter >= 0 and len(history) == max_iter  # no move will resume
                 room = -1 if last_sweep else budget - kept_entries
                 moved, index, value, keep = expand_sparse(unary, weights, labels, pinned, pin_cap, alphas[i],
-                                                          energy_scale, source_cap, sink_cap, pending, graph,
-                                                          lean[0], lean[1], lean[2], lean[3], snapshots[i],
-                                                          kept_index[i], kept_value[i], resume, room)
+                                                          energy_scale, delta, graph, lean[0], lean[1], lean[2],
+                                                          lean[3], snapshots[i], kept_index[i], kept_value[i],
+                                                          resume, room)
                 started[i] = keep
                 kept_index[i], kept_value[i] = index, value
                 kept_entries += index.size
             else:
                 residual = graph[:3] + (caps[i], trs[i]) + graph[5:]
                 moved = expand_in_place(unary, weights, labels, pinned, pin_cap, alphas[i], energy_scale,
-                                        source_cap, sink_cap, pending, residual, snapshots[i], not started[i])
+                                        delta, residual, snapshots[i], not started[i])
                 started[i] = True
             if moved:
                 accepted += 1
@@ -486,13 +552,13 @@ def alpha_expansion(problem, init, max_iter, min_cut, labels=None):
     unary = label_major_unary(problem)
     weights = problem.lam * problem.weights
     pinned, pin_cap = problem.seeded, pin_capacity(problem, unary)
-    source_cap, sink_cap, pending = np.empty(problem.shape), np.empty(problem.shape), np.zeros(problem.shape)
+    source_cap, sink_cap, delta = np.empty(problem.shape), np.empty(problem.shape), np.empty(problem.shape[1])
     edge_cap = np.empty_like(weights)
 
     def expand(alpha, energy_scale):
         """Perform the alpha-expansion move on `labels` if it lowers the energy; True if so."""
         current = expansion_capacities(unary, weights, labels, pinned, pin_cap, alpha, source_cap, sink_cap,
-                                       edge_cap, pending)
+                                       edge_cap, delta)
         flow, sink_side = min_cut(source_cap, sink_cap, edge_cap, symmetric=False)
         if not improves(flow, current, energy_scale):
             return False
