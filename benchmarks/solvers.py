@@ -36,6 +36,7 @@ from scipy import ndimage
 # may point at another worktree)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import admsolve as adm  # noqa: E402
+from admsolve.cli import OPENMP_SETTINGS  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "grabcut")
 LAM, GAMMA = 2.0, 1.0
@@ -330,7 +331,10 @@ def latent_section(ids, args):
     except ImportError:
         print("\nADM latent step: skipped (needs torch: pip install 'admsolve[train]')")
         return
-    print(f"\nADM latent step, 8 images, 8-conn, max {args.sweeps} sweeps: compiled / built in Python + solve_batch")
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"\nADM latent step, 8 images, 8-conn, max {args.sweeps} sweeps: compiled / built in Python + solve_batch "
+          f"(OMP_WAIT_POLICY={policy}: torch's waiting OpenMP threads "
+          + ("sleep)" if policy.upper() == "PASSIVE" else "may spin on the cores the solver threads need)"))
     for size, n_labels, repeats in ((48, 3, 30), (96, 3, 20), (224, 21, 5), (321, 21, 3)):
         loaded = [load_image(image_id, size) for image_id in (ids * 8)[:8]]
         images = np.stack([image for image, _ in loaded])
@@ -464,6 +468,8 @@ def startup_section():
 
 
 def main():
+    for name, value in OPENMP_SETTINGS.items():  # as the command line sets them, before torch loads
+        os.environ.setdefault(name, value)
     args = parse_args()
     ids = image_ids(args.images)
     if ids is None:
